@@ -222,3 +222,22 @@ def list_categories(aspect: str | None = None) -> list[str]:
     if aspect is not None and aspect not in ASPECTS:
         raise KeyError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
     return [c for c, a in CATEGORY_ASPECT.items() if aspect is None or a == aspect]
+
+
+def sample_train_scene(
+    rng: np.random.Generator, categories: list[str] | None = None, max_tries: int = 100
+) -> tuple[str, Scene]:
+    """A random training scene (never a held-out one) from the samplers of `categories`.
+
+    Returns (category, scene). Generators and reward models train on these: the whole grammar
+    minus the held-out keys, not only the 300 shipped train prompts per category.
+    """
+    cats = list(categories or CATEGORIES)
+    for _ in range(max_tries):
+        category = cats[int(rng.integers(len(cats)))]
+        scene = SAMPLERS[category](rng)
+        descs = [e.phrase() for e in scene.entities]
+        if not is_heldout(scene) and len(set(descs)) == len(descs):
+            return category, scene
+    raise RuntimeError(f"no training scene found in {max_tries} draws from {cats}")
+
