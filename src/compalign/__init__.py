@@ -1,0 +1,3 @@
+"""compalign: compositional text-to-image alignment (ReNO + IterComp) with an embedded world."""
+
+__version__ = "0.1.0"
