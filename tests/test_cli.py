@@ -1,0 +1,141 @@
+"""End-to-end runs of the `compalign` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from compalign import __version__
+from compalign.world import suites
+from compalign.world.io import read_manifest
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*.png"))}
+
+
+def test_root_help_lists_world(cli):
+    r = cli("--help")
+    assert r.exit_code == 0
+    assert "world" in r.stdout
+    r = cli("world", "--help")
+    assert r.exit_code == 0
+    for cmd in ("prompts", "render", "eval", "demo"):
+        assert cmd in r.stdout
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.exit_code == 0 and __version__ in r.stdout
+
+
+def test_world_prompts(cli):
+    r = cli("world", "prompts", "--category", "color", "--split", "heldout", "--limit", "5")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == suites.load_suite("color", "heldout")[:5]
+    r = cli("world", "prompts", "--category", "counting", "--split", "train", "--json")
+    rows = json.loads(r.stdout)
+    assert [x["prompt"] for x in rows] == suites.load_suite("counting", "train")
+    assert {x["category"] for x in rows} == {"counting"}
+
+
+def test_world_prompts_seeded_sample(cli):
+    a = cli("world", "prompts", "-c", "shape", "--limit", "4", "--seed", "3").stdout.splitlines()
+    b = cli("world", "prompts", "-c", "shape", "--limit", "4", "--seed", "3").stdout.splitlines()
+    assert a == b and len(a) == 4 and set(a) <= set(suites.load_suite("shape", "heldout"))
+
+
+def test_world_prompts_all(cli):
+    r = cli("world", "prompts", "--all")
+    assert r.exit_code == 0
+    for c in suites.CATEGORIES:
+        assert c in r.stdout
+    data = json.loads(cli("world", "prompts", "--all", "--json").stdout)
+    assert [row["category"] for row in data["categories"]] == list(suites.CATEGORIES)
+    assert all(row["heldout"] >= 100 and row["train"] >= 300 for row in data["categories"])
+
+
+def test_render_then_eval(cli, rendered, tmp_path):
+    m = read_manifest(rendered)
+    assert m.resolution == 32 and len(m.images) == 6
+    assert {e.category for e in m.images} == {"color", "spatial"}
+    for e in m.images:
+        with Image.open(rendered / e.file) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+    raw = json.loads((rendered / "manifest.json").read_text())
+    assert raw["version"] == 1 and raw["resolution"] == 32
+    assert set(raw["images"][0]) >= {"file", "prompt", "category", "seed"}
+
+    out = tmp_path / "report.json"
+    r = cli("world", "eval", rendered, "--out", out)
+    assert r.exit_code == 0, r.output
+    for word in ("category", "pass rate", "color", "spatial", "overall"):
+        assert word in r.stdout
+    report = json.loads(out.read_text())
+    assert report["overall"]["n"] == 6
+    assert report["overall"]["pass_rate"] == 1.0  # clean renders pass the evaluator
+    assert report["categories"]["color"]["aspect"] == "attribute_binding"
+    assert report["categories"]["spatial"]["n"] == 3
+    assert all(img["passed"] and img["clauses"] for img in report["images"])
+
+
+def test_eval_default_output(cli, image_dir):
+    r = cli("world", "eval", image_dir)
+    assert r.exit_code == 0, r.output
+    assert json.loads((image_dir / "eval.json").read_text())["overall"]["n"] == 6
+    assert not list(image_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_render_is_deterministic(cli, tmp_path):
+    args = ["world", "render", "-c", "counting", "-c", "complex", "--limit", "2", "--seeds", "2"]
+    assert cli(*args, "--seed", "11", "--out", tmp_path / "a").exit_code == 0
+    assert cli(*args, "--seed", "11", "--out", tmp_path / "b").exit_code == 0
+    assert cli(*args, "--seed", "12", "--out", tmp_path / "c").exit_code == 0
+    a, b, c = (files(tmp_path / x) for x in "abc")
+    assert len(a) == 8 and a == b
+    assert a != c
+    assert (tmp_path / "a" / "manifest.json").read_bytes() != (tmp_path / "c" / "manifest.json").read_bytes()
+    ma = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    mb = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert ma == mb
+
+
+def test_image_does_not_depend_on_the_rest_of_the_set(cli, tmp_path):
+    assert cli("world", "render", "-c", "shape", "--limit", "3", "--out", tmp_path / "a").exit_code == 0
+    r = cli("world", "render", "-c", "color", "-c", "shape", "--limit", "2", "--out", tmp_path / "b")
+    assert r.exit_code == 0
+    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    assert a["shape/0000_00.png"] == b["shape/0000_00.png"]
+
+
+def test_render_own_prompts(cli, tmp_path):
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("# my prompts\na red circle\n\na blue square above a green cross\n")
+    out = tmp_path / "own"
+    r = cli("world", "render", "--prompts", pf, "-p", "two yellow triangles", "--res", "64", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = read_manifest(out)
+    assert m.resolution == 64
+    assert [e.prompt for e in m.images] == [
+        "two yellow triangles",
+        "a red circle",
+        "a blue square above a green cross",
+    ]
+    assert all(e.category is None for e in m.images)
+    r = cli("world", "eval", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "eval.json").read_text())["overall"]["pass_rate"] == 1.0
+
+
+def test_demo(cli, tmp_path):
+    out = tmp_path / "demo"
+    r = cli("world", "demo", "--per-category", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["overall"]["n"] == 2 * len(suites.CATEGORIES)
+    assert list(report["categories"]) == list(suites.CATEGORIES)
+    assert "overall" in r.stdout
+    with Image.open(out / "grid.png") as im:
+        assert im.width > 200 and im.height > 200
