@@ -154,6 +154,16 @@ def test_bad_options(cli, tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_output_paths_of_the_wrong_kind(cli, image_dir, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("keep")
+    r = cli("world", "render", "--category", "color", "--limit", "1", "--out", a_file)
+    assert_bad_input(r, str(a_file), "folder")
+    assert a_file.read_text() == "keep"
+    assert_bad_input(cli("world", "eval", image_dir, "--out", tmp_path), str(tmp_path), "file name")
+    assert not (image_dir / "eval.json").exists()
+
+
 def test_validate_dir_raises_manifest_error(image_dir):
     assert len(validate_dir(image_dir).images) == 6
     (image_dir / "manifest.json").write_text("[]")

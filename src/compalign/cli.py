@@ -231,20 +231,28 @@ def _print_table(report: dict, title: str) -> None:
 def _render(items, out: Path, res: int, seed: int):
     from .world.batch import RenderError, render_set
 
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out must be a folder, and a file of that name exists")
     try:
         return render_set(items, out, res=res, seed=seed, progress=_show_progress())
     except RenderError as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot write to {out}: {e}")
 
 
 def _evaluate(directory: Path, out: Path | None):
     from .world.batch import evaluate_dir
     from .world.io import ManifestError
 
+    if out is not None and out.is_dir():
+        fail(f"{out}: --out must be a file name, and a folder of that name exists")
     try:
         return evaluate_dir(directory, out, progress=_show_progress())
     except ManifestError as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot write the report: {e}")
 
 
 @world_app.command("render")
