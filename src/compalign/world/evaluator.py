@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from .grammar import COLORS, SHAPES, Entity, Scene, parse_prompt
-from .render import BACKGROUND, CROSS_ARM, STRIPE_DARK, STRIPE_PERIOD, grid, shape_mask
+from .render import BACKGROUND, CROSS_ARM, STRIPE_DARK, STRIPE_PERIOD, shape_mask, stripe_dark
 
 _COLOR_NAMES = list(COLORS)
 _HUES = np.array([colorsys.rgb_to_hsv(*COLORS[c])[0] for c in _COLOR_NAMES], dtype=np.float32)
@@ -25,12 +25,13 @@ _HUES = np.array([colorsys.rgb_to_hsv(*COLORS[c])[0] for c in _COLOR_NAMES], dty
 FG_CHROMA = 0.2  # coarse foreground: smoothed chroma above this
 REFINE = 0.5  # object mask: chroma above this fraction of the object's peak chroma
 MIN_AREA = 6.0  # px at 32 px resolution
-SIZE_EDGES = (0.275, 0.395)  # extent / side: small | medium | large
+SIZE_EDGES = (0.30, 0.415)  # extent / side: small | medium | large
 # Stripe score = (striped template fit - solid template fit) / 0.02 + (row stripe amplitude) / 0.05;
 # threshold calibrated on perturbed renders (benchmarks/world_evaluator.py).
-STRIPE_MIN = 1.64
+STRIPE_MIN = 2.2
+SMOOTH = 0.7  # px at 32: denoising before colour classification and segmentation
 PRE_BLUR = 0.6  # px at 32: coverage is smoothed by this before template fitting
-TOUCH_MAX = 2.5  # px at 32: masks closer than this touch
+TOUCH_MAX = 4.0  # px at 32: masks closer than this touch (blend seams between colours included)
 NEAR_MAX = 0.24  # bbox gap (unit coords) at most this: "next to"
 INSIDE_MIN = 0.6  # fraction of the subject inside the object's filled mask
 
@@ -51,7 +52,9 @@ class Component:
 
     @property
     def size(self) -> str:
-        return "small" if self.extent < SIZE_EDGES[0] else "medium" if self.extent < SIZE_EDGES[1] else "large"
+        return (
+            "small" if self.extent < SIZE_EDGES[0] else "medium" if self.extent < SIZE_EDGES[1] else "large"
+        )
 
     @property
     def texture(self) -> str:
@@ -126,60 +129,102 @@ AREA["cross"] = 2 * CROSS_ARM - CROSS_ARM**2
 CENTROID_DY = {"triangle": 1 / 6}  # centroid below the bounding-box centre, times the extent
 
 
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n] Gaussian blur (zero outside) as a matrix; identity for sigma 0."""
+    if sigma <= 0:
+        return np.eye(n, dtype=np.float32)
+    i = np.arange(n, dtype=np.float32)
+    g = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma * sigma))
+    k = np.exp(-(np.arange(-n, n + 1) ** 2) / (2 * sigma * sigma)).sum()
+    return (g / k).astype(np.float32)
+
+
 def _fit_shape(
     alpha: np.ndarray, peaks: tuple[float, float], box: tuple[int, int], res: int, pre_blur: float
 ) -> tuple[str, float, float, float]:
     """Analysis by synthesis: which shape and texture, rendered and blurred, explain the coverage?
 
     `alpha` is the object's coverage in a crop at `box` = (x0, y0), already blurred by `pre_blur`
-    px. Each hypothesis takes its extent from the area (sum of alpha over the peak coverage of
-    its texture, times factors absorbing error in the peak) and its centre from the centroid; it
-    is rendered (solid, or striped at four phases), blurred by candidate widths, scaled by least
-    squares and scored by squared error. Returns (shape, fit, extent / side, stripe evidence =
-    best striped fit minus best solid fit).
+    px. Stage 1: each hypothesis takes its extent from the area (sum of alpha over the peak
+    coverage of its texture, times factors absorbing error in the peak) and its centre from the
+    centroid; it is rendered (solid, or striped at four phases), blurred by candidate widths,
+    scaled by least squares and scored by squared error. Stage 2 refines centre and extent of the
+    two best shapes of each texture. Returns (shape, fit, extent / side, stripe evidence = best
+    striped fit minus best solid fit).
     """
     x0, y0 = box
     h, w = alpha.shape
     ys, xs = np.indices(alpha.shape)
     total = max(float(alpha.sum()), 1e-6)
-    mx = (float((alpha * (xs + 0.5)).sum()) / total + x0) / res
-    my = (float((alpha * (ys + 0.5)).sum()) / total + y0) / res
+    # centre from the centroid of the coverage with dark stripes closed along rows (stripes
+    # would pull the centroid towards the brighter side)
+    widen = int(np.ceil(STRIPE_PERIOD * res / 4))
+    closed = ndimage.grey_closing(alpha, size=(1, 2 * widen + 1))
+    mx = (float((closed * (xs + 0.5)).sum()) / float(closed.sum()) + x0) / res
+    my = (float((closed * (ys + 0.5)).sum()) / float(closed.sum()) + y0) / res
     n = 4
     gx, gy = np.meshgrid((np.arange(w * n) + 0.5) / n, (np.arange(h * n) + 0.5) / n)
     gx, gy = (gx + x0) / res, (gy + y0) / res
     energy = max(float((alpha**2).sum()), 1e-9)
     s = res / 32
-    blurs = [np.hypot(b * s, pre_blur) for b in (0.0, 0.8, 1.4)]
-    best: dict[tuple[str, bool], tuple[float, float]] = {}
+    blurs = [
+        (_blur_matrix(h, sg), _blur_matrix(w, sg))
+        for sg in (np.hypot(b * s, pre_blur) for b in (0.0, 0.8, 1.4))
+    ]
+    target = alpha.astype(np.float32)
+
+    def score(hyps: list[tuple]) -> np.ndarray:
+        """hyps: (shape, striped, e, cx, cy, phase) -> best fit over blurs, [len(hyps)]."""
+        stack = []
+        for shape, striped, e, cx, cy, phase in hyps:
+            t = shape_mask(shape, gx, gy, cx, cy, e).astype(np.float32)
+            if striped:
+                dark = stripe_dark(gx, cx, phase)
+                t = np.where(dark, t * STRIPE_DARK, t)
+            stack.append(t)
+        t0 = np.stack(stack).reshape(len(hyps), h, n, w, n).mean(axis=(2, 4))  # [K, h, w]
+        best = np.full(len(hyps), -np.inf, np.float32)
+        for by, bx in blurs:
+            t = by @ t0 @ bx.T  # blur columns and rows: [h,h] @ [K,h,w] @ [w,w]
+            tt = (t * t).sum(axis=(1, 2))
+            beta = (t * target).sum(axis=(1, 2)) / np.maximum(tt, 1e-9)
+            err = ((target - beta[:, None, None] * t) ** 2).sum(axis=(1, 2))
+            best = np.maximum(best, np.where(tt > 0, 1.0 - err / energy, -np.inf))
+        return best
+
+    # stage 1: coarse hypotheses at the centroid
+    hyps = []
     for shape in SHAPES:
         for striped, peak in ((False, peaks[0]), (True, peaks[1] * (1 + STRIPE_DARK) / 2)):
             area = max(total / max(peak, 1e-3), 1.0)
             for mult in (0.9, 1.0, 1.1):
                 e = float(np.sqrt(area / AREA[shape])) * mult / res
                 cy = my - CENTROID_DY.get(shape, 0.0) * e
-                inside = shape_mask(shape, gx, gy, mx, cy, e).astype(np.float32)
-                variants = [inside]
-                if striped:  # stripes at four phases (the renderer starts bright at the left edge)
-                    u = (gx - (mx - e / 2)) / STRIPE_PERIOD
-                    variants = [
-                        np.where(np.floor((u + ph) * 2) % 2 == 1, inside * STRIPE_DARK, inside)
-                        for ph in (0.0, 0.25, 0.5, 0.75)
-                    ]
-                for v in variants:
-                    t0 = v.reshape(h, n, w, n).mean(axis=(1, 3))
-                    for sigma in blurs:
-                        t = ndimage.gaussian_filter(t0, sigma) if sigma > 0 else t0
-                        tt = float((t * t).sum())
-                        if tt <= 0:
-                            continue
-                        beta = float((t * alpha).sum()) / tt
-                        fit = 1.0 - float(((alpha - beta * t) ** 2).sum()) / energy
-                        if fit > best.get((shape, striped), (-np.inf, 0.0))[0]:
-                            best[(shape, striped)] = (fit, e)
-    (shape, striped), (fit, e) = max(best.items(), key=lambda kv: kv[1][0])
+                for phase in (0.0, 0.25, 0.5, 0.75) if striped else (0.0,):
+                    hyps.append((shape, striped, e, mx, cy, phase))
+    fits = score(hyps)
+    best: dict[tuple[str, bool], tuple[float, tuple]] = {}
+    for hyp, fit in zip(hyps, fits, strict=True):
+        if fit > best.get(hyp[:2], (-np.inf,))[0]:
+            best[hyp[:2]] = (float(fit), hyp)
+    # stage 2: refine centre and extent of the three best (shape, texture) pairs
+    d = 0.4 / res
+    ranked = sorted(best.values(), key=lambda v: -v[0])
+    top = [v for v in ranked if not v[1][1]][:2] + [v for v in ranked if v[1][1]][:2]
+    hyps = [
+        (sh, st, e * m, cx + dx, cy + dy, ph)
+        for _, (sh, st, e, cx, cy, ph) in top
+        for m in (0.95, 1.0, 1.05)
+        for dx in (-d, 0.0, d)
+        for dy in (-d, 0.0, d)
+    ]
+    for hyp, fit in zip(hyps, score(hyps), strict=True):
+        if fit > best[hyp[:2]][0]:
+            best[hyp[:2]] = (float(fit), hyp)
+    (shape, _), (fit, hyp) = max(best.items(), key=lambda kv: kv[1][0])
     solid = max(v[0] for (_, st), v in best.items() if not st)
     stripes = max(v[0] for (_, st), v in best.items() if st)
-    return shape, fit, e, stripes - solid
+    return shape, fit, hyp[2], stripes - solid
 
 
 def _stripe_amplitude(value: np.ndarray, mask: np.ndarray, period_px: float) -> float:
@@ -225,8 +270,7 @@ def find_objects(image) -> list[Component]:
     img = as_image(image)
     res = img.shape[0]
     s = res / 32
-    k = 2 * int(round(s)) + 1
-    smooth = ndimage.uniform_filter(img, size=(k, k, 1), mode="nearest")
+    smooth = ndimage.gaussian_filter(img, sigma=(SMOOTH * s, SMOOTH * s, 0), mode="nearest")
     chroma, cls = _hue_classes(smooth)
     fg = chroma > FG_CHROMA
     background = np.median(img[~fg], axis=0) if (~fg).sum() > 8 else np.array(BACKGROUND, np.float32)
@@ -269,11 +313,13 @@ def find_objects(image) -> list[Component]:
         x0, x1 = max(0, bbox[0] - m), min(res, bbox[2] + 1 + m)
         y0, y1 = max(0, bbox[1] - m), min(res, bbox[3] + 1 + m)
         crop = (slice(y0, y1), slice(x0, x1))
-        others = [background] + [c for cj, cm, c in coarse if cm is not comp and cm[crop].any()]
+        others = [background] + [
+            c * f for cj, cm, c in coarse if cm is not comp and cm[crop].any() for f in (1.0, STRIPE_DARK)
+        ]
         region = ndimage.binary_dilation(filled, iterations=2 * max(1, int(s)))[crop]
         alpha = np.where(region, _unmix(img[crop], color, others), 0.0)
         alpha[(filled & ~mask)[crop]] = 1.0  # holes hold contained objects
-        core = region & (chroma[crop] >= 0.8 * float(chroma[comp].max()))
+        core = mask[crop] & (chroma[crop] >= 0.8 * float(chroma[comp].max()))
         peaks = (
             (float(np.percentile(alpha[core], 50)), float(np.percentile(alpha[core], 85)))
             if core.any()
@@ -371,7 +417,7 @@ def check(scene: Scene, objects: list[Component], prompt: str = "", max_objects:
         if perm in seen:
             continue
         seen.add(perm)
-        assign = {i: (objects[j] if j is not None else None) for i, j in zip(single, perm)}
+        assign = {i: (objects[j] if j is not None else None) for i, j in zip(single, perm, strict=True)}
         clauses = [cl for i in single for cl in _attr_clauses(scene.entities[i], assign[i])]
         for r in scene.relations:
             a, b = assign.get(r.subject), assign.get(r.object)

@@ -30,7 +30,7 @@ COLORS: dict[str, tuple[float, float, float]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "rectangle")
 PLURALS: dict[str, str] = {s: (s + "es" if s.endswith("ss") else s + "s") for s in SHAPES}
-SIZES: dict[str, float] = {"small": 0.22, "medium": 0.33, "large": 0.46}  # extent / image side
+SIZES: dict[str, float] = {"small": 0.25, "medium": 0.35, "large": 0.48}  # extent / image side
 TEXTURES: tuple[str, ...] = ("solid", "striped")
 NUMBERS: dict[str, int] = {"one": 1, "two": 2, "three": 3, "four": 4}
 SPATIAL_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to")
@@ -88,6 +88,8 @@ class Entity:
             raise ValueError(f"unknown size {self.size!r}; expected one of {tuple(SIZES)}")
         if self.texture is not None and self.texture not in TEXTURES:
             raise ValueError(f"unknown texture {self.texture!r}; expected one of {TEXTURES}")
+        if self.texture == "striped" and self.size == "small":
+            raise ValueError("stripes are not visible on small objects: a striped object is medium or large")
         if not 1 <= self.count <= 4:
             raise ValueError(f"count must be in 1..4, got {self.count}")
         if self.count > 1 and not self.numbered:
@@ -198,8 +200,7 @@ def parse_prompt(prompt: str) -> Scene:
         if pos >= len(words):
             return PromptError(f"prompt {prompt!r} ends early: expected {expected}")
         return PromptError(
-            f"unexpected word {words[pos]!r} (word {pos + 1}) in prompt {prompt!r}: "
-            f"expected {expected}"
+            f"unexpected word {words[pos]!r} (word {pos + 1}) in prompt {prompt!r}: expected {expected}"
         )
 
     def parse_np() -> Entity:
@@ -235,7 +236,10 @@ def parse_prompt(prompt: str) -> Scene:
                 )
             shape = w
         pos += 1
-        return Entity(shape=shape, count=count, numbered=numbered, **attrs)
+        try:
+            return Entity(shape=shape, count=count, numbered=numbered, **attrs)
+        except ValueError as err:
+            raise PromptError(f"prompt {prompt!r}: {err}") from None
 
     def parse_relation() -> str | None:
         nonlocal pos

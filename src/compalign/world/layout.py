@@ -18,7 +18,7 @@ PX = 1 / 32
 SEPARATION = 3 * PX  # min bbox gap between objects that are not in a contact relation
 NEAR_MAX = 0.17  # "next to": bbox gap in [SEPARATION, NEAR_MAX]
 FAR_MIN = 0.32  # corruption of "next to"
-APART_MIN = 6 * PX  # corruption of "touching"/"on top of"/"inside"
+APART_MIN = 8 * PX  # corruption of "touching"/"on top of"/"inside"
 CONTACT = ("inside", "on top of", "touching")
 LayoutRelation = tuple[str, int, int]  # (kind, subject entity, object entity)
 
@@ -42,7 +42,7 @@ def in_bounds(o: Placed, margin: float = PX) -> bool:
     return x0 >= margin and y0 >= margin and x1 <= 1 - margin and y1 <= 1 - margin
 
 
-def contained(inner: Placed, outer: Placed, margin: float = 1.5 * PX) -> bool:
+def contained(inner: Placed, outer: Placed, margin: float = 2.5 * PX) -> bool:
     """Every point of `inner` lies inside `outer` shrunk by `margin` on each side."""
     from .render import grid
 
@@ -121,7 +121,12 @@ def relation_holds(kind: str, a: Placed, b: Placed) -> bool:
     if kind == "inside":
         return b.shape in CONTAINER_SHAPES and contained(a, b)
     if kind == "on top of":
-        return b.shape in BASE_SHAPES and a.cy < b.cy and not masks_overlap(a, b) and abs(a.cx - b.cx) <= 0.25 * b.width
+        return (
+            b.shape in BASE_SHAPES
+            and a.cy < b.cy
+            and not masks_overlap(a, b)
+            and abs(a.cx - b.cx) <= 0.25 * b.width
+        )
     if kind == "touching":
         return not masks_overlap(a, b) and not contained(a, b) and not contained(b, a)
     raise KeyError(kind)
@@ -151,12 +156,14 @@ def _draw_attributes(
             size = e.size
             if size is None:
                 if i in inside_subj:
-                    size = "small"
+                    size = "medium" if e.texture == "striped" else "small"
                 elif i in inside_obj:
                     size = "large"
+                elif e.texture == "striped":  # stripes need room
+                    size = str(rng.choice(["medium", "large"], p=[0.65, 0.35]))
                 else:
                     size = str(rng.choice(list(SIZES), p=[0.4, 0.4, 0.2]))
-            texture = e.texture or ("solid" if rng.random() < 0.75 else "striped")
+            texture = e.texture or ("solid" if size == "small" or rng.random() < 0.75 else "striped")
             extent = SIZES[size] * rng.uniform(0.97, 1.03)
             objs.append(Placed(e.shape, color, extent, 0.5, 0.5, texture))
         out.append(objs)
@@ -166,7 +173,7 @@ def _draw_attributes(
 def sample_layout(
     scene: Scene | tuple[tuple[Entity, ...], list[LayoutRelation]],
     rng: np.random.Generator,
-    max_tries: int = 60,
+    max_tries: int = 200,
     group_tries: int = 40,
 ) -> list[Placed]:
     """Sample placed objects (in drawing order) for a scene; raise `LayoutError` if none fits.
@@ -184,9 +191,7 @@ def sample_layout(
     contact_pairs = {frozenset((s, o)) for k, s, o in relations if k in CONTACT}
 
     def separated(i: int, p: Placed, placed: list[tuple[int, Placed]]) -> bool:
-        return all(
-            frozenset((i, j)) in contact_pairs or bbox_gap(p, q) >= SEPARATION for j, q in placed
-        )
+        return all(frozenset((i, j)) in contact_pairs or bbox_gap(p, q) >= SEPARATION for j, q in placed)
 
     for _ in range(max_tries):
         per_entity = _draw_attributes(entities, relations, rng)

@@ -141,9 +141,7 @@ def truth(scene: Scene, objects: list[Placed], res: int = 32) -> bool:
     return check(scene, components_from_layout(objects, res)).passed
 
 
-def wrong_layout(
-    scene: Scene, kind: str, rng: np.random.Generator, tries: int = 10
-) -> list[Placed] | None:
+def wrong_layout(scene: Scene, kind: str, rng: np.random.Generator, tries: int = 10) -> list[Placed] | None:
     """A layout of a corrupted scene that truly contradicts `scene`, or None if there is none."""
     for _ in range(tries):
         spec = corrupt(scene, kind, rng)

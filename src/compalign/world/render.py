@@ -65,6 +65,12 @@ def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, e
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def stripe_dark(x: np.ndarray, cx: float, phase: float = 0.0) -> np.ndarray:
+    """Vertical stripes, symmetric about the object's centre (a bright stripe in the middle)."""
+    u = (x - cx) / STRIPE_PERIOD + 0.25 + phase
+    return np.floor(u * 2) % 2 == 1
+
+
 def grid(res: int, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates (unit square) of a res*supersample grid: x, y of shape [N, N]."""
     n = res * supersample
@@ -88,8 +94,7 @@ def render(objects: list[Placed], res: int = 32) -> np.ndarray:
         m = shape_mask(obj.shape, x, y, obj.cx, obj.cy, obj.extent)
         color = np.asarray(COLORS[obj.color], dtype=np.float32)
         if obj.texture == "striped":
-            u = (x - (obj.cx - obj.width / 2)) / STRIPE_PERIOD
-            dark = (np.floor(u * 2) % 2 == 1)[..., None]
+            dark = stripe_dark(x, obj.cx)[..., None]
             canvas[m] = np.where(dark, color * STRIPE_DARK, color)[m]
         else:
             canvas[m] = color

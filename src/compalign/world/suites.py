@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import numpy as np
@@ -79,12 +79,13 @@ def _pick(rng: np.random.Generator, options, p_none: float = 0.0):
 
 def _entity(rng, color=0.5, size=0.5, texture=0.5, avoid_colors=(), shape=None) -> Entity:
     colors = [c for c in COLORS if c not in avoid_colors]
-    return Entity(
-        shape=shape or _pick(rng, SHAPES),
-        color=_pick(rng, colors, 1 - color) if color else None,
-        size=_pick(rng, SIZES, 1 - size) if size else None,
-        texture=_pick(rng, TEXTURES, 1 - texture) if texture else None,
-    )
+    shape = shape or _pick(rng, SHAPES)
+    color = _pick(rng, colors, 1 - color) if color else None
+    size = _pick(rng, SIZES, 1 - size) if size else None
+    texture = _pick(rng, TEXTURES, 1 - texture) if texture else None
+    if texture == "striped" and size == "small":  # stripes need room
+        size = _pick(rng, ("medium", "large"))
+    return Entity(shape=shape, color=color, size=size, texture=texture)
 
 
 def _two(rng, **kw) -> tuple[Entity, Entity]:
@@ -112,7 +113,7 @@ def _non_spatial(rng) -> Scene:
     a, b = _two(rng, color=1.0, size=0.0, texture=0.3)
     b = _fit_object(kind, b, rng)
     if kind == "inside":
-        a = a.with_(size="small" if rng.random() < 0.4 else None)
+        a = a.with_(size="small" if rng.random() < 0.4 and a.texture != "striped" else None)
         b = b.with_(size="large" if rng.random() < 0.4 else None)
     return Scene((a, b), (Relation(kind, 0, 1),))
 
@@ -153,9 +154,7 @@ SAMPLERS: dict[str, Callable[[np.random.Generator], Scene]] = {
     "two_object": lambda r: Scene(_two(r, color=0.0, size=0.5, texture=0.5)),
     "counting": _counting,
     "colors": lambda r: Scene((_entity(r, color=1.0, size=0.5, texture=0.5),)),
-    "position": lambda r: _pair(
-        r, _pick(r, SPATIAL_RELATIONS[:4]), color=0.3, size=0.5, texture=0.0
-    ),
+    "position": lambda r: _pair(r, _pick(r, SPATIAL_RELATIONS[:4]), color=0.3, size=0.5, texture=0.0),
     "color_attr": lambda r: Scene(_two(r, color=1.0, size=0.0, texture=0.0)),
 }
 
@@ -203,7 +202,7 @@ def build_suites(max_draws: int = 40000) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shipped() -> dict:
     path = resources.files("compalign.world") / "data" / f"suites_{SUITE_VERSION}.json"
     return json.loads(path.read_text())
@@ -240,4 +239,3 @@ def sample_train_scene(
         if not is_heldout(scene) and len(set(descs)) == len(descs):
             return category, scene
     raise RuntimeError(f"no training scene found in {max_tries} draws from {cats}")
-
