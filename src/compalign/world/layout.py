@@ -98,7 +98,20 @@ def _place_pair(kind: str, a: Placed, b: Placed, rng: np.random.Generator) -> Pl
             else:
                 hi = mid
         return a.moved(b.cx + math.cos(t) * hi, b.cy + math.sin(t) * hi)
-    return _uniform(a, rng)  # spatial, far, apart: sample freely, checked afterwards
+    if kind in _DIRECTIONS:  # offset along the relation's axis, within its cone
+        ux, uy = _DIRECTIONS[kind]
+        half = (a.width + b.width) / 2 if ux else (a.height + b.height) / 2
+        lo = max(0.1, half + SEPARATION)
+        if lo >= 0.9:
+            return None
+        along = rng.uniform(lo, 0.9)
+        across = rng.uniform(-along / 1.3, along / 1.3)
+        return a.moved(b.cx + ux * along - uy * across, b.cy + uy * along + ux * across)
+    return _uniform(a, rng)  # far, apart: sample freely, checked afterwards
+
+
+# unit vector from the relation object to its subject
+_DIRECTIONS = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}
 
 
 def _uniform(o: Placed, rng: np.random.Generator) -> Placed:
@@ -196,7 +209,11 @@ def sample_layout(
     for _ in range(max_tries):
         per_entity = _draw_attributes(entities, relations, rng)
         placed: list[tuple[int, Placed]] = []
-        for i in range(len(entities)):
+        # groups (an entity with its relation subject) from the largest to the smallest
+        area = [sum(o.width * o.height for o in objs) for objs in per_entity]
+        for s, (_, o) in rel_of.items():
+            area[o] += area[s]
+        for i in sorted(range(len(entities)), key=lambda i: -area[i]):
             if i in subjects:
                 continue  # placed together with its relation object
             partner = next((s for s, (_, o) in rel_of.items() if o == i), None)
