@@ -1,0 +1,94 @@
+"""Generators by name: shipped world models, local folders, and registered adapters.
+
+`create_generator(name_or_path)` resolves, in order:
+
+1. ``prefix:rest`` where `prefix` was registered with `register_generator` (the extension point
+   for real diffusers pipelines, e.g. a later ``diffusers:stabilityai/sd-turbo`` adapter);
+2. a local folder: a saved `WorldPipeline` (``model_index.json``) or a training run folder
+   (its ``final/`` pipeline);
+3. a world model shipped in the package (``compalign/generators/world/weights/<name>/``);
+4. a world preset without shipped weights: `ModelNotTrainedError` saying how to train it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .base import Generator
+
+GeneratorFactory = Callable[..., Generator]
+_FACTORIES: dict[str, GeneratorFactory] = {}
+
+
+class ModelNotTrainedError(LookupError):
+    """A known world model whose weights are not shipped (yet)."""
+
+
+def register_generator(prefix: str, factory: GeneratorFactory) -> None:
+    """Register `factory(rest, device=None, dtype=None, **kwargs) -> Generator` for ``prefix:rest``."""
+    if not prefix or ":" in prefix:
+        raise ValueError(f"invalid prefix {prefix!r}")
+    _FACTORIES[prefix] = factory
+
+
+def weights_root() -> Path:
+    """Folder of the shipped world-model weights inside the package."""
+    return Path(str(resources.files("compalign.generators.world") / "weights"))
+
+
+def shipped_models() -> list[str]:
+    root = weights_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
+
+
+def list_generators() -> list[str]:
+    """Names `create_generator` knows: shipped models, presets, and ``prefix:`` adapters."""
+    from .world.config import list_presets
+
+    names = set(shipped_models()) | set(list_presets())
+    return sorted(names) + sorted(f"{p}:" for p in _FACTORIES)
+
+
+def _pipeline_dir(path: Path) -> Path | None:
+    if (path / "model_index.json").is_file():
+        return path
+    if (path / "final" / "model_index.json").is_file():
+        return path / "final"
+    return None
+
+
+def create_generator(
+    name_or_path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs,
+) -> Generator:
+    """A ready generator (weights loaded, eval mode) for a name, folder or ``prefix:rest``."""
+    from .world.config import list_presets
+    from .world.generator import WorldGenerator
+
+    text = str(name_or_path)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in _FACTORIES:
+        return _FACTORIES[prefix](rest, device=device, dtype=dtype, **kwargs)
+    path = Path(text)
+    if path.exists():
+        pipe_dir = _pipeline_dir(path)
+        if pipe_dir is None:
+            raise FileNotFoundError(
+                f"{path} is neither a saved world pipeline (model_index.json) nor a finished run (final/)"
+            )
+        return WorldGenerator.from_pretrained(pipe_dir, name=path.name, device=device, dtype=dtype)
+    if text in shipped_models():
+        return WorldGenerator.from_pretrained(weights_root() / text, name=text, device=device, dtype=dtype)
+    if text in list_presets():
+        raise ModelNotTrainedError(
+            f"model {text} has no shipped weights; train it with `compalign world train --preset {text}`"
+        )
+    raise KeyError(f"unknown generator {text!r}; known: {', '.join(list_generators()) or 'none'}")

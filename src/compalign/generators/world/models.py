@@ -1,0 +1,210 @@
+"""Architecture of a world text-to-image model: build its diffusers / transformers components.
+
+A world model is pixel-space diffusion on 32x32 RGB images. The image is folded into
+`patch_size` x `patch_size` blocks (pixel unshuffle, lossless) so a 2x2 fold gives the UNet a
+16x16 input with 12 channels: four times cheaper than running at 32x32, which matters on a CPU.
+The text encoder is a small `CLIPTextModel` (causal, like Stable Diffusion's) or a small
+`T5EncoderModel` (bidirectional, relative positions); both read the word-level world tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
+
+IMAGE_SIZE = 32
+IMAGE_CHANNELS = 3
+TEXT_ENCODERS = ("clip", "t5")
+SAMPLERS = ("ddim", "dpmsolver", "euler")
+
+
+@dataclass
+class WorldArch:
+    """Architecture and sampler of one world model (everything `build_components` needs)."""
+
+    patch_size: int = 2
+    """Pixel-unshuffle factor: the UNet sees `[3*p*p, 32/p, 32/p]` (1 = plain 32x32 pixels)."""
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    """UNet channels per resolution level (each level after the first halves the resolution)."""
+    layers_per_block: int = 1
+    """ResNet layers per UNet level (the up path has one more)."""
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    """Per level: self- plus cross-attention (`CrossAttn*Block2D`) or plain ResNets."""
+    attention_head_dim: int = 8
+    """Channels per attention head in the UNet."""
+    norm_num_groups: int = 8
+    """GroupNorm groups in the UNet; must divide every entry of `block_out_channels`."""
+    text_encoder: str = "clip"
+    """`clip` (causal `CLIPTextModel`) or `t5` (bidirectional `T5EncoderModel`)."""
+    text_hidden_size: int = 64
+    """Width of the text encoder, also the UNet's `cross_attention_dim`."""
+    text_layers: int = 3
+    """Transformer layers in the text encoder."""
+    text_heads: int = 4
+    """Attention heads in the text encoder."""
+    text_ff_mult: int = 4
+    """Feed-forward width of the text encoder as a multiple of `text_hidden_size`."""
+    prediction_type: str = "v_prediction"
+    """What the UNet predicts: `v_prediction`, `epsilon` or `sample` (x0)."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """Noise schedule (diffusers name): `squaredcos_cap_v2` (cosine), `scaled_linear`, `linear`."""
+    num_train_timesteps: int = 1000
+    """Diffusion timesteps of the training schedule."""
+    sampler: str = "ddim"
+    """Sampler shipped with the model: `ddim`, `dpmsolver` (DPM-Solver++ 2M) or `euler`."""
+    sample_steps: int = 25
+    """Default number of sampling steps."""
+    guidance_scale: float = 3.0
+    """Default classifier-free guidance scale (1 = no guidance, a single forward per step)."""
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError("attention_levels needs one entry per block_out_channels level")
+        if IMAGE_SIZE % self.patch_size or (IMAGE_SIZE // self.patch_size) % 2 ** (
+            len(self.block_out_channels) - 1
+        ):
+            raise ValueError(
+                f"patch_size {self.patch_size} with {len(self.block_out_channels)} levels does not "
+                f"divide the {IMAGE_SIZE} px image evenly"
+            )
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide {self.block_out_channels}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        d["attention_levels"] = list(self.attention_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldArch:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def build_unet(arch: WorldArch):
+    from diffusers import UNet2DConditionModel
+
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in arch.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(arch.attention_levels))
+    channels = IMAGE_CHANNELS * arch.patch_size**2
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // arch.patch_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=arch.block_out_channels,
+        layers_per_block=arch.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=arch.text_hidden_size,
+        attention_head_dim=arch.attention_head_dim,
+        norm_num_groups=arch.norm_num_groups,
+    )
+
+
+def build_text_encoder(arch: WorldArch):
+    vocab = build_vocab()
+    if arch.text_encoder == "clip":
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        cfg = CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=arch.text_hidden_size,
+            intermediate_size=arch.text_hidden_size * arch.text_ff_mult,
+            num_hidden_layers=arch.text_layers,
+            num_attention_heads=arch.text_heads,
+            max_position_embeddings=MAX_LENGTH,
+            pad_token_id=vocab["<pad>"],
+            bos_token_id=vocab["<bos>"],
+            eos_token_id=vocab["<eos>"],
+        )
+        return CLIPTextModel(cfg)
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=len(vocab),
+        d_model=arch.text_hidden_size,
+        d_kv=arch.text_hidden_size // arch.text_heads,
+        d_ff=arch.text_hidden_size * arch.text_ff_mult,
+        num_layers=arch.text_layers,
+        num_heads=arch.text_heads,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=MAX_LENGTH,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=vocab["<pad>"],
+        eos_token_id=vocab["<eos>"],
+        decoder_start_token_id=vocab["<pad>"],
+    )
+    return T5EncoderModel(cfg)
+
+
+def scheduler_config(arch: WorldArch) -> dict:
+    return dict(
+        num_train_timesteps=arch.num_train_timesteps,
+        beta_schedule=arch.beta_schedule,
+        prediction_type=arch.prediction_type,
+    )
+
+
+def build_sampler(arch: WorldArch):
+    """The inference scheduler shipped in the pipeline (deterministic samplers only)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    common = scheduler_config(arch)
+    if arch.sampler == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    if arch.sampler == "dpmsolver":
+        return DPMSolverMultistepScheduler(
+            **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
+    return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
+
+
+def build_training_scheduler(config: dict):
+    """The DDPM scheduler used for training (add_noise, get_velocity) from any scheduler config."""
+    from diffusers import DDPMScheduler
+
+    keep = ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start", "beta_end")
+    return DDPMScheduler(**{k: config[k] for k in keep if k in config})
+
+
+def build_components(arch: WorldArch) -> dict:
+    """Fresh (randomly initialised) components of a `WorldPipeline`."""
+    return dict(
+        unet=build_unet(arch),
+        text_encoder=build_text_encoder(arch),
+        tokenizer=build_tokenizer(),
+        scheduler=build_sampler(arch),
+    )
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "IMAGE_CHANNELS",
+    "IMAGE_SIZE",
+    "SAMPLERS",
+    "TEXT_ENCODERS",
+    "WorldArch",
+    "build_components",
+    "build_sampler",
+    "build_text_encoder",
+    "build_training_scheduler",
+    "build_unet",
+    "count_parameters",
+    "scheduler_config",
+]
