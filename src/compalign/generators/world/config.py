@@ -1,0 +1,202 @@
+"""Training configuration of world models, and the named presets that reproduce shipped models.
+
+Presets are data: one JSON file per preset in ``presets/`` (``{"description": ..., "config": {...}}``
+where ``config`` holds `WorldTrainConfig` fields, ``arch`` a dict of `WorldArch` fields).
+`create_preset(name, **overrides)` returns the config; overrides may name architecture fields as
+``arch.<field>``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from compalign.world.suites import CATEGORIES
+
+from .models import WorldArch
+
+MODES = ("diffusion", "distill")
+LOSSES = ("mse", "l1", "huber")
+
+
+@dataclass
+class WorldTrainConfig:
+    """Everything that defines a world-model training run (data, architecture, optimisation)."""
+
+    name: str = "world-custom"
+    """Model name; the shipped weights of a preset are stored under this name."""
+    output_dir: str | None = None
+    """Run folder (checkpoints, log, final pipeline). Default: ``runs/<name>``."""
+    mode: str = "diffusion"
+    """``diffusion``: train a text-to-image diffusion model from scratch on rendered scenes.
+    ``distill``: distil a trained teacher's multi-step sampler into a one/two-step generator."""
+    arch: WorldArch = field(default_factory=WorldArch)
+    """Architecture and default sampler (ignored by ``distill``, which copies the teacher's)."""
+
+    # ----------------------------------------------------------------------------- data
+    categories: list[str] | None = None
+    """Scene categories to sample training scenes from (None: all). Held-out scenes never appear."""
+    seed: int = 0
+    """Seed of the initial weights, the data stream, the noise and the timesteps."""
+
+    # ----------------------------------------------------------------------------- optimisation
+    max_steps: int = 4000
+    """Optimizer steps of the run; the learning-rate schedule spans them."""
+    batch_size: int = 64
+    """Images per optimizer step."""
+    learning_rate: float = 5e-4
+    """Peak AdamW learning rate."""
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 200
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    lr_schedule: str = "cosine"
+    """After warm-up: ``cosine`` decay to ``min_lr_ratio`` * peak, or ``constant``."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine schedule)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+    cond_dropout: float = 0.1
+    """Probability of replacing a prompt by the empty prompt (classifier-free guidance)."""
+    snr_gamma: float | None = 5.0
+    """Min-SNR loss weighting gamma (None: plain unweighted loss)."""
+    ema_decay: float | None = 0.999
+    """Decay of the exponential moving average of the weights that is exported (None: no EMA)."""
+
+    # ----------------------------------------------------------------------------- distillation
+    teacher: str | None = None
+    """``distill``: the teacher, a shipped model name, a pipeline folder or a run folder."""
+    teacher_steps: int | None = None
+    """``distill``: teacher sampling steps (None: the teacher's default)."""
+    teacher_guidance: float | None = None
+    """``distill``: teacher guidance scale, baked into the student (None: the teacher's default)."""
+    num_pairs: int = 8192
+    """``distill``: (noise, prompt, teacher image) pairs generated before the student trains."""
+    pair_shard_size: int = 256
+    """``distill``: pairs per cached shard (a shard is the unit of resume while generating)."""
+    student_steps: int = 1
+    """``distill``: sampling steps of the student (1 or 2), trained end to end through them."""
+    distill_loss: str = "mse"
+    """``distill``: ``mse``, ``l1`` or ``huber`` (pseudo-Huber) between student and teacher images."""
+
+    # ----------------------------------------------------------------------------- infrastructure
+    checkpoint_every: int = 250
+    """Save a resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted first)."""
+    log_every: int = 25
+    """Append a line to ``log.jsonl`` every this many steps."""
+    num_workers: int = 1
+    """Data-rendering worker processes (0: render in the training process)."""
+    num_threads: int | None = None
+    """torch CPU threads (None: on a CPU, half the cores the data workers leave: 1 on 2 cores)."""
+    mixed_precision: str = "no"
+    """``no``, ``fp16`` or ``bf16`` (passed to accelerate)."""
+    device: str | None = None
+    """None: chosen by accelerate (a GPU when there is one); ``cpu`` forces the CPU."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arch, dict):
+            self.arch = WorldArch.from_dict(self.arch)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.distill_loss not in LOSSES:
+            raise ValueError(f"distill_loss must be one of {LOSSES}, got {self.distill_loss!r}")
+        if self.categories is not None:
+            self.categories = list(self.categories)
+            bad = [c for c in self.categories if c not in CATEGORIES]
+            if bad:
+                raise ValueError(f"unknown categories {bad}; expected some of {CATEGORIES}")
+        if self.mode == "distill" and not self.teacher:
+            raise ValueError("mode 'distill' needs a teacher")
+        if not 1 <= self.student_steps <= 2:
+            raise ValueError("student_steps must be 1 or 2")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["arch"] = self.arch.to_dict()
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Fields that only change how a run executes, not what it computes: they may differ on resume.
+RUNTIME_FIELDS = frozenset(
+    {
+        "output_dir",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "num_workers",
+        "num_threads",
+        "device",
+        "progress",
+    }
+)
+
+
+@cache
+def _preset_files() -> dict[str, str]:
+    root = resources.files("compalign.generators.world") / "presets"
+    return {p.name[: -len(".json")]: p.read_text() for p in root.iterdir() if p.name.endswith(".json")}
+
+
+def list_presets() -> list[str]:
+    return sorted(_preset_files())
+
+
+def preset_description(name: str) -> str:
+    return _load_preset(name).get("description", "")
+
+
+def _load_preset(name: str) -> dict:
+    files = _preset_files()
+    if name not in files:
+        raise KeyError(f"unknown preset {name!r}; expected one of {', '.join(sorted(files))}")
+    return json.loads(files[name])
+
+
+def create_preset(name: str, **overrides) -> WorldTrainConfig:
+    """The `WorldTrainConfig` of a named preset; `overrides` replace fields (``arch.x`` allowed)."""
+    d = _load_preset(name)["config"]
+    d = {**d, "arch": dict(d.get("arch", {})), "name": d.get("name", name)}
+    for key, value in overrides.items():
+        key = key.replace("__", ".")
+        if key.startswith("arch."):
+            d["arch"][key[5:]] = value
+        else:
+            d[key] = value
+    return WorldTrainConfig.from_dict(d)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with a JSON value (bare strings allowed): ``arch.sampler=ddim``, ``max_steps=10``."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

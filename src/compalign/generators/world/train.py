@@ -1,0 +1,684 @@
+"""Training of world models: text-to-image diffusion from scratch, and one/two-step distillation.
+
+`train_world_model(config)` runs (or resumes) a run in ``config.run_dir``::
+
+    run_dir/
+      config.json              the full WorldTrainConfig
+      log.jsonl                step, loss, learning rate, throughput
+      checkpoints/step_0000500/state.pt   resumable state (weights, EMA, optimizer, schedule,
+                                           step, RNG states, wall time, sessions)
+      pairs/shard_00000.pt     (distill) cached teacher pairs
+      final/                   WorldPipeline (save_pretrained) + training.json (the record)
+
+Every random draw of step `k` (batch, noise, timesteps, prompt dropout) is a function of
+`(seed, k)`, so a run resumed from a checkpoint continues exactly as the uninterrupted run.
+Checkpoints are written to a temporary folder and renamed (atomic); SIGINT / SIGTERM make the
+loop stop at the end of the current step and save a checkpoint before exiting.
+
+Distillation (the one-step generator): the teacher's multi-step, guided sampler maps noise z to
+an image x = T(z, prompt). The student, initialised as a copy of the teacher and run for
+`student_steps` (1) DDIM steps from the same z without guidance, regresses onto x (Luhman &
+Luhman 2021, "knowledge distillation in iterative generative models"). Pairs are generated once,
+cached in shards, then the student trains on random batches of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..base import noise_for_seeds
+from .config import RUNTIME_FIELDS, WorldTrainConfig
+from .data import batches, make_batch
+from .generator import RECORD_FILE, quiet_loading
+from .models import build_components, build_training_scheduler, count_parameters
+from .pipeline import WorldPipeline
+from .tokenizer import tokenize
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+PAIRS = "pairs"
+STATE_FILE = "state.pt"
+
+
+# ------------------------------------------------------------------------------------- helpers
+class EMA:
+    """Exponential moving average of parameters (fp32 shadow), with the usual warm-up."""
+
+    def __init__(self, named_params: dict[str, torch.Tensor], decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, p in named_params.items():
+            self.shadow[k].mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, named_params: dict[str, torch.Tensor]) -> None:
+        for k, p in named_params.items():
+            p.copy_(self.shadow[k].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+def lr_factor(config: WorldTrainConfig, step: int) -> float:
+    """Learning-rate multiplier at `step` (warm-up, then cosine to `min_lr_ratio` or constant)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
+
+
+def pair_seed(seed: int, index: int) -> int:
+    """Noise seed of distillation pair `index` (disjoint from small user seeds)."""
+    return (seed + 1) * 100_000_000 + index
+
+
+def default_threads(config: WorldTrainConfig, device: torch.device) -> int:
+    """`config.num_threads`, else on a CPU half the cores left over by the data workers.
+
+    Measured on a 2-core machine shared with other jobs: two torch threads plus a rendering worker
+    ran ~10x slower than one thread (OpenMP threads wait for each other when a core is taken).
+    """
+    if config.num_threads:
+        return config.num_threads
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    return max(1, ((os.cpu_count() or 1) - config.num_workers) // 2)
+
+
+def hardware_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def versions() -> dict:
+    import diffusers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_FILE).is_file())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _atomic_dir(final: Path, write) -> None:
+    """Write a folder with `write(tmp_dir)`, then rename it into place."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_states() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_states(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag (the loop saves and stops); a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    keys = (set(a) | set(b)) - RUNTIME_FIELDS
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+# ------------------------------------------------------------------------------------- trainer
+class _Run:
+    """State shared by both training modes."""
+
+    def __init__(self, config: WorldTrainConfig, resume: bool):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        self.config = config
+        AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+        self.device = self.accelerator.device
+        torch.set_num_threads(default_threads(config, self.device))
+        self.run_dir = config.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.run_dir / "config.json"
+        self.ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if self.ckpt is not None and cfg_path.exists():
+            diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
+            if diff == ["max_steps"]:
+                warnings.warn(
+                    "max_steps differs from the run's config: the learning-rate schedule changes",
+                    stacklevel=2,
+                )
+            elif diff:
+                raise ValueError(
+                    f"run {self.run_dir} was started with a different config ({', '.join(diff)}); "
+                    "use another output_dir or resume=False"
+                )
+        if not resume:
+            for p in list_checkpoints(self.run_dir):
+                shutil.rmtree(p)
+        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
+        self.log_path = self.run_dir / "log.jsonl"
+        self.hardware = hardware_info(self.device)
+
+    def log(self, record: dict) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        if not self.log_path.exists():
+            return
+        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        self.log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _trainable(pipe: WorldPipeline) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+
+
+def _new_pipeline(config: WorldTrainConfig) -> WorldPipeline:
+    torch.manual_seed(config.seed)
+    arch = config.arch
+    return WorldPipeline(
+        **build_components(arch),
+        patch_size=arch.patch_size,
+        default_steps=arch.sample_steps,
+        default_guidance_scale=arch.guidance_scale,
+    )
+
+
+def _student_pipeline(config: WorldTrainConfig, teacher: WorldPipeline) -> WorldPipeline:
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(
+        **scheduler_config_from(teacher.scheduler.config),
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
+    student = WorldPipeline(
+        unet=copy.deepcopy(teacher.unet),
+        text_encoder=copy.deepcopy(teacher.text_encoder),
+        tokenizer=teacher.tokenizer,
+        scheduler=sched,
+        patch_size=teacher.config.patch_size,
+        default_steps=config.student_steps,
+        default_guidance_scale=1.0,
+    )
+    student.unet.requires_grad_(True)
+    student.text_encoder.requires_grad_(True)
+    return student
+
+
+def preset_pipeline(config: WorldTrainConfig | str) -> WorldPipeline:
+    """A randomly initialised pipeline with a preset's architecture and sampler settings (the
+    compute of the trained model; for benchmarks and tests). A distill preset gets its teacher's
+    preset architecture with the student's sampler."""
+    from .config import create_preset
+
+    if isinstance(config, str):
+        config = create_preset(config)
+    if config.mode == "distill":
+        return _student_pipeline(config, _new_pipeline(create_preset(config.teacher)))
+    return _new_pipeline(config)
+
+
+def scheduler_config_from(cfg) -> dict:
+    keep = ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start", "beta_end")
+    return {k: cfg[k] for k in keep if k in cfg}
+
+
+def resolve_teacher(config: WorldTrainConfig) -> str:
+    """The teacher as a folder when one exists: a path, or the sibling run ``<runs>/<teacher>``
+    of this run (so ``world-onestep`` finds ``runs/world-base`` before it is shipped); else the
+    name of a shipped model."""
+    from ..registry import _pipeline_dir
+
+    for cand in (Path(config.teacher), config.run_dir.parent / config.teacher):
+        if cand.exists() and _pipeline_dir(cand) is not None:
+            return str(_pipeline_dir(cand))
+    return config.teacher
+
+
+def _load_teacher(config: WorldTrainConfig, device) -> tuple[WorldPipeline, str]:
+    from ..registry import create_generator
+
+    source = resolve_teacher(config)
+    gen = create_generator(source, device=device)
+    return gen.pipe, source
+
+
+def train_world_model(
+    config: WorldTrainConfig, resume: bool = True, stop_at_step: int | None = None
+) -> Path | None:
+    """Train (or resume) a world model; returns the final pipeline folder.
+
+    `stop_at_step` stops early after that step with a checkpoint (as an interruption would) and
+    returns None; the schedule still spans `config.max_steps`.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, resume, stop_at_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> Path | None:
+    run = _Run(config, resume)
+    teacher_name = None
+    if config.mode == "distill":
+        teacher, teacher_name = _load_teacher(config, run.device)
+        pipe = _student_pipeline(config, teacher)
+    else:
+        teacher = None
+        pipe = _new_pipeline(config)
+    pipe.set_progress_bar_config(disable=True)
+    model = _trainable(pipe)
+    model.train()
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        params.values(),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
+    model, optimizer, scheduler = run.accelerator.prepare(model, optimizer, scheduler)
+    params = dict(run.accelerator.unwrap_model(model).named_parameters())
+    ema = EMA(params, config.ema_decay) if config.ema_decay else None
+
+    step, wall, sessions, loss_avg = 0, 0.0, [], None
+    if run.ckpt is not None:
+        state = torch.load(run.ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        run.accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        _set_rng_states(state["rng"])
+        step, wall, sessions = state["step"], state["wall_time_s"], state["sessions"]
+        loss_avg = state.get("loss_avg")
+        run.truncate_log(step)
+    session = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "from_step": step,
+        **run.hardware,
+    }
+    sessions = [*sessions, session]
+
+    pairs = None
+    if config.mode == "distill":
+        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe)
+        del teacher
+    else:
+        pair_seconds = 0.0
+
+    def save(at_step: int) -> None:
+        session["to_step"] = at_step
+        state = {
+            "model": run.accelerator.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": _rng_states(),
+            "step": at_step,
+            "wall_time_s": wall,
+            "sessions": sessions,
+            "loss_avg": loss_avg,
+            "config": config.to_dict(),
+        }
+        _atomic_dir(
+            run.run_dir / CHECKPOINTS / f"step_{at_step:07d}",
+            lambda d: torch.save(state, d / STATE_FILE),
+        )
+        for old in list_checkpoints(run.run_dir)[: -max(1, config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    end = config.max_steps if stop_at_step is None else min(stop_at_step, config.max_steps)
+    data = None
+    if config.mode == "diffusion" and step < end:
+        data = batches(config.seed, config.batch_size, config.categories, step, config.num_workers)
+        train_sched = build_training_scheduler(pipe.scheduler.config)
+        train_sched.alphas_cumprod = train_sched.alphas_cumprod.to(run.device)
+
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc=f"{config.name}",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
+    t_log, s_log = time.perf_counter(), step
+    stopped = False
+    with _StopFlag() as flag:
+        while step < end:
+            t0 = time.perf_counter()
+            if config.mode == "diffusion":
+                batch = next(data)
+                assert batch["step"] == step, (batch["step"], step)
+                loss = diffusion_loss(
+                    config, model, pipe, train_sched, batch, step, run.device, run.accelerator.autocast
+                )
+            else:
+                loss = _distill_loss(config, run, pipe, pairs, step)
+            run.accelerator.backward(loss)
+            if config.max_grad_norm:
+                run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(params, step)
+            step += 1
+            wall += time.perf_counter() - t0
+            value = float(loss.detach())
+            loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step % config.log_every == 0 or step == end:
+                now = time.perf_counter()
+                run.log(
+                    {
+                        "step": step,
+                        "loss": value,
+                        "loss_avg": loss_avg,
+                        "lr": scheduler.get_last_lr()[0],
+                        "steps_per_s": (step - s_log) / max(1e-9, now - t_log),
+                        "wall_time_s": wall,
+                    }
+                )
+                t_log, s_log = now, step
+            if step % config.checkpoint_every == 0 or step == end or flag.stop:
+                save(step)
+            if flag.stop:
+                stopped = True
+                break
+    bar.close()
+    if stopped or step < config.max_steps:
+        return None
+
+    # ---------------------------------------------------------------- export the final pipeline
+    final_model = run.accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(dict(final_model.named_parameters()))
+    final_model.eval()
+    record = {
+        "name": config.name,
+        "preset": config.name,
+        "mode": config.mode,
+        "steps": step,
+        "batch_size": config.batch_size,
+        "wall_time_s": round(wall + pair_seconds, 1),
+        "train_time_s": round(wall, 1),
+        "pair_generation_s": round(pair_seconds, 1),
+        "final_loss_avg": loss_avg,
+        "parameters": {
+            "unet": count_parameters(pipe.unet),
+            "text_encoder": count_parameters(pipe.text_encoder),
+        },
+        "teacher": teacher_name,
+        "hardware": run.hardware,
+        "sessions": sessions,
+        "versions": versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+    }
+
+    def write_final(d: Path) -> None:
+        with quiet_loading():
+            pipe.save_pretrained(d)
+        (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    _atomic_dir(run.run_dir / FINAL, write_final)
+    return run.run_dir / FINAL
+
+
+def diffusion_loss(
+    config: WorldTrainConfig,
+    model: torch.nn.ModuleDict,
+    pipe: WorldPipeline,
+    train_sched,
+    batch: dict,
+    step: int,
+    device: torch.device | str = "cpu",
+    autocast=nullcontext,
+) -> torch.Tensor:
+    """Denoising loss of batch `step` (noise, timesteps and prompt dropout drawn from (seed, step))."""
+    g = step_generator(config.seed, step)
+    x0 = pipe.fold(batch["images"]).to(device)
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    t = torch.randint(0, train_sched.config.num_train_timesteps, (b,), generator=g).to(device)
+    drop = torch.rand(b, generator=g) < config.cond_dropout
+    prompts = ["" if d else p for d, p in zip(drop.tolist(), batch["prompts"], strict=True)]
+    ids, mask = tokenize(pipe.tokenizer, prompts, device=device)
+    xt = train_sched.add_noise(x0, noise, t)
+    kind = train_sched.config.prediction_type
+    if kind == "v_prediction":
+        target = train_sched.get_velocity(x0, noise, t)
+    elif kind == "epsilon":
+        target = noise
+    else:
+        target = x0
+    with autocast():
+        enc = model["text_encoder"](input_ids=ids, attention_mask=mask).last_hidden_state
+        pred = model["unet"](xt, t, enc, encoder_attention_mask=mask).sample
+    per = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    if config.snr_gamma:
+        ac = train_sched.alphas_cumprod[t].float()
+        snr = ac / (1 - ac)
+        clipped = snr.clamp(max=config.snr_gamma)
+        w = {"v_prediction": clipped / (snr + 1), "epsilon": clipped / snr, "sample": clipped}[kind]
+        per = per * w
+    return per.mean()
+
+
+def _distill_loss(config, run, pipe, pairs, step) -> torch.Tensor:
+    g = step_generator(config.seed, step, salt=1)
+    n = pairs["images"].shape[0]
+    idx = torch.randint(0, n, (config.batch_size,), generator=g)
+    noise = noise_for_seeds(pairs["seeds"][idx].tolist(), pipe.noise_shape(1)[1:]).to(run.device)
+    target = pairs["images"][idx].to(run.device).float()
+    prompts = [pairs["prompts"][i] for i in idx.tolist()]
+    with run.accelerator.autocast():
+        pred = pipe.denoise(noise, prompts, config.student_steps, 1.0, enable_grad=True, clamp=False)
+    diff = pred.float() - target
+    if config.distill_loss == "mse":
+        return diff.pow(2).mean()
+    if config.distill_loss == "l1":
+        return diff.abs().mean()
+    c = 0.03  # pseudo-Huber in [0, 1] image units
+    return (torch.sqrt(diff.pow(2) + c * c) - c).mean()
+
+
+def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> tuple[dict, float]:
+    """Generate (or reuse) the cached teacher pairs; returns them and the seconds spent in total."""
+    config = run.config
+    root = run.run_dir / PAIRS
+    root.mkdir(exist_ok=True)
+    n_shards = math.ceil(config.num_pairs / config.pair_shard_size)
+    shape = student.noise_shape(1)[1:]
+    teacher.set_progress_bar_config(disable=True)
+    bar = tqdm(
+        total=n_shards, desc=f"{config.name}: teacher pairs", disable=not config.progress, dynamic_ncols=True
+    )
+    for s in range(n_shards):
+        path = root / f"shard_{s:05d}.pt"
+        if path.exists():
+            bar.update(1)
+            continue
+        t0 = time.perf_counter()
+        size = min(config.pair_shard_size, config.num_pairs - s * config.pair_shard_size)
+        batch = make_batch(config.seed, s, size, config.categories, with_images=False)
+        seeds = [pair_seed(config.seed, s * config.pair_shard_size + i) for i in range(size)]
+        noise = noise_for_seeds(seeds, shape)
+        images = []
+        for i in range(0, size, config.batch_size):
+            images.append(
+                teacher.denoise(
+                    noise[i : i + config.batch_size].to(run.device),
+                    batch["prompts"][i : i + config.batch_size],
+                    config.teacher_steps,
+                    config.teacher_guidance,
+                ).cpu()
+            )
+        shard = {
+            "prompts": batch["prompts"],
+            "seeds": torch.tensor(seeds, dtype=torch.long),
+            "images": torch.cat(images).half(),
+            "seconds": time.perf_counter() - t0,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(shard, tmp)
+        os.replace(tmp, path)
+        bar.update(1)
+    bar.close()
+    shards = [torch.load(root / f"shard_{s:05d}.pt", weights_only=False) for s in range(n_shards)]
+    pairs = {
+        "prompts": [p for sh in shards for p in sh["prompts"]],
+        "seeds": torch.cat([sh["seeds"] for sh in shards]),
+        "images": torch.cat([sh["images"] for sh in shards]),
+    }
+    return pairs, float(sum(sh["seconds"] for sh in shards))
+
+
+# ------------------------------------------------------------------------------------- export
+def export_model(
+    source: str | Path,
+    name: str,
+    dest_root: str | Path | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Copy a finished run (or pipeline folder) into the package weights as `name`, in fp16."""
+    from ..registry import _pipeline_dir, weights_root
+    from .generator import load_pipeline
+
+    src = _pipeline_dir(Path(source))
+    if src is None:
+        raise FileNotFoundError(f"{source} has no saved pipeline (model_index.json or final/)")
+    pipe = load_pipeline(src, dtype)
+    dest = Path(dest_root or weights_root()) / name
+
+    def write(d: Path) -> None:
+        with quiet_loading():
+            pipe.save_pretrained(d, safe_serialization=True)
+        rec_path = src / RECORD_FILE
+        record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+        record["exported"] = {"name": name, "dtype": str(dtype).replace("torch.", ""), "from": str(src)}
+        (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_dir(dest, write)
+    return dest
+
+
+def folder_size(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+__all__ = [
+    "EMA",
+    "export_model",
+    "folder_size",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "lr_factor",
+    "preset_pipeline",
+    "train_world_model",
+]
