@@ -1,0 +1,240 @@
+"""Typer commands of the generators stage, for the main CLI to register.
+
+`register(app, world_app)` adds ``compalign generate`` to the root app and ``train``, ``export``,
+``presets`` and ``models`` to the ``compalign world`` group. The commands are plain functions
+(``*_command``) and can also be registered one by one; `app` is a stand-alone Typer app with all
+of them (``python -m compalign.generators.cli``).
+
+Bad input ends with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+BAD_INPUT = 2
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise typer.Exit(BAD_INPUT)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------- generate
+def generate_command(
+    prompt: Annotated[list[str] | None, typer.Argument(help="Prompts (quote each one).")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts", help="Text file with one prompt a line (# comments).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Generator name (world-base, ...) or folder.")
+    ] = "world-base",
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", "-s", help="Seed; repeat for several (default 0).")
+    ] = None,
+    num_seeds: Annotated[
+        int, typer.Option("--num-seeds", "-n", help="Seeds per prompt: each --seed S gives S..S+n-1.")
+    ] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (model default).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Guidance scale (model default).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
+    grid_scale: Annotated[int, typer.Option("--grid-scale", help="Grid upscaling factor.")] = 4,
+) -> None:
+    """Generate images for prompts x seeds; writes PNGs, manifest.json and grid.png."""
+    from .generate import generate_images, read_prompts
+    from .registry import ModelNotTrainedError
+
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            _fail(f"prompt file {prompts_file} does not exist")
+        prompts += read_prompts(prompts_file)
+    if not prompts:
+        _fail("no prompts: give PROMPT arguments or --prompts FILE")
+    if num_seeds < 1:
+        _fail("--num-seeds must be at least 1")
+    seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
+    if any(s < 0 for s in seeds):
+        _fail("seeds must be >= 0")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a folder")
+    if model.startswith("world") or Path(model).exists():
+        from compalign.world.grammar import PromptError, parse_prompt
+
+        for p in prompts:
+            try:
+                parse_prompt(p)
+            except PromptError as e:
+                _note(f"warning: {e} (world models only know the world grammar)")
+    try:
+        manifest = generate_images(
+            prompts,
+            model=model,
+            seeds=seeds,
+            out_dir=out,
+            device=device,
+            grid_scale=grid_scale,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+        )
+    except (ModelNotTrainedError, KeyError, FileNotFoundError) as e:
+        _fail(e.args[0] if e.args else str(e))
+    n = len(manifest["images"])
+    grid = f", grid {out / manifest['grid']}" if manifest["grid"] else ""
+    _note(f"wrote {n} image{'s' * (n != 1)} to {out}{grid}")
+
+
+# ----------------------------------------------------------------------------------- world train
+def train_command(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `presets`).")],
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Run folder (default runs/<preset>).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override the steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the batch.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the seed.")] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Distillation teacher (name, folder or run).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data-rendering processes.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Checkpoint interval in steps.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any config field, KEY=VALUE (JSON value), e.g. arch.sample_steps=20."),
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
+    ] = False,
+    export: Annotated[
+        bool, typer.Option("--export", help="When done, copy the model into the package (fp16).")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+) -> None:
+    """Train a world model from a preset; resumes from the run's latest checkpoint."""
+    from .world.config import create_preset, list_presets, parse_override
+    from .world.train import export_model, train_world_model
+
+    if preset not in list_presets():
+        _fail(f"unknown preset {preset!r}; expected one of {', '.join(list_presets())}")
+    given = {
+        "output_dir": str(output_dir) if output_dir else None,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "teacher": teacher,
+        "device": device,
+        "num_threads": threads,
+        "num_workers": workers,
+        "checkpoint_every": checkpoint_every,
+    }
+    kw = {k: v for k, v in given.items() if v is not None}
+    kw["progress"] = progress
+    try:
+        for text in overrides or []:
+            key, value = parse_override(text)
+            kw[key] = value
+        config = create_preset(preset, **kw)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    _note(f"training {config.name} in {config.run_dir} ({config.max_steps} steps)")
+    try:
+        final = train_world_model(config, resume=not fresh)
+    except ValueError as e:
+        _fail(str(e))
+    if final is None:
+        _note(f"stopped; resume with the same command (checkpoints in {config.run_dir / 'checkpoints'})")
+        raise typer.Exit(1)
+    _note(f"done: {final}")
+    if export:
+        dest = export_model(final, config.name)
+        _note(f"exported to {dest}")
+
+
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Finished run folder or saved pipeline folder.")],
+    name: Annotated[str, typer.Option("--name", help="Model name in the package.")],
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Weights root (default: the package's).")
+    ] = None,
+) -> None:
+    """Copy a trained world model into the package weights (fp16 safetensors)."""
+    from .world.train import export_model, folder_size
+
+    try:
+        path = export_model(run, name, dest)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    total = folder_size(path.parent)
+    _note(f"exported {name} to {path} ({folder_size(path) / 1e6:.2f} MB; all models {total / 1e6:.2f} MB)")
+
+
+def presets_command() -> None:
+    """List the training presets."""
+    from .world.config import list_presets, preset_description
+
+    for name in list_presets():
+        print(f"{name}\t{preset_description(name)}")
+
+
+def models_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List generators: shipped world models and presets still to train."""
+    from .registry import list_generators, shipped_models, weights_root
+
+    shipped = set(shipped_models())
+    rows = []
+    for name in list_generators():
+        row = {"name": name, "shipped": name in shipped}
+        rec = weights_root() / name / "training.json"
+        if rec.is_file():
+            r = json.loads(rec.read_text())
+            row.update(steps=r.get("steps"), wall_time_s=r.get("wall_time_s"))
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        status = "shipped" if r["shipped"] else "not trained"
+        print(f"{r['name']}\t{status}")
+
+
+def register(app: typer.Typer, world_app: typer.Typer) -> None:
+    """Add `generate` to the root app and `train`/`export`/`presets`/`models` to `world`."""
+    app.command("generate")(generate_command)
+    world_app.command("train")(train_command)
+    world_app.command("export")(export_command)
+    world_app.command("presets")(presets_command)
+    world_app.command("models")(models_command)
+
+
+app = typer.Typer(
+    help="Generators: world-model training and image generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_world = typer.Typer(help="World models.", no_args_is_help=True)
+app.add_typer(_world, name="world")
+register(app, _world)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Generate images for prompts x seeds with any generator and write them to a folder.
+
+Layout of `out_dir`: one PNG per (prompt, seed) at the model's resolution
+(``p000_s0.png``: prompt 0, seed 0), ``manifest.json`` (model, settings, and per image its prompt,
+seed and file) and, when there is more than one image, ``grid.png`` (a row per prompt, a column
+per seed, upscaled with nearest-neighbour by `grid_scale`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import Generator
+from .registry import create_generator
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a text file: one a line; blank lines and lines starting with # skipped."""
+    lines = Path(path).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """`[B, 3, H, W]` in `[0, 1]` -> `[B, H, W, 3]` uint8."""
+    arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return (arr * 255 + 0.5).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, rows: int, cols: int, scale: int = 4, pad: int = 2) -> np.ndarray:
+    """`[rows*cols, H, W, 3]` uint8 (row-major) -> one grid image with `pad` px gaps."""
+    n, h, w, _ = images.shape
+    if n != rows * cols:
+        raise ValueError(f"{n} images for a {rows}x{cols} grid")
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    hs, ws = h * scale, w * scale
+    grid = np.full((rows * hs + (rows + 1) * pad, cols * ws + (cols + 1) * pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (hs + pad), pad + c * (ws + pad)
+        grid[y : y + hs, x : x + ws] = big[i]
+    return grid
+
+
+def generate_images(
+    prompts: Sequence[str],
+    model: str | Generator = "world-base",
+    seeds: Sequence[int] = (0,),
+    out_dir: str | Path = "out",
+    device: str | None = None,
+    grid: bool = True,
+    grid_scale: int = 4,
+    batch_size: int = 64,
+    **settings,
+) -> dict:
+    """Generate every (prompt, seed) pair and write the images; returns the manifest.
+
+    `settings` go to `Generator.generate` (``num_inference_steps``, ``guidance_scale``; None values
+    mean the model's defaults).
+    """
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if not prompts:
+        raise ValueError("no prompts")
+    if not seeds:
+        raise ValueError("no seeds")
+    gen = model if isinstance(model, Generator) else create_generator(model, device=device)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    flat_prompts = [p for p in prompts for _ in seeds]
+    flat_seeds = [s for _ in prompts for s in seeds]
+    images = gen.generate(flat_prompts, seeds=flat_seeds, batch_size=batch_size, **settings)
+    arr = to_uint8(images)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, (p, s) in enumerate(zip(flat_prompts, flat_seeds, strict=True)):
+        name = f"p{k // len(seeds):03d}_s{s}.png"
+        Image.fromarray(arr[k]).save(out / name)
+        entries.append({"prompt": p, "seed": s, "file": name})
+    manifest = {
+        "model": gen.name,
+        "settings": {**gen.settings(), **settings},
+        "resolution": int(arr.shape[1]),
+        "images": entries,
+        "grid": None,
+    }
+    if grid and len(entries) > 1:
+        Image.fromarray(make_grid(arr, len(prompts), len(seeds), grid_scale)).save(out / "grid.png")
+        manifest["grid"] = "grid.png"
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from compalign.generators.cli import app
+
+TINY = [
+    "--set",
+    "arch.block_out_channels=[16,32]",
+    "--set",
+    "arch.attention_levels=[false,true]",
+    "--set",
+    "arch.text_hidden_size=32",
+    "--set",
+    "arch.text_layers=1",
+    "--set",
+    "arch.text_heads=2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "warmup_steps=1",
+]
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_train_then_generate(tmp_path):
+    r = run(
+        "world",
+        "train",
+        "--preset",
+        "world-short",
+        "-o",
+        tmp_path / "run",
+        "--max-steps",
+        2,
+        "--workers",
+        0,
+        "--threads",
+        1,
+        "--no-progress",
+        *TINY,
+    )
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "run" / "final" / "training.json").read_text())
+    assert record["preset"] == "world-short" and record["steps"] == 2
+    assert record["config"]["arch"]["sample_steps"] == 10  # the preset's sampler is kept
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    r = run(
+        "generate",
+        "a green cross",
+        "--prompts",
+        tmp_path / "p.txt",
+        "-m",
+        tmp_path / "run",
+        "-s",
+        3,
+        "-n",
+        2,
+        "--steps",
+        2,
+        "-o",
+        tmp_path / "out",
+    )
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [e["seed"] for e in manifest["images"]] == [3, 4] * 3
+    assert manifest["settings"]["num_inference_steps"] == 2
+    assert (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_bad_input(tmp_path):
+    r = run("world", "train", "--preset", "world-nope")
+    assert r.exit_code == 2 and "unknown preset" in r.output
+    r = run("world", "train", "--preset", "world-base", "--set", "nonsense=1", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "unknown config fields" in r.output
+    r = run("generate", "-m", "world-base")
+    assert r.exit_code == 2 and "no prompts" in r.output
+    r = run("generate", "a red circle", "-m", "no-such-model", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "unknown generator" in r.output
+
+
+def test_listings():
+    r = run("world", "presets")
+    assert r.exit_code == 0 and "world-onestep" in r.output
+    r = run("world", "models", "--json")
+    assert r.exit_code == 0
+    assert {"world-base", "world-onestep"} <= {m["name"] for m in json.loads(r.output)}

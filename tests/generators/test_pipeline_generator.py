@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compalign.generators import ModelNotTrainedError, create_generator, list_generators, register_generator
+from compalign.generators.base import Generator, noise_for_seeds
+from compalign.generators.generate import generate_images, read_prompts
+from compalign.generators.world.generator import WorldGenerator
+
+PROMPTS = ["a red circle", "a blue square on the left of a green triangle"]
+
+
+def test_save_load_round_trip_offline(tmp_path, monkeypatch, make_pipeline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = make_pipeline()
+    pipe.save_pretrained(tmp_path / "m")
+    for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / "m" / sub).is_dir()
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["_class_name"] == "WorldPipeline" and index["default_steps"] == 3
+    assert index["tokenizer"] == ["transformers", "PreTrainedTokenizerFast"]
+    gen = WorldGenerator.from_pretrained(tmp_path / "m")
+    noise = noise_for_seeds([1, 2], (3, 32, 32))
+    a = pipe.denoise(noise, PROMPTS)
+    b = gen.generate(PROMPTS, noise=noise)
+    assert torch.equal(a, b)
+
+
+def test_generation_deterministic_and_batch_independent(tiny_saved):
+    gen = create_generator(tiny_saved)
+    assert isinstance(gen, Generator) and not gen.differentiable
+    assert gen.noise_shape(2) == (2, 3, 32, 32)
+    a = gen.generate(PROMPTS, seeds=[5, 6])
+    b = gen.generate(PROMPTS, seeds=[5, 6])
+    assert a.shape == (2, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    alone = gen.generate(PROMPTS[1:], seeds=[6])
+    assert torch.allclose(alone[0], a[1], atol=1e-5)
+    assert not torch.allclose(gen.generate(PROMPTS, seeds=[7, 8]), a)
+    assert torch.equal(gen.sample_noise(2, seed=5).cpu(), noise_for_seeds([5, 6], (3, 32, 32)))
+
+
+def test_generate_from_noise_reaches_the_noise(make_pipeline):
+    gen = WorldGenerator(make_pipeline(steps=1), name="tiny-onestep")
+    assert gen.differentiable
+    noise = gen.sample_noise(2, seed=0).requires_grad_(True)
+    images = gen.generate_from_noise(noise, PROMPTS, guidance_scale=1.0)
+    assert images.shape == (2, 3, 32, 32) and images.requires_grad
+    images.mean().backward()
+    assert noise.grad is not None and noise.grad.abs().sum() > 0
+    assert all(p.grad is None for p in gen.pipe.unet.parameters())  # weights frozen
+
+
+def test_registry(tiny_saved):
+    names = list_generators()
+    assert "world-base" in names and "world-onestep" in names
+    with pytest.raises((ModelNotTrainedError, FileNotFoundError)) as e:
+        create_generator("world-small")
+    if isinstance(e.value, ModelNotTrainedError):
+        assert "compalign world train --preset world-small" in str(e.value)
+    with pytest.raises(KeyError):
+        create_generator("no-such-model")
+    register_generator(
+        "tinytest", lambda rest, device=None, dtype=None: create_generator(rest, device=device)
+    )
+    assert create_generator(f"tinytest:{tiny_saved}").name == tiny_saved.name
+    assert "tinytest:" in list_generators()
+
+
+def test_generate_images_writes_files(tiny_saved, tmp_path):
+    (tmp_path / "p.txt").write_text("# comment\na red circle\n\na blue square\n")
+    prompts = read_prompts(tmp_path / "p.txt")
+    assert prompts == ["a red circle", "a blue square"]
+    m = generate_images(prompts, model=str(tiny_saved), seeds=[0, 1, 2], out_dir=tmp_path / "o")
+    assert len(m["images"]) == 6 and m["grid"] == "grid.png"
+    from PIL import Image
+
+    assert Image.open(tmp_path / "o" / "p001_s2.png").size == (32, 32)
+    grid = Image.open(tmp_path / "o" / "grid.png")
+    assert grid.size == (3 * 128 + 4 * 2, 2 * 128 + 3 * 2)
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["images"][4]["seed"] == 1

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compalign.generators.world.config import create_preset, list_presets
+from compalign.generators.world.models import WorldArch, build_components, count_parameters
+from compalign.generators.world.tokenizer import MAX_LENGTH, build_tokenizer, build_vocab, tokenize
+from compalign.world.grammar import VOCABULARY, Entity, Relation, Scene, to_prompt
+
+
+def _longest_prompt() -> str:
+    a = Entity("triangle", "purple", "large", "striped")
+    b = Entity("circle", "red", "medium", "striped")
+    c = Entity("square", "blue", "medium", "striped")
+    d = Entity("cross", "green", "large", "striped")
+    scene = Scene((a, b, c, d), (Relation("left of", 0, 1), Relation("right of", 2, 3)))
+    return to_prompt(scene)
+
+
+def test_vocabulary_covers_grammar():
+    vocab = build_vocab()
+    assert set(VOCABULARY) <= set(vocab)
+    assert [vocab[t] for t in ("<pad>", "<bos>", "<eos>", "<unk>")] == [0, 1, 2, 3]
+
+
+def test_tokenize_and_round_trip_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = build_tokenizer()
+    prompt = _longest_prompt()
+    ids, mask = tokenize(tok, [prompt, "", "A Red circle.", "a zebra"])
+    assert ids.shape == (4, MAX_LENGTH)
+    assert int(mask[0].sum()) == len(prompt.split()) + 2 <= MAX_LENGTH  # nothing truncated
+    assert ids[1, :2].tolist() == [tok.bos_token_id, tok.eos_token_id] and int(mask[1].sum()) == 2
+    assert tok.decode(ids[2], skip_special_tokens=True) == "a red circle"
+    assert ids[3, 2].item() == tok.unk_token_id
+    tok.save_pretrained(tmp_path / "tok")
+    from transformers import PreTrainedTokenizerFast
+
+    tok2 = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
+    ids2, mask2 = tokenize(tok2, [prompt, "", "A Red circle.", "a zebra"])
+    assert torch.equal(ids, ids2) and torch.equal(mask, mask2)
+
+
+@pytest.mark.parametrize("text_encoder", ["clip", "t5"])
+def test_components_build(text_encoder):
+    arch = WorldArch(
+        block_out_channels=(16, 32),
+        attention_levels=(False, True),
+        text_hidden_size=32,
+        text_layers=1,
+        text_heads=2,
+        text_encoder=text_encoder,
+    )
+    c = build_components(arch)
+    assert c["unet"].config.in_channels == 12 and c["unet"].config.sample_size == 16
+    assert c["unet"].config.cross_attention_dim == 32
+
+
+def test_bad_arch():
+    with pytest.raises(ValueError):
+        WorldArch(block_out_channels=(16, 32), attention_levels=(True,))
+    with pytest.raises(ValueError):
+        WorldArch(text_encoder="bert")
+    with pytest.raises(ValueError):
+        WorldArch(norm_num_groups=5)
+
+
+def test_presets_parse_and_fit_the_size_budget():
+    names = list_presets()
+    assert {"world-base", "world-onestep"} <= set(names) and len(names) >= 5
+    total = 0
+    for name in names:
+        cfg = create_preset(name)
+        arch = create_preset(cfg.teacher).arch if cfg.mode == "distill" else cfg.arch
+        c = build_components(arch)
+        total += count_parameters(c["unet"]) + count_parameters(c["text_encoder"])
+    assert total * 2 <= 25e6  # fp16 bytes of all shipped models
+    cfg = create_preset("world-base", max_steps=7, **{"arch.sample_steps": 9})
+    assert cfg.max_steps == 7 and cfg.arch.sample_steps == 9
+    with pytest.raises(KeyError):
+        create_preset("world-nope")
+    with pytest.raises(ValueError):
+        create_preset("world-base", not_a_field=1)
+    with pytest.raises(ValueError):
+        create_preset("world-base", categories=["colour"])

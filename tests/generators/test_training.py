@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from compalign.generators import create_generator
+from compalign.generators.world.data import batches, make_batch
+from compalign.generators.world.models import build_training_scheduler
+from compalign.generators.world.train import (
+    diffusion_loss,
+    export_model,
+    latest_checkpoint,
+    list_checkpoints,
+    lr_factor,
+    train_world_model,
+)
+from compalign.world.grammar import parse_prompt
+from compalign.world.suites import is_heldout
+
+
+def test_data_stream_is_deterministic_and_never_held_out():
+    a = make_batch(seed=3, step=5, batch_size=6)
+    b = make_batch(seed=3, step=5, batch_size=6)
+    assert a["prompts"] == b["prompts"] and torch.equal(a["images"], b["images"])
+    assert a["images"].shape == (6, 3, 32, 32)
+    assert a["images"].min() >= -1 and a["images"].max() <= 1
+    assert make_batch(seed=3, step=6, batch_size=6)["prompts"] != a["prompts"]
+    assert not any(is_heldout(parse_prompt(p)) for p in a["prompts"])
+    c = make_batch(seed=0, step=0, batch_size=8, categories=["colors"], with_images=False)
+    assert "images" not in c and set(c["categories"]) == {"colors"}
+
+
+def test_data_workers_give_the_same_stream():
+    inline = batches(seed=1, batch_size=2, start_step=3)
+    worker = batches(seed=1, batch_size=2, start_step=3, num_workers=1)
+    for _ in range(2):
+        x, y = next(inline), next(worker)
+        assert x["step"] == y["step"] and x["prompts"] == y["prompts"]
+        assert torch.equal(x["images"], y["images"])
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path, make_config, make_pipeline):
+    config = make_config(tmp_path, cond_dropout=0.0)
+    pipe = make_pipeline()
+    model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+    sched = build_training_scheduler(pipe.scheduler.config)
+    batch = make_batch(seed=0, step=0, batch_size=8)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = diffusion_loss(config, model, pipe, sched, batch, step=0)  # same noise, same t
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_lr_schedule(tmp_path, make_config):
+    c = make_config(tmp_path, max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(c, 0) == 0.1 and lr_factor(c, 9) == 1.0
+    assert abs(lr_factor(c, 100) - 0.1) < 1e-9 and 0.1 < lr_factor(c, 50) < 1.0
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, make_config):
+    full = make_config(tmp_path / "a")
+    out = train_world_model(full, resume=False)
+    assert out is not None and (out / "training.json").is_file()
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 4 and record["hardware"]["device"] == "cpu" and record["wall_time_s"] > 0
+
+    part = make_config(tmp_path / "b")
+    assert train_world_model(part, resume=False, stop_at_step=3) is None  # "interrupted" after step 3
+    assert latest_checkpoint(part.run_dir).name == "step_0000003"
+    assert [p.name for p in list_checkpoints(part.run_dir)] == ["step_0000002", "step_0000003"]
+    out_b = train_world_model(part)  # resumes at step 3
+    assert out_b is not None
+    wa, wb = _weights(full.run_dir), _weights(part.run_dir)
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    sessions = json.loads((out_b / "training.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 3]
+    steps = [json.loads(x)["step"] for x in (part.run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_distill_one_step_and_export(tmp_path, make_config, tiny_saved):
+    config = make_config(
+        tmp_path,
+        name="tiny-onestep",
+        mode="distill",
+        teacher=str(tiny_saved),
+        num_pairs=6,
+        pair_shard_size=4,
+        max_steps=2,
+        batch_size=3,
+        teacher_steps=2,
+    )
+    out = train_world_model(config, resume=False)
+    assert len(list((config.run_dir / "pairs").glob("shard_*.pt"))) == 2
+    gen = create_generator(out)
+    assert gen.differentiable and gen.settings()["num_inference_steps"] == 1
+    assert json.loads((out / "training.json").read_text())["teacher"] == str(tiny_saved)
+    dest = export_model(config.run_dir, "tiny-onestep", dest_root=tmp_path / "weights")
+    assert dest.name == "tiny-onestep" and (dest / "training.json").is_file()
+    st = (dest / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert st < (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size * 0.6  # fp16
+    a = gen.generate(["a red circle"], seeds=[1])
+    b = create_generator(dest).generate(["a red circle"], seeds=[1])
+    assert np.abs((a - b).numpy()).max() < 0.02
