@@ -22,10 +22,18 @@ def tiny_arch(**kw) -> WorldArch:
     return WorldArch(**{**TINY_ARCH, **kw})
 
 
+_POOL_DIR: list = []
+
+
 def tiny_config(tmp_path, **kw) -> WorldTrainConfig:
     base = dict(
         name="tiny",
         output_dir=str(tmp_path / "run"),
+        data_source="pool",
+        categories=["colors", "spatial"],
+        pool_per_category=8,
+        pool_shard_size=4,
+        pool_dir=str(_POOL_DIR[0]) if _POOL_DIR else str(tmp_path / "pool"),
         arch=tiny_arch(),
         max_steps=4,
         batch_size=4,
@@ -79,3 +87,11 @@ def make_pipeline():
 @pytest.fixture(scope="session")
 def make_config():
     return tiny_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_pool(tmp_path_factory):
+    """One tiny scene pool for every test of the session (built on first use)."""
+    _POOL_DIR.append(tmp_path_factory.mktemp("scene_pool"))
+    yield
+    _POOL_DIR.clear()

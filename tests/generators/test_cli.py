@@ -21,6 +21,12 @@ TINY = [
     "batch_size=2",
     "--set",
     "warmup_steps=1",
+    "--set",
+    "pool_per_category=4",
+    "--set",
+    "pool_shard_size=4",
+    "--set",
+    'categories=["colors"]',
 ]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from compalign.generators import create_generator
-from compalign.generators.world.data import batches, make_batch
+from compalign.generators.world.data import ScenePool, batches, make_batch
 from compalign.generators.world.models import build_training_scheduler
 from compalign.generators.world.train import (
     diffusion_loss,
@@ -39,6 +39,28 @@ def test_data_workers_give_the_same_stream():
         x, y = next(inline), next(worker)
         assert x["step"] == y["step"] and x["prompts"] == y["prompts"]
         assert torch.equal(x["images"], y["images"])
+
+
+def test_scene_pool_builds_once_and_is_deterministic(tmp_path):
+    pool = ScenePool(tmp_path, ["colors", "position"], per_category=6, shard_size=4, data_seed=1)
+    assert len(pool.shards()) == 4 and len(pool.missing()) == 4
+    assert pool.build(progress=False) > 0
+    assert pool.missing() == [] and pool.build(progress=False) == 0.0
+    assert not list(tmp_path.rglob("*.lock"))
+    other = ScenePool(tmp_path / "b", ["colors", "position"], per_category=6, shard_size=4, data_seed=1)
+    other.build(workers=2, progress=False)
+    a, b = pool.batch(seed=0, step=3, batch_size=5), other.batch(seed=0, step=3, batch_size=5)
+    assert a["prompts"] == b["prompts"] and torch.equal(a["images"], b["images"])
+    assert a["images"].shape == (5, 3, 32, 32) and -1 <= a["images"].min() <= a["images"].max() <= 1
+    assert set(a["categories"]) <= {"colors", "position"}
+    assert not any(is_heldout(parse_prompt(p)) for p in pool.load()["position"][1])
+    assert pool.batch(seed=0, step=4, batch_size=5)["prompts"] != a["prompts"]
+
+
+def test_stream_training_runs(tmp_path, make_config):
+    config = make_config(tmp_path, data_source="stream", max_steps=2, checkpoint_every=5)
+    out = train_world_model(config, resume=False)
+    assert json.loads((out / "training.json").read_text())["data"] == {"source": "stream"}
 
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path, make_config, make_pipeline):

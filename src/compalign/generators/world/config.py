@@ -40,7 +40,18 @@ class WorldTrainConfig:
     categories: list[str] | None = None
     """Scene categories to sample training scenes from (None: all). Held-out scenes never appear."""
     seed: int = 0
-    """Seed of the initial weights, the data stream, the noise and the timesteps."""
+    """Seed of the initial weights, the batch draws, the noise and the timesteps."""
+    data_source: str = "pool"
+    """``pool``: sample from a pre-rendered set of scenes (built once, shared by runs);
+    ``stream``: render every batch afresh (unlimited variety; costs more CPU than the model)."""
+    pool_per_category: int = 4096
+    """``pool``: rendered scenes per category."""
+    pool_shard_size: int = 256
+    """``pool``: scenes per pool file (the unit of parallel, resumable building)."""
+    pool_dir: str | None = None
+    """``pool``: folder of scene pools (default: ``_scene_pool`` next to the run folder)."""
+    data_seed: int = 0
+    """``pool``: seed of the pool's scenes (the same for every preset, so they share one pool)."""
 
     # ----------------------------------------------------------------------------- optimisation
     max_steps: int = 4000
@@ -92,7 +103,8 @@ class WorldTrainConfig:
     log_every: int = 25
     """Append a line to ``log.jsonl`` every this many steps."""
     num_workers: int = 1
-    """Data-rendering worker processes (0: render in the training process)."""
+    """Rendering processes: ``stream`` renders batches in them while training (0: inline);
+    ``pool`` builds its missing files with them before training."""
     num_threads: int | None = None
     """torch CPU threads (None: on a CPU, half the cores the data workers leave: 1 on 2 cores)."""
     mixed_precision: str = "no"
@@ -119,12 +131,18 @@ class WorldTrainConfig:
             raise ValueError("mode 'distill' needs a teacher")
         if not 1 <= self.student_steps <= 2:
             raise ValueError("student_steps must be 1 or 2")
+        if self.data_source not in ("pool", "stream"):
+            raise ValueError(f"data_source must be pool or stream, got {self.data_source!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
+
+    @property
+    def pool_root(self) -> Path:
+        return Path(self.pool_dir) if self.pool_dir else self.run_dir.parent / "_scene_pool"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -149,6 +167,7 @@ RUNTIME_FIELDS = frozenset(
         "keep_checkpoints",
         "log_every",
         "num_workers",
+        "pool_dir",
         "num_threads",
         "device",
         "progress",

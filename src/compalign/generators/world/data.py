@@ -1,14 +1,26 @@
-"""On-the-fly training data: training scene -> prompt -> layout -> render, in batches.
+"""Training data: training scene -> prompt -> layout -> render, in batches.
 
-Batch `k` of a stream is a pure function of `(seed, k)`, so a run resumed at step `k` sees exactly
-the batches an uninterrupted run would, with no data-loader state to save. Rendering is numpy on
-the CPU (~5 ms an image); `batches(..., num_workers=1)` renders in a worker process while the
-model trains.
+Two sources, both deterministic (batch `k` is a pure function of `(seed, k)`, so a run resumed at
+step `k` sees exactly the batches an uninterrupted run would, with no loader state to save):
+
+- **stream**: every batch freshly sampled and rendered (`batches`, optionally in worker
+  processes). Unlimited variety, but the layout sampler costs ~25 ms a scene on average (up to
+  ~170 ms for ``complex`` scenes), more than a training step of a small model on a CPU.
+- **pool** (`ScenePool`): a fixed set of rendered training scenes per category, built once (in
+  parallel, resumable, shared by every run using the same folder) and sampled from. Its folder is
+  keyed by a fingerprint of the world's source code, so a changed grammar / layout / renderer
+  builds a new pool instead of reusing stale images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from compalign.world.grammar import to_prompt
 from compalign.world.layout import LayoutError, sample_layout
 from compalign.world.render import render
-from compalign.world.suites import sample_train_scene
+from compalign.world.suites import CATEGORIES, SUITE_VERSION, sample_train_scene
 
 RESOLUTION = 32
 
@@ -90,3 +102,157 @@ def batches(
         return iter(ds)
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers, prefetch_factor=2)
     return iter(loader)
+
+
+# ------------------------------------------------------------------------------------- pool
+WORLD_SOURCES = ("grammar.py", "layout.py", "render.py", "suites.py")
+
+
+def world_fingerprint() -> str:
+    """Short hash of the world code that decides what a training image looks like."""
+    h = hashlib.sha256(SUITE_VERSION.encode())
+    root = resources.files("compalign.world")
+    for name in WORLD_SOURCES:
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _category_key(category: str) -> int:
+    return int.from_bytes(hashlib.sha256(category.encode()).digest()[:4], "big")
+
+
+def _build_shard(path: str, category: str, shard: int, size: int, data_seed: int) -> str:
+    rng = np.random.default_rng([int(data_seed), _category_key(category), int(shard)])
+    prompts, images = [], []
+    for _ in range(size):
+        _, p, im = sample_example(rng, [category])
+        prompts.append(p)
+        images.append(np.clip(im * 255 + 0.5, 0, 255).astype(np.uint8))
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, images=np.stack(images), prompts=np.array(prompts))
+    os.replace(tmp, path)
+    return path
+
+
+class ScenePool:
+    """`per_category` rendered training scenes for each category, in shards of `shard_size`.
+
+    Layout: ``<root>/<world fingerprint>/seed<data_seed>/<category>/shard_0000.npz`` (uint8
+    images ``[S, 32, 32, 3]`` and their prompts). Several runs may build the same pool at once:
+    a shard being built by another process is marked by a ``.lock`` file and waited for.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        categories: list[str] | None = None,
+        per_category: int = 4096,
+        shard_size: int = 256,
+        data_seed: int = 0,
+    ):
+        self.categories = list(categories or CATEGORIES)
+        self.per_category, self.shard_size, self.data_seed = per_category, shard_size, data_seed
+        self.dir = Path(root) / world_fingerprint() / f"seed{data_seed}"
+        self._data: dict[str, tuple[np.ndarray, list[str]]] | None = None
+
+    def shards(self) -> list[tuple[str, int, int, Path]]:
+        """(category, shard index, size, path) of every shard of the pool."""
+        out = []
+        for c in self.categories:
+            for k in range(-(-self.per_category // self.shard_size)):
+                size = min(self.shard_size, self.per_category - k * self.shard_size)
+                out.append((c, k, size, self.dir / c / f"shard_{k:04d}_{size}.npz"))
+        return out
+
+    def missing(self) -> list[tuple[str, int, int, Path]]:
+        return [s for s in self.shards() if not s[3].exists()]
+
+    def build(self, workers: int = 1, progress: bool = True, stale_lock_s: float = 900.0) -> float:
+        """Render the missing shards (in `workers` processes); returns the seconds spent."""
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        todo = self.missing()
+        if not todo:
+            return 0.0
+        bar = tqdm(
+            total=len(self.shards()),
+            initial=len(self.shards()) - len(todo),
+            desc="scene pool",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        mine, waiting = [], []
+        for c, k, size, path in todo:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = path.with_suffix(".lock")
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+                mine.append((c, k, size, path))
+            except FileExistsError:
+                if time.time() - lock.stat().st_mtime > stale_lock_s:
+                    lock.touch()  # its builder died: take it over
+                    mine.append((c, k, size, path))
+                else:
+                    waiting.append(path)
+        try:
+            if workers <= 1:
+                for c, k, size, path in mine:
+                    _build_shard(str(path), c, k, size, self.data_seed)
+                    bar.update(1)
+            else:
+                with ProcessPoolExecutor(workers) as ex:
+                    futs = [ex.submit(_build_shard, str(p), c, k, n, self.data_seed) for c, k, n, p in mine]
+                    for f in futs:
+                        f.result()
+                        bar.update(1)
+        finally:
+            for *_, path in mine:
+                path.with_suffix(".lock").unlink(missing_ok=True)
+        while waiting:  # shards other runs are building
+            done = [p for p in waiting if p.exists()]
+            bar.update(len(done))
+            waiting = [p for p in waiting if not p.exists()]
+            if waiting:
+                if all(not p.with_suffix(".lock").exists() for p in waiting):
+                    return self.build(workers, progress, stale_lock_s) + time.perf_counter() - t0
+                time.sleep(2.0)
+        bar.close()
+        return time.perf_counter() - t0
+
+    def load(self) -> dict[str, tuple[np.ndarray, list[str]]]:
+        if self._data is None:
+            if self.missing():
+                raise FileNotFoundError(f"scene pool {self.dir} is incomplete; build() it first")
+            data = {}
+            for c in self.categories:
+                parts = [np.load(p) for cc, _, _, p in self.shards() if cc == c]
+                data[c] = (
+                    np.concatenate([z["images"] for z in parts]),
+                    [str(x) for z in parts for x in z["prompts"]],
+                )
+            self._data = data
+        return self._data
+
+    def batch(self, seed: int, step: int, batch_size: int, with_images: bool = True) -> dict:
+        """Batch `step`: a uniformly drawn category, then a uniformly drawn scene of it."""
+        data = self.load()
+        rng = np.random.default_rng([int(seed), int(step), 0x9001])
+        cats = [self.categories[i] for i in rng.integers(len(self.categories), size=batch_size)]
+        idx = [int(rng.integers(len(data[c][1]))) for c in cats]
+        batch = {
+            "step": step,
+            "prompts": [data[c][1][i] for c, i in zip(cats, idx, strict=True)],
+            "categories": cats,
+        }
+        if with_images:
+            arr = np.stack([data[c][0][i] for c, i in zip(cats, idx, strict=True)])
+            batch["images"] = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return batch
+
+    def batches(self, seed: int, batch_size: int, start_step: int = 0) -> Iterator[dict]:
+        step = start_step
+        while True:
+            yield self.batch(seed, step, batch_size)
+            step += 1

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..base import noise_for_seeds
 from .config import RUNTIME_FIELDS, WorldTrainConfig
-from .data import batches, make_batch
+from .data import ScenePool, batches, make_batch
 from .generator import RECORD_FILE, quiet_loading
 from .models import build_components, build_training_scheduler, count_parameters
 from .pipeline import WorldPipeline
@@ -114,7 +114,8 @@ def default_threads(config: WorldTrainConfig, device: torch.device) -> int:
         return config.num_threads
     if device.type != "cpu":
         return torch.get_num_threads()
-    return max(1, ((os.cpu_count() or 1) - config.num_workers) // 2)
+    workers = config.num_workers if config.data_source == "stream" and config.mode == "diffusion" else 0
+    return max(1, ((os.cpu_count() or 1) - workers) // 2)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -402,12 +403,20 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     }
     sessions = [*sessions, session]
 
-    pairs = None
+    pool, pool_seconds = None, 0.0
+    if config.data_source == "pool":
+        pool = ScenePool(
+            config.pool_root,
+            config.categories,
+            config.pool_per_category,
+            config.pool_shard_size,
+            config.data_seed,
+        )
+        pool_seconds = pool.build(workers=max(1, config.num_workers), progress=config.progress)
+    pairs, pair_seconds = None, 0.0
     if config.mode == "distill":
-        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe)
+        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe, pool)
         del teacher
-    else:
-        pair_seconds = 0.0
 
     def save(at_step: int) -> None:
         session["to_step"] = at_step
@@ -433,7 +442,10 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     end = config.max_steps if stop_at_step is None else min(stop_at_step, config.max_steps)
     data = None
     if config.mode == "diffusion" and step < end:
-        data = batches(config.seed, config.batch_size, config.categories, step, config.num_workers)
+        if pool is not None:
+            data = pool.batches(config.seed, config.batch_size, step)
+        else:
+            data = batches(config.seed, config.batch_size, config.categories, step, config.num_workers)
         train_sched = build_training_scheduler(pipe.scheduler.config)
         train_sched.alphas_cumprod = train_sched.alphas_cumprod.to(run.device)
 
@@ -507,6 +519,16 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         "wall_time_s": round(wall + pair_seconds, 1),
         "train_time_s": round(wall, 1),
         "pair_generation_s": round(pair_seconds, 1),
+        "data": (
+            {
+                "source": "pool",
+                "dir": str(pool.dir),
+                "scenes": pool.per_category * len(pool.categories),
+                "build_s_this_run": round(pool_seconds, 1),
+            }
+            if pool is not None
+            else {"source": "stream"}
+        ),
         "final_loss_avg": loss_avg,
         "parameters": {
             "unet": count_parameters(pipe.unet),
@@ -587,7 +609,9 @@ def _distill_loss(config, run, pipe, pairs, step) -> torch.Tensor:
     return (torch.sqrt(diff.pow(2) + c * c) - c).mean()
 
 
-def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> tuple[dict, float]:
+def _ensure_pairs(
+    run: _Run, teacher: WorldPipeline, student: WorldPipeline, pool: ScenePool | None
+) -> tuple[dict, float]:
     """Generate (or reuse) the cached teacher pairs; returns them and the seconds spent in total."""
     config = run.config
     root = run.run_dir / PAIRS
@@ -605,7 +629,10 @@ def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> 
             continue
         t0 = time.perf_counter()
         size = min(config.pair_shard_size, config.num_pairs - s * config.pair_shard_size)
-        batch = make_batch(config.seed, s, size, config.categories, with_images=False)
+        if pool is not None:
+            batch = pool.batch(config.seed, s, size, with_images=False)
+        else:
+            batch = make_batch(config.seed, s, size, config.categories, with_images=False)
         seeds = [pair_seed(config.seed, s * config.pair_shard_size + i) for i in range(size)]
         noise = noise_for_seeds(seeds, shape)
         images = []
