@@ -121,6 +121,10 @@ def _uniform(o: Placed, rng: np.random.Generator) -> Placed:
     return o.moved(rng.uniform(w, 1 - w), rng.uniform(h, 1 - h))
 
 
+def _off_centre(o: Placed) -> float:
+    return abs(o.cx - 0.5) + abs(o.cy - 0.5)
+
+
 def relation_holds(kind: str, a: Placed, b: Placed) -> bool:
     """The sampler's own (strict) check that placed objects satisfy a relation."""
     if kind in ("left of", "right of", "above", "below"):
@@ -209,11 +213,16 @@ def sample_layout(
     for _ in range(max_tries):
         per_entity = _draw_attributes(entities, relations, rng)
         placed: list[tuple[int, Placed]] = []
-        # groups (an entity with its relation subject) from the largest to the smallest
+        # groups (an entity with its relation subject) from the largest to the smallest ...
         area = [sum(o.width * o.height for o in objs) for objs in per_entity]
         for s, (_, o) in rel_of.items():
             area[o] += area[s]
-        for i in sorted(range(len(entities)), key=lambda i: -area[i]):
+        # ... or in a random order; and half the time the first group keeps to the edges
+        order = sorted(range(len(entities)), key=lambda i: -area[i])
+        if rng.random() < 0.5:
+            order = [int(i) for i in rng.permutation(len(entities))]
+        edge_first = rng.random() < 0.5
+        for i in order:
             if i in subjects:
                 continue  # placed together with its relation object
             partner = next((s for s, (_, o) in rel_of.items() if o == i), None)
@@ -221,8 +230,11 @@ def sample_layout(
                 group: list[tuple[int, Placed]] = []
                 # 1. the entity's objects (or the relation's object) anywhere free
                 for o in per_entity[i]:
-                    p = _uniform(o, rng)
-                    if not in_bounds(p) or not separated(i, p, placed + group):
+                    draws = [_uniform(o, rng) for _ in range(20)]
+                    if edge_first and not placed:  # the farthest from the centre of a few draws
+                        draws = [max(draws[:6], key=_off_centre)]
+                    p = next((d for d in draws if in_bounds(d) and separated(i, d, placed + group)), None)
+                    if p is None:
                         break
                     group.append((i, p))
                 else:
