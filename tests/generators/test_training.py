@@ -57,6 +57,34 @@ def test_scene_pool_builds_once_and_is_deterministic(tmp_path):
     assert pool.batch(seed=0, step=4, batch_size=5)["prompts"] != a["prompts"]
 
 
+def test_scene_pool_shares_work_with_other_builders(tmp_path):
+    import os
+    import threading
+    import time
+
+    from compalign.generators.world.data import _build_shard
+
+    pool = ScenePool(tmp_path, ["colors"], per_category=8, shard_size=4)
+    (c0, k0, n0, p0), (c1, k1, n1, p1) = pool.shards()
+    p0.parent.mkdir(parents=True)
+    p0.with_suffix(".lock").touch()  # "another run" is building shard 0
+    stale = p1.with_suffix(".lock")
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # shard 1's builder died long ago
+
+    def other_run():
+        time.sleep(0.5)
+        _build_shard(str(p0), c0, k0, n0, 0)
+        p0.with_suffix(".lock").unlink()
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    pool.build(progress=False)
+    t.join()
+    assert pool.missing() == [] and not list(tmp_path.rglob("*.lock"))
+    assert len(pool.load()["colors"][1]) == 8
+
+
 def test_stream_training_runs(tmp_path, make_config):
     config = make_config(tmp_path, data_source="stream", max_steps=2, checkpoint_every=5)
     out = train_world_model(config, resume=False)

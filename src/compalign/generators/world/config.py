@@ -43,7 +43,8 @@ class WorldTrainConfig:
     """Seed of the initial weights, the batch draws, the noise and the timesteps."""
     data_source: str = "pool"
     """``pool``: sample from a pre-rendered set of scenes (built once, shared by runs);
-    ``stream``: render every batch afresh (unlimited variety; costs more CPU than the model)."""
+    ``stream``: render every batch afresh (unlimited variety; costs more CPU than the model).
+    ``distill`` needs prompts only and always streams them."""
     pool_per_category: int = 4096
     """``pool``: rendered scenes per category."""
     pool_shard_size: int = 256

@@ -134,6 +134,30 @@ def _build_shard(path: str, category: str, shard: int, size: int, data_seed: int
     return path
 
 
+def _try_build(path: str, category: str, shard: int, size: int, data_seed: int, stale_lock_s: float) -> bool:
+    """Build one shard unless it exists or another live process holds its lock."""
+    p = Path(path)
+    if p.exists():
+        return False
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock = p.with_suffix(".lock")
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        try:
+            if time.time() - lock.stat().st_mtime < stale_lock_s:
+                return False
+        except FileNotFoundError:
+            return False  # just finished by its builder
+        lock.touch()  # its builder died: take it over
+    try:
+        if not p.exists():
+            _build_shard(path, category, shard, size, data_seed)
+    finally:
+        lock.unlink(missing_ok=True)
+    return True
+
+
 class ScenePool:
     """`per_category` rendered training scenes for each category, in shards of `shard_size`.
 
@@ -168,56 +192,39 @@ class ScenePool:
         return [s for s in self.shards() if not s[3].exists()]
 
     def build(self, workers: int = 1, progress: bool = True, stale_lock_s: float = 900.0) -> float:
-        """Render the missing shards (in `workers` processes); returns the seconds spent."""
+        """Render the missing shards (in `workers` processes); returns the seconds spent.
+
+        Shards are locked one at a time, so runs building the same pool at once share the work;
+        shards locked by another process are waited for (a lock older than `stale_lock_s` is
+        taken over: its builder died).
+        """
         from tqdm.auto import tqdm
 
-        t0 = time.perf_counter()
-        todo = self.missing()
-        if not todo:
+        if not self.missing():
             return 0.0
+        t0 = time.perf_counter()
+        total = len(self.shards())
         bar = tqdm(
-            total=len(self.shards()),
-            initial=len(self.shards()) - len(todo),
+            total=total,
+            initial=total - len(self.missing()),
             desc="scene pool",
-            disable=not progress,
+            disable=not progress or not self.missing(),
             dynamic_ncols=True,
         )
-        mine, waiting = [], []
-        for c, k, size, path in todo:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = path.with_suffix(".lock")
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.close(fd)
-                mine.append((c, k, size, path))
-            except FileExistsError:
-                if time.time() - lock.stat().st_mtime > stale_lock_s:
-                    lock.touch()  # its builder died: take it over
-                    mine.append((c, k, size, path))
-                else:
-                    waiting.append(path)
-        try:
+        while todo := self.missing():
+            jobs = [(str(p), c, k, n, self.data_seed, stale_lock_s) for c, k, n, p in todo]
             if workers <= 1:
-                for c, k, size, path in mine:
-                    _build_shard(str(path), c, k, size, self.data_seed)
-                    bar.update(1)
+                built = [_try_build(*j) for j in jobs]
+                bar.update(sum(built))
             else:
                 with ProcessPoolExecutor(workers) as ex:
-                    futs = [ex.submit(_build_shard, str(p), c, k, n, self.data_seed) for c, k, n, p in mine]
-                    for f in futs:
-                        f.result()
-                        bar.update(1)
-        finally:
-            for *_, path in mine:
-                path.with_suffix(".lock").unlink(missing_ok=True)
-        while waiting:  # shards other runs are building
-            done = [p for p in waiting if p.exists()]
-            bar.update(len(done))
-            waiting = [p for p in waiting if not p.exists()]
-            if waiting:
-                if all(not p.with_suffix(".lock").exists() for p in waiting):
-                    return self.build(workers, progress, stale_lock_s) + time.perf_counter() - t0
+                    built = []
+                    for ok in ex.map(_try_build, *zip(*jobs, strict=True)):
+                        built.append(ok)
+                        bar.update(int(ok))
+            if not any(built):  # everything left is being built by other runs
                 time.sleep(2.0)
+                bar.update(len(todo) - len(self.missing()))
         bar.close()
         return time.perf_counter() - t0
 

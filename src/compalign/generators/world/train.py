@@ -404,7 +404,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     sessions = [*sessions, session]
 
     pool, pool_seconds = None, 0.0
-    if config.data_source == "pool":
+    if config.data_source == "pool" and config.mode == "diffusion":
         pool = ScenePool(
             config.pool_root,
             config.categories,
@@ -415,7 +415,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         pool_seconds = pool.build(workers=max(1, config.num_workers), progress=config.progress)
     pairs, pair_seconds = None, 0.0
     if config.mode == "distill":
-        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe, pool)
+        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe)
         del teacher
 
     def save(at_step: int) -> None:
@@ -609,9 +609,7 @@ def _distill_loss(config, run, pipe, pairs, step) -> torch.Tensor:
     return (torch.sqrt(diff.pow(2) + c * c) - c).mean()
 
 
-def _ensure_pairs(
-    run: _Run, teacher: WorldPipeline, student: WorldPipeline, pool: ScenePool | None
-) -> tuple[dict, float]:
+def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> tuple[dict, float]:
     """Generate (or reuse) the cached teacher pairs; returns them and the seconds spent in total."""
     config = run.config
     root = run.run_dir / PAIRS
@@ -629,10 +627,8 @@ def _ensure_pairs(
             continue
         t0 = time.perf_counter()
         size = min(config.pair_shard_size, config.num_pairs - s * config.pair_shard_size)
-        if pool is not None:
-            batch = pool.batch(config.seed, s, size, with_images=False)
-        else:
-            batch = make_batch(config.seed, s, size, config.categories, with_images=False)
+        # prompts only (layouts checked, nothing rendered): no scene pool needed
+        batch = make_batch(config.seed, s, size, config.categories, with_images=False)
         seeds = [pair_seed(config.seed, s * config.pair_shard_size + i) for i in range(size)]
         noise = noise_for_seeds(seeds, shape)
         images = []
