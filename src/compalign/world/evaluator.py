@@ -293,56 +293,76 @@ def find_objects(image) -> list[Component]:
             coarse.append((ci, comp, np.median(img[bright], axis=0)))
     found: list[Component] = []
     for ci, comp, color in coarse:
-        # 3. refine at half of this object's peak chroma (the edge stays put under blur)
+        # 3. refine at half of this object's peak chroma (the edge stays put under blur), closing
+        #    the dark stripes along rows; objects of one colour that blur merged come apart here
         peak = float(np.percentile(chroma[comp], 90))
         near = ndimage.binary_dilation(comp, iterations=max(1, int(s)))
         half = near & (chroma >= REFINE * peak) & (cls == ci)
-        half = np.pad(half, widen)  # close the dark stripes along rows
+        half = np.pad(half, widen)
         half = ndimage.binary_closing(half, structure=np.ones((1, 2 * widen + 1), bool))
         half = half[widen:-widen, widen:-widen] & near
-        lab2, n2 = ndimage.label(half, structure=eight)
-        if n2 == 0:
-            continue
-        sizes = ndimage.sum(half, lab2, range(1, n2 + 1))
-        mask = lab2 == (int(np.argmax(sizes)) + 1)
-        filled = ndimage.binary_fill_holes(mask)
-        ys, xs = np.nonzero(filled)
-        bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-        # 4. coverage of this object's colour in a crop, unmixed from background and neighbours
-        m = 3 * max(1, int(s))
-        x0, x1 = max(0, bbox[0] - m), min(res, bbox[2] + 1 + m)
-        y0, y1 = max(0, bbox[1] - m), min(res, bbox[3] + 1 + m)
-        crop = (slice(y0, y1), slice(x0, x1))
-        others = [background] + [
-            c * f for cj, cm, c in coarse if cm is not comp and cm[crop].any() for f in (1.0, STRIPE_DARK)
-        ]
-        region = ndimage.binary_dilation(filled, iterations=2 * max(1, int(s)))[crop]
-        alpha = np.where(region, _unmix(img[crop], color, others), 0.0)
-        alpha[(filled & ~mask)[crop]] = 1.0  # holes hold contained objects
-        core = mask[crop] & (chroma[crop] >= 0.8 * float(chroma[comp].max()))
-        peaks = (
-            (float(np.percentile(alpha[core], 50)), float(np.percentile(alpha[core], 85)))
-            if core.any()
-            else (1.0, 1.0)
-        )
-        alpha = ndimage.gaussian_filter(alpha, PRE_BLUR * s)  # denoise; templates get the same
-        shape, fit, e, evidence = _fit_shape(alpha, peaks, (x0, y0), res, PRE_BLUR * s)
-        stripe = evidence / 0.02 + _stripe_amplitude(value, mask, STRIPE_PERIOD * res) / 0.05
-        found.append(
-            Component(
-                color=_COLOR_NAMES[ci],
-                mask=mask,
-                filled=filled,
-                bbox=bbox,
-                shape=shape,
-                shape_fit=fit,
-                extent=e,
-                stripe=stripe,
-                res=res,
-            )
-        )
+        labels, n = ndimage.label(half, structure=eight)
+        pieces = [labels == j for j in range(1, n + 1)]
+        pieces = [m for m in pieces if m.sum() >= MIN_AREA * s * s and ndimage.binary_erosion(m).any()]
+        neighbours = [(cm, c) for _, cm, c in coarse if cm is not comp]
+        for k, mask in enumerate(pieces):
+            rest = np.zeros_like(mask)
+            for other in pieces[:k] + pieces[k + 1 :]:
+                rest |= other
+            found.append(_measure(img, chroma, value, mask, rest, ci, color, background, neighbours))
     found.sort(key=lambda c: -c.area)
     return found
+
+
+def _measure(
+    img: np.ndarray,
+    chroma: np.ndarray,
+    value: np.ndarray,
+    mask: np.ndarray,
+    rest: np.ndarray,
+    ci: int,
+    color: np.ndarray,
+    background: np.ndarray,
+    neighbours: list[tuple[np.ndarray, np.ndarray]],
+) -> Component:
+    """Shape, extent and texture of the object `mask` of colour class `ci` (core colour `color`).
+
+    `rest` holds other objects of the same colour; `neighbours` (mask, core colour) the objects of
+    other colours, which it may blend with where they come near."""
+    res = img.shape[0]
+    s = res / 32
+    filled = ndimage.binary_fill_holes(mask)
+    ys, xs = np.nonzero(filled)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    # 4. coverage of this object's colour in a crop, unmixed from background and neighbours
+    m = 3 * max(1, int(s))
+    x0, x1 = max(0, bbox[0] - m), min(res, bbox[2] + 1 + m)
+    y0, y1 = max(0, bbox[1] - m), min(res, bbox[3] + 1 + m)
+    crop = (slice(y0, y1), slice(x0, x1))
+    others = [background] + [c * f for cm, c in neighbours if cm[crop].any() for f in (1.0, STRIPE_DARK)]
+    region = (ndimage.binary_dilation(filled, iterations=2 * max(1, int(s))) & ~rest)[crop]
+    alpha = np.where(region, _unmix(img[crop], color, others), 0.0)
+    alpha[(filled & ~mask)[crop]] = 1.0  # holes hold contained objects
+    core = mask[crop] & (chroma[crop] >= 0.8 * float(chroma[mask].max()))
+    peaks = (
+        (float(np.percentile(alpha[core], 50)), float(np.percentile(alpha[core], 85)))
+        if core.any()
+        else (1.0, 1.0)
+    )
+    alpha = ndimage.gaussian_filter(alpha, PRE_BLUR * s)  # denoise; templates get the same
+    shape, fit, e, evidence = _fit_shape(alpha, peaks, (x0, y0), res, PRE_BLUR * s)
+    stripe = evidence / 0.02 + _stripe_amplitude(value, mask, STRIPE_PERIOD * res) / 0.05
+    return Component(
+        color=_COLOR_NAMES[ci],
+        mask=mask,
+        filled=filled,
+        bbox=bbox,
+        shape=shape,
+        shape_fit=fit,
+        extent=e,
+        stripe=stripe,
+        res=res,
+    )
 
 
 # --------------------------------------------------------------------------------------------
