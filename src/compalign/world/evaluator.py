@@ -23,6 +23,7 @@ _COLOR_NAMES = list(COLORS)
 _HUES = np.array([colorsys.rgb_to_hsv(*COLORS[c])[0] for c in _COLOR_NAMES], dtype=np.float32)
 
 FG_CHROMA = 0.2  # coarse foreground: smoothed chroma above this
+BRIDGE = 0.33  # dark stripes bridged when their chroma is above this fraction of the peak
 REFINE = 0.5  # object mask: chroma above this fraction of the object's peak chroma
 MIN_AREA = 6.0  # px at 32 px resolution
 SIZE_EDGES = (0.30, 0.415)  # extent / side: small | medium | large
@@ -291,6 +292,9 @@ def find_objects(image) -> list[Component]:
             core = comp & (chroma >= 0.8 * float(chroma[comp].max()))
             bright = core & (value >= np.percentile(value[core], 50))
             coarse.append((ci, comp, np.median(img[bright], axis=0)))
+    # a piece whose colour is a blend of two pieces it touches is the blurred seam between them
+    seams = [k for k in range(len(coarse)) if _is_seam(k, coarse, s)]
+    coarse = [c for k, c in enumerate(coarse) if k not in seams]
     found: list[Component] = []
     for ci, comp, color in coarse:
         # 3. refine at half of this object's peak chroma (the edge stays put under blur), closing
@@ -300,7 +304,8 @@ def find_objects(image) -> list[Component]:
         half = near & (chroma >= REFINE * peak) & (cls == ci)
         half = np.pad(half, widen)
         half = ndimage.binary_closing(half, structure=np.ones((1, 2 * widen + 1), bool))
-        half = half[widen:-widen, widen:-widen] & near
+        # bridge only pixels that carry colour themselves (a dark stripe), never a gap between objects
+        half = half[widen:-widen, widen:-widen] & near & (chroma >= BRIDGE * peak)
         labels, n = ndimage.label(half, structure=eight)
         pieces = [labels == j for j in range(1, n + 1)]
         pieces = [m for m in pieces if m.sum() >= MIN_AREA * s * s and ndimage.binary_erosion(m).any()]
@@ -312,6 +317,19 @@ def find_objects(image) -> list[Component]:
             found.append(_measure(img, chroma, value, mask, rest, ci, color, background, neighbours))
     found.sort(key=lambda c: -c.area)
     return found
+
+
+def _is_seam(k: int, coarse: list, s: float, tol: float = 0.12) -> bool:
+    _, comp, color = coarse[k]
+    grown = ndimage.binary_dilation(comp, iterations=max(2, int(2 * s)))
+    touching = [c for j, (_, cm, c) in enumerate(coarse) if j != k and (cm & grown).any()]
+    for a in range(len(touching)):
+        for b in range(a + 1, len(touching)):
+            d = touching[b] - touching[a]
+            t = float(np.clip((color - touching[a]) @ d / max(float(d @ d), 1e-6), 0.0, 1.0))
+            if 0.1 < t < 0.9 and np.linalg.norm(touching[a] + t * d - color) < tol:
+                return True
+    return False
 
 
 def _measure(
@@ -335,12 +353,12 @@ def _measure(
     ys, xs = np.nonzero(filled)
     bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     # 4. coverage of this object's colour in a crop, unmixed from background and neighbours
-    m = 3 * max(1, int(s))
+    m = 5 * max(1, int(s))
     x0, x1 = max(0, bbox[0] - m), min(res, bbox[2] + 1 + m)
     y0, y1 = max(0, bbox[1] - m), min(res, bbox[3] + 1 + m)
     crop = (slice(y0, y1), slice(x0, x1))
     others = [background] + [c * f for cm, c in neighbours if cm[crop].any() for f in (1.0, STRIPE_DARK)]
-    region = (ndimage.binary_dilation(filled, iterations=2 * max(1, int(s))) & ~rest)[crop]
+    region = (ndimage.binary_dilation(filled, iterations=4 * max(1, int(s))) & ~rest)[crop]
     alpha = np.where(region, _unmix(img[crop], color, others), 0.0)
     alpha[(filled & ~mask)[crop]] = 1.0  # holes hold contained objects
     core = mask[crop] & (chroma[crop] >= 0.8 * float(chroma[mask].max()))
