@@ -309,7 +309,7 @@ def find_objects(image) -> list[Component]:
         labels, n = ndimage.label(half, structure=eight)
         pieces = [labels == j for j in range(1, n + 1)]
         pieces = [m for m in pieces if m.sum() >= MIN_AREA * s * s and ndimage.binary_erosion(m).any()]
-        neighbours = [(cm, c) for _, cm, c in coarse if cm is not comp]
+        neighbours = [(cm, c) for cj, cm, c in coarse if cj != ci]  # other colours only
         for k, mask in enumerate(pieces):
             rest = np.zeros_like(mask)
             for other in pieces[:k] + pieces[k + 1 :]:
