@@ -116,7 +116,7 @@ def test_empty_image_fails_every_clause():
 
 
 def test_counting_counts():
-    objs = [Placed("circle", "green", 0.25, x, 0.5) for x in (0.2, 0.5, 0.8)]
+    objs = [Placed("circle", "green", 0.25, x, 0.5) for x in (0.15, 0.5, 0.85)]  # >= 3 px apart
     img = render(objs)
     assert evaluate(img, "three green circles").passed
     assert not evaluate(img, "two green circles").passed
