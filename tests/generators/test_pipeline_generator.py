@@ -82,3 +82,14 @@ def test_generate_images_writes_files(tiny_saved, tmp_path):
     grid = Image.open(tmp_path / "o" / "grid.png")
     assert grid.size == (3 * 128 + 4 * 2, 2 * 128 + 3 * 2)
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["images"][4]["seed"] == 1
+
+
+def test_shipped_weights_fit_the_budget_and_load():
+    from compalign.generators import shipped_models
+    from compalign.generators.registry import weights_root
+    from compalign.generators.world.train import folder_size
+
+    root = weights_root()
+    assert (folder_size(root) if root.is_dir() else 0) <= 25e6
+    for name in shipped_models():
+        assert (root / name / "training.json").is_file(), f"{name} has no training record"

@@ -27,6 +27,7 @@ class OracleUNet(torch.nn.Module):
         self.ac = alphas_cumprod
         self.kind = kind
         self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = types.SimpleNamespace(class_embed_type=None)
 
     @property
     def device(self):
@@ -36,7 +37,9 @@ class OracleUNet(torch.nn.Module):
     def dtype(self):
         return self.dummy.dtype
 
-    def forward(self, sample, timestep, encoder_hidden_states=None, encoder_attention_mask=None):
+    def forward(
+        self, sample, timestep, encoder_hidden_states=None, class_labels=None, encoder_attention_mask=None
+    ):
         ab = self.ac[int(torch.as_tensor(timestep).round().item())]
         a, s = ab.sqrt(), (1 - ab).sqrt()
         x0 = self.target.expand_as(sample)

@@ -59,7 +59,7 @@ class WorldTrainConfig:
     """Optimizer steps of the run; the learning-rate schedule spans them."""
     batch_size: int = 64
     """Images per optimizer step."""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     """Peak AdamW learning rate."""
     adam_betas: tuple[float, float] = (0.9, 0.99)
     """AdamW betas."""
@@ -75,8 +75,10 @@ class WorldTrainConfig:
     """Gradient-norm clipping (0 disables)."""
     cond_dropout: float = 0.1
     """Probability of replacing a prompt by the empty prompt (classifier-free guidance)."""
-    snr_gamma: float | None = 5.0
-    """Min-SNR loss weighting gamma (None: plain unweighted loss)."""
+    snr_gamma: float | None = None
+    """Min-SNR loss weighting gamma (None: plain loss). With v-prediction, min-SNR weights the
+    high-noise timesteps (where the prompt decides the layout) ~snr times less; in short probes
+    the model then ignored the prompt for longer, so the presets leave it off."""
     ema_decay: float | None = 0.999
     """Decay of the exponential moving average of the weights that is exported (None: no EMA)."""
 

@@ -45,6 +45,10 @@ class WorldArch:
     """Attention heads in the text encoder."""
     text_ff_mult: int = 4
     """Feed-forward width of the text encoder as a multiple of `text_hidden_size`."""
+    pooled_text: bool = True
+    """Also add the mean text embedding to the timestep embedding (every ResNet sees the prompt;
+    `class_embed_type="projection"`), besides cross-attention to the tokens. In 300-800-step
+    probes it made the model use the prompt much sooner."""
     prediction_type: str = "v_prediction"
     """What the UNet predicts: `v_prediction`, `epsilon` or `sample` (x0)."""
     beta_schedule: str = "squaredcos_cap_v2"
@@ -110,6 +114,8 @@ def build_unet(arch: WorldArch):
         cross_attention_dim=arch.text_hidden_size,
         attention_head_dim=arch.attention_head_dim,
         norm_num_groups=arch.norm_num_groups,
+        class_embed_type="projection" if arch.pooled_text else None,
+        projection_class_embeddings_input_dim=arch.text_hidden_size if arch.pooled_text else None,
     )
 
 

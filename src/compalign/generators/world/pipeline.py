@@ -91,6 +91,16 @@ class WorldPipeline(DiffusionPipeline):
         hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden.to(self.unet.dtype), mask
 
+    def predict(self, x, t, text: torch.Tensor, mask: torch.Tensor, unet=None) -> torch.Tensor:
+        """UNet output for folded `x` at timestep(s) `t` given encoded text (pooled text too, when
+        the UNet has a projection class embedding)."""
+        unet = unet if unet is not None else self.unet
+        pooled = None
+        if unet.config.class_embed_type == "projection":
+            w = mask.to(text.dtype).unsqueeze(-1)
+            pooled = (text * w).sum(1) / w.sum(1).clamp(min=1)
+        return unet(x, t, text, class_labels=pooled, encoder_attention_mask=mask).sample
+
     # ---------------------------------------------------------------- sampling
     def denoise(
         self,
@@ -127,7 +137,7 @@ class WorldPipeline(DiffusionPipeline):
             for t in sched.timesteps:
                 xin = torch.cat([x, x]) if g != 1.0 else x
                 xin = sched.scale_model_input(xin, t)
-                out = self.unet(xin, t, cond, encoder_attention_mask=mask).sample
+                out = self.predict(xin, t, cond, mask)
                 if g != 1.0:
                     out_u, out_c = out.chunk(2)
                     out = out_u + g * (out_c - out_u)

@@ -580,7 +580,7 @@ def diffusion_loss(
         target = x0
     with autocast():
         enc = model["text_encoder"](input_ids=ids, attention_mask=mask).last_hidden_state
-        pred = model["unet"](xt, t, enc, encoder_attention_mask=mask).sample
+        pred = pipe.predict(xt, t, enc, mask, unet=model["unet"])
     per = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
     if config.snr_gamma:
         ac = train_sched.alphas_cumprod[t].float()
