@@ -343,6 +343,16 @@ def world_demo(
     )
 
 
+def _register_stages() -> None:
+    """Stages that live in their own packages add their commands here."""
+    from .generators.cli import register
+
+    register(app, world_app)
+
+
+_register_stages()
+
+
 def main() -> None:
     app()
 
