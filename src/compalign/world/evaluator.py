@@ -244,14 +244,6 @@ def _stripe_amplitude(value: np.ndarray, mask: np.ndarray, period_px: float) -> 
     return float(np.hypot(coef[0], coef[1]) / mean_v)
 
 
-def _soft_extent(profile: np.ndarray, peak: float, widen: int) -> tuple[float, float]:
-    """Extent and centre (px) of a blurred edge profile: sum of coverage, minus max-filter widening."""
-    cov = np.clip(profile / peak, 0.0, 1.0)
-    total = float(cov.sum())
-    centre = float((cov * (np.arange(len(cov)) + 0.5)).sum() / max(total, 1e-6))
-    return max(total - 2 * widen, 1.0), centre
-
-
 def _unmix(pixels: np.ndarray, color: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     """Coverage of `color` in each pixel [h,w,3], each pixel read as a blend of `color` with the
     one of `others` (background, neighbouring objects) that explains it best."""
