@@ -443,6 +443,7 @@ def check(scene: Scene, objects: list[Component], prompt: str = "", max_objects:
     best: list[tuple[str, bool]] | None = None
     slots = list(range(len(objects))) + [None] * len(single)
     seen = set()
+    judged: dict[tuple[str, int, int], bool] = {}
     for perm in itertools.permutations(slots, len(single)):
         if perm in seen:
             continue
@@ -451,7 +452,12 @@ def check(scene: Scene, objects: list[Component], prompt: str = "", max_objects:
         clauses = [cl for i in single for cl in _attr_clauses(scene.entities[i], assign[i])]
         for r in scene.relations:
             a, b = assign.get(r.subject), assign.get(r.object)
-            ok = a is not None and b is not None and relation_holds(r.kind, a, b)
+            ok = False
+            if a is not None and b is not None:  # each (relation, object pair) is judged once
+                key = (r.kind, id(a), id(b))
+                if key not in judged:
+                    judged[key] = relation_holds(r.kind, a, b)
+                ok = judged[key]
             desc = f"{scene.entities[r.subject].phrase()} {r.kind} {scene.entities[r.object].phrase()}"
             clauses.append((desc, ok))
         if best is None or sum(ok for _, ok in clauses) > sum(ok for _, ok in best):
