@@ -166,3 +166,16 @@ def test_distill_one_step_and_export(tmp_path, make_config, tiny_saved):
     a = gen.generate(["a red circle"], seeds=[1])
     b = create_generator(dest).generate(["a red circle"], seeds=[1])
     assert np.abs((a - b).numpy()).max() < 0.02
+
+
+def test_time_limit_finishes_the_run_at_the_step_reached(tmp_path, make_config):
+    config = make_config(tmp_path, max_steps=50, lr_schedule="constant", time_limit_s=1e-9)
+    out = train_world_model(config, resume=False)
+    assert out is not None  # finished (not "interrupted") although max_steps was not reached
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 1 and record["config"]["max_steps"] == 1
+    assert record["stopped_by_time_limit"]["planned_max_steps"] == 50
+    # with a constant schedule the stopped run equals the run with max_steps = the step reached
+    same = train_world_model(make_config(tmp_path / "b", max_steps=1, lr_schedule="constant"), resume=False)
+    wa, wb = _weights(config.run_dir), _weights(same.parent)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -116,6 +116,10 @@ class WorldTrainConfig:
     """None: chosen by accelerate (a GPU when there is one); ``cpu`` forces the CPU."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    time_limit_s: float | None = None
+    """Stop training after this many seconds of this session's training loop and finish the run
+    as if `max_steps` were the step reached (the record says so). With ``lr_schedule="constant"``
+    that run is exactly the run with `max_steps` set to that step; used to fit a GPU lease."""
 
     def __post_init__(self) -> None:
         if isinstance(self.arch, dict):
@@ -174,6 +178,7 @@ RUNTIME_FIELDS = frozenset(
         "num_threads",
         "device",
         "progress",
+        "time_limit_s",
     }
 )
 

@@ -129,7 +129,7 @@ def _build_shard(path: str, category: str, shard: int, size: int, data_seed: int
         prompts.append(p)
         images.append(np.clip(im * 255 + 0.5, 0, 255).astype(np.uint8))
     tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, images=np.stack(images), prompts=np.array(prompts))
+    np.savez_compressed(tmp, images=np.stack(images), prompts=np.array(prompts))
     os.replace(tmp, path)
     return path
 

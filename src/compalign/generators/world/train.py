@@ -68,8 +68,11 @@ class EMA:
     @torch.no_grad()
     def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, p in named_params.items():
-            self.shadow[k].mul_(d).add_(p.detach().float(), alpha=1 - d)
+        keys = list(named_params)
+        # one fused lerp over all tensors (few kernel launches on a GPU): s += (1 - d) * (p - s)
+        torch._foreach_lerp_(
+            [self.shadow[k] for k in keys], [named_params[k].detach().float() for k in keys], 1 - d
+        )
 
     @torch.no_grad()
     def copy_to(self, named_params: dict[str, torch.Tensor]) -> None:
@@ -457,7 +460,8 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         dynamic_ncols=True,
     )
     t_log, s_log = time.perf_counter(), step
-    stopped = False
+    t_session = time.perf_counter()
+    stopped, time_limited = False, False
     with _StopFlag() as flag:
         while step < end:
             t0 = time.perf_counter()
@@ -496,13 +500,17 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
                     }
                 )
                 t_log, s_log = now, step
-            if step % config.checkpoint_every == 0 or step == end or flag.stop:
+            if config.time_limit_s and step < end and time.perf_counter() - t_session > config.time_limit_s:
+                time_limited = True
+            if step % config.checkpoint_every == 0 or step == end or flag.stop or time_limited:
                 save(step)
             if flag.stop:
                 stopped = True
                 break
+            if time_limited:
+                break
     bar.close()
-    if stopped or step < config.max_steps:
+    if stopped or (step < config.max_steps and not time_limited):
         return None
 
     # ---------------------------------------------------------------- export the final pipeline
@@ -530,6 +538,11 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
             else {"source": "stream"}
         ),
         "final_loss_avg": loss_avg,
+        "stopped_by_time_limit": (
+            {"time_limit_s": config.time_limit_s, "planned_max_steps": config.max_steps}
+            if time_limited
+            else None
+        ),
         "parameters": {
             "unet": count_parameters(pipe.unet),
             "text_encoder": count_parameters(pipe.text_encoder),
@@ -539,7 +552,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         "sessions": sessions,
         "versions": versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "max_steps": step},
     }
 
     def write_final(d: Path) -> None:
