@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--diffusion", nargs="*", default=DIFFUSION)
     ap.add_argument("--distill", nargs="*", default=DISTILL)
     ap.add_argument("--also", action="append", default=[], help="Extra command to run during stage 1.")
+    ap.add_argument("--pool-workers", type=int, default=0, help="Build the pool first with N processes.")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (tests).")
     ap.add_argument("--pack", action="append", default=[], help="Extra folder to send back.")
     ap.add_argument("--weights", default="exported", help="Folder the fp16 models are exported to.")
@@ -64,6 +65,13 @@ def main() -> None:
     log_dir = Path(args.runs) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+
+    # 0. finish the shared scene pool with many processes (shards already there are kept)
+    if args.pool_workers:
+        from compalign.generators.world.data import ScenePool
+
+        spent = ScenePool(args.pool_dir).build(workers=args.pool_workers, progress=False)
+        print(f"[{time.strftime('%X')}] scene pool ready ({spent:.0f}s)", flush=True)
 
     # 1. diffusion presets in parallel (plus any extra job)
     procs = {p: launch(p, args, args.diffusion_time, log_dir) for p in args.diffusion}
