@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--diffusion", nargs="*", default=DIFFUSION)
     ap.add_argument("--distill", nargs="*", default=DISTILL)
     ap.add_argument("--also", action="append", default=[], help="Extra command to run during stage 1.")
+    ap.add_argument("--deadline", type=float, default=None, help="Seconds for everything (shrinks stages).")
+    ap.add_argument("--reserve", type=float, default=90.0, help="Seconds kept for startup/pairs/export.")
     ap.add_argument("--pool-workers", type=int, default=0, help="Build the pool first with N processes.")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (tests).")
     ap.add_argument("--pack", action="append", default=[], help="Extra folder to send back.")
@@ -73,8 +75,13 @@ def main() -> None:
         spent = ScenePool(args.pool_dir).build(workers=args.pool_workers, progress=False)
         print(f"[{time.strftime('%X')}] scene pool ready ({spent:.0f}s)", flush=True)
 
-    # 1. diffusion presets in parallel (plus any extra job)
-    procs = {p: launch(p, args, args.diffusion_time, log_dir) for p in args.diffusion}
+    # 1. diffusion presets in parallel (plus any extra job); a --deadline shrinks the stages
+    diffusion_time = args.diffusion_time
+    if args.deadline:
+        left = args.deadline - (time.time() - t0) - args.reserve
+        diffusion_time = min(diffusion_time, 0.62 * left)
+        print(f"[{time.strftime('%X')}] diffusion stage: {diffusion_time:.0f}s", flush=True)
+    procs = {p: launch(p, args, diffusion_time, log_dir) for p in args.diffusion}
     extra = [
         subprocess.Popen(shlex.split(c), stdout=open(log_dir / f"also{i}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
         for i, c in enumerate(args.also)
@@ -84,7 +91,11 @@ def main() -> None:
 
     # 2. distillation from the fresh world-base
     if codes.get("world-base", 0) == 0 and args.distill:
-        procs = {p: launch(p, args, args.distill_time, log_dir) for p in args.distill}
+        distill_time = args.distill_time
+        if args.deadline:
+            distill_time = max(20.0, min(distill_time, args.deadline - (time.time() - t0) - args.reserve))
+            print(f"[{time.strftime('%X')}] distill stage: {distill_time:.0f}s", flush=True)
+        procs = {p: launch(p, args, distill_time, log_dir) for p in args.distill}
         codes.update(wait_all(procs))
     for p in extra:
         print(f"[{time.strftime('%X')}] extra job exited {p.wait()}", flush=True)
@@ -101,7 +112,10 @@ def main() -> None:
                "--name", name, "--dest", str(weights)]  # fmt: skip
         if subprocess.run(cmd, check=False).returncode == 0:
             items.append((weights / name, name))
-    items += [(Path(p), Path(p).name) for p in args.pack if Path(p).exists()]
+    for spec in args.pack:  # PATH or PATH=NAME_IN_TAR
+        path, _, arc = spec.partition("=")
+        if Path(path).exists():
+            items.append((Path(path), arc or Path(path).name))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         pack(items, Path(args.out), log_dir, Path(args.runs))
