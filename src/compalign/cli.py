@@ -346,8 +346,10 @@ def world_demo(
 def _register_stages() -> None:
     """Stages that live in their own packages add their commands here."""
     from .generators.cli import register
+    from .rewards.cli import app as reward_app
 
     register(app, world_app)
+    app.add_typer(reward_app, name="reward")
 
 
 _register_stages()

@@ -1,0 +1,178 @@
+"""Typer commands of the rewards stage (``compalign reward ...``).
+
+- ``train-world-clip``: train the world CLIP (resumes from the run's latest checkpoint);
+- ``eval-world-clip PATH_OR_NAME``: held-out pairwise / top-1 accuracy against hard negatives.
+
+Bad input ends with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+BAD_INPUT = 2
+
+app = typer.Typer(
+    help="Rewards: differentiable image-text scores (the world CLIP) for noise optimisation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise typer.Exit(BAD_INPUT)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@app.command("train-world-clip")
+def train_world_clip_command(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder.")] = Path(
+        "runs/world-clip"
+    ),
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Optimizer steps (default 20000).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Pairs per step (default 256).")
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            help="Stop after this many seconds of training; the final model is written at the step reached.",
+        ),
+    ] = None,
+    pool_dir: Annotated[
+        Path | None, typer.Option("--pool-dir", help="Scene-pool folder (default runs/_scene_pool).")
+    ] = None,
+    per_category: Annotated[
+        int | None, typer.Option("--per-category", help="Pool scenes per category (default 4096).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same run.")] = 0,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Checkpoint interval in steps (default 1000).")
+    ] = None,
+    eval_per_category: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-per-category",
+            help="Held-out prompts per category evaluated at the end (default 50; 0 skips).",
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
+    ] = False,
+    export: Annotated[
+        bool, typer.Option("--export", help="When done, write the model into the package (fp16).")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+) -> None:
+    """Train the world CLIP on the scene pool (InfoNCE + hard negatives); resumes when possible."""
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    from .world_clip.train import WorldCLIPTrainConfig, export_world_clip, folder_size, train_world_clip
+
+    given = {
+        "output_dir": str(output_dir),
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "time_limit_s": time_limit,
+        "pool_dir": str(pool_dir) if pool_dir else None,
+        "pool_per_category": per_category,
+        "device": device,
+        "checkpoint_every": checkpoint_every,
+        "eval_per_category": eval_per_category,
+        "mixed_precision": mixed_precision,
+    }
+    kw = {k: v for k, v in given.items() if v is not None}
+    try:
+        config = WorldCLIPTrainConfig(seed=seed, progress=progress, **kw)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    limit = f", time limit {config.time_limit_s:g} s" if config.time_limit_s else ""
+    _note(f"training world-clip in {config.run_dir} ({config.max_steps} steps{limit})")
+    try:
+        final = train_world_clip(config, resume=not fresh)
+    except ValueError as e:
+        _fail(str(e))
+    if final is None:
+        _note(f"stopped; resume with the same command (checkpoints in {config.run_dir / 'checkpoints'})")
+        raise typer.Exit(1)
+    record = json.loads((final / "training.json").read_text())
+    _note(
+        f"done: {final} ({record['steps']} steps, {record['train_time_s']} s, "
+        f"stopped by {record['stopped_by']})"
+    )
+    if record.get("evaluation"):
+        from .world_clip.evaluate import format_eval_table
+
+        print(format_eval_table(record["evaluation"]))
+    if export:
+        dest = export_world_clip(final)
+        _note(f"exported to {dest} ({folder_size(dest) / 1e6:.2f} MB)")
+
+
+@app.command("eval-world-clip")
+def eval_world_clip_command(
+    model: Annotated[
+        str, typer.Argument(help="world-clip (shipped), a model folder or a run folder.")
+    ] = "world-clip",
+    split: Annotated[str, typer.Option(help="Suite split: heldout or train.")] = "heldout",
+    per_category: Annotated[
+        int, typer.Option("--per-category", help="Prompts per category (first N).")
+    ] = 100,
+    negatives: Annotated[int, typer.Option("--negatives", help="Hard negatives per prompt.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the layouts and negatives.")] = 0,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (default cpu).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the report (JSON).")] = None,
+) -> None:
+    """Pairwise and top-1 accuracy of a world CLIP against hard negatives, per category."""
+    from compalign.world.suites import SPLITS
+
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    if split not in SPLITS:
+        _fail(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
+    if per_category < 1 or negatives < 1:
+        _fail("--per-category and --negatives must be >= 1")
+    if out is not None and out.is_dir():
+        _fail(f"{out}: --out must be a file name, and a folder of that name exists")
+    from .world_clip.evaluate import evaluate_world_clip, save_report
+    from .world_clip.reward import RewardNotTrainedError
+
+    try:
+        report = evaluate_world_clip(
+            model,
+            split=split,
+            n_per_category=per_category,
+            n_negatives=negatives,
+            seed=seed,
+            device=device,
+            show=True,
+        )
+    except (RewardNotTrainedError, FileNotFoundError) as e:
+        _fail(e.args[0] if e.args else str(e))
+    if out is not None:
+        save_report(report, out)
+        _note(f"report: {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,798 @@
+"""Training of the world CLIP: contrastive image-text learning on world renders, with hard negatives.
+
+`train_world_clip(config)` runs (or resumes) a run in ``config.output_dir``::
+
+    run_dir/
+      config.json                          the full WorldCLIPTrainConfig
+      log.jsonl                            step, losses, accuracies, learning rate, throughput
+      checkpoints/step_0001000/state.pt    resumable state (weights, EMA, optimizer, step, wall time)
+      final/                               model folder (WorldCLIPModel.save_pretrained) + training.json
+
+Data: images and prompts of the shared `ScenePool` (training scenes only; held-out scenes never
+appear). Loss per batch:
+
+- symmetric InfoNCE over the batch (image -> text and text -> image), with pairs whose prompts
+  mean the same scene (equal `Scene.key`) masked out as negatives;
+- plus ``hard_negative_weight`` x cross-entropy of each image over [its prompt, K hard negatives]
+  (its prompt edited through the grammar so that it no longer holds, see `negatives.py`).
+
+Images are augmented to look like imperfect generated images (1 px shifts, Gaussian blur, colour
+jitter, Gaussian noise). Every random draw of step `k` (batch, hard negatives, augmentation) is a
+function of `(seed, k)`, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run (without a time limit: with one, the learning-rate schedule follows the elapsed
+time as well, see `time_limit_s`). Checkpoints are written to a temporary folder and renamed
+(atomic); SIGINT / SIGTERM stop the loop at the end of the step with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import queue
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import WorldCLIPArch, WorldCLIPModel, count_parameters
+from .negatives import HardNegatives
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+STATE_FILE = "state.pt"
+RECORD_FILE = "training.json"
+SHIPPED_NAME = "world-clip"
+
+
+@dataclass
+class WorldCLIPTrainConfig:
+    """Everything that defines a world-CLIP training run; the defaults are the shipped preset."""
+
+    output_dir: str = "runs/world-clip"
+    """Run folder (config, log, checkpoints, final model)."""
+    arch: WorldCLIPArch = field(default_factory=WorldCLIPArch)
+    """Model architecture (`WorldCLIPArch` or a dict of its fields)."""
+    seed: int = 0
+    """Seed of the initial weights, the batch draws, the hard negatives and the augmentation."""
+
+    # ----------------------------------------------------------------------------- data
+    pool_dir: str = "runs/_scene_pool"
+    """Folder of scene pools (shared with the generators; missing shards are built first)."""
+    categories: list[str] | None = None
+    """Scene categories of the pool (None: all). Batches draw a category, then a scene of it."""
+    pool_per_category: int = 4096
+    """Rendered training scenes per category in the pool."""
+    pool_shard_size: int = 256
+    """Scenes per pool file (the unit of parallel, resumable pool building)."""
+    data_seed: int = 0
+    """Seed of the pool's scenes (the generators' default: they share one pool)."""
+
+    # ----------------------------------------------------------------------------- loss
+    num_hard_negatives: int = 3
+    """Hard-negative prompts per image (grammar edits of its prompt; 0 disables the term)."""
+    hard_negative_weight: float = 1.0
+    """Weight of the image-vs-[prompt, hard negatives] cross-entropy added to the InfoNCE loss."""
+
+    # ----------------------------------------------------------------------------- augmentation
+    aug_shift_p: float = 0.5
+    """Probability of shifting an image by up to `aug_shift_px` pixels (edges replicated)."""
+    aug_shift_px: int = 1
+    """Largest shift in pixels along each axis."""
+    aug_blur_p: float = 0.5
+    """Probability of a Gaussian blur with sigma uniform in [0, `aug_blur_sigma`] pixels."""
+    aug_blur_sigma: float = 1.0
+    """Largest blur sigma in pixels."""
+    aug_jitter_p: float = 0.5
+    """Probability of colour jitter: brightness gain and per-channel gains / offsets."""
+    aug_jitter: float = 0.1
+    """Colour-jitter strength: brightness gain in 1 +- this, channel gains in 1 +- half, offsets +- a
+    quarter."""
+    aug_noise_p: float = 0.5
+    """Probability of additive Gaussian noise with sigma uniform in [0, `aug_noise_sigma`]."""
+    aug_noise_sigma: float = 0.08
+    """Largest noise sigma (image values in [0, 1])."""
+
+    # ----------------------------------------------------------------------------- optimisation
+    max_steps: int = 20000
+    """Optimizer steps; the learning-rate schedule spans them (a time limit may stop earlier)."""
+    batch_size: int = 256
+    """Image-prompt pairs per step (the InfoNCE negatives are the rest of the batch)."""
+    learning_rate: float = 5e-4
+    """Peak AdamW learning rate."""
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (matrices only; biases, norms, embeddings of size 1 and the scale are exempt)."""
+    warmup_steps: int = 500
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    min_lr_ratio: float = 0.02
+    """Final learning rate of the cosine decay, as a fraction of the peak."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+    ema_decay: float | None = 0.999
+    """Decay of the exponential moving average of the weights that is saved (None: no EMA)."""
+    time_limit_s: float | None = None
+    """Stop when the training time (the loop's wall time over all sessions, pool building and the
+    final evaluation excluded) exceeds this, and finish as if `max_steps` were the step reached
+    (final model and record written; the record says the time limit stopped it). With a limit the
+    cosine schedule runs on max(step progress, time progress), so the learning rate has decayed
+    when the time is up."""
+
+    # ----------------------------------------------------------------------------- infrastructure
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted first)."""
+    log_every: int = 50
+    """Append a line to ``log.jsonl`` every this many steps."""
+    eval_per_category: int = 50
+    """Held-out prompts per category evaluated at the end (pairwise and top-1 accuracy against
+    hard negatives, recorded in training.json; 0 skips)."""
+    num_workers: int | None = None
+    """Processes that build missing pool shards (None: the CPU count)."""
+    num_threads: int | None = None
+    """torch CPU threads (None: on a CPU, half the cores; on a GPU, torch's default)."""
+    prefetch: int = 4
+    """Batches prepared ahead in a background thread (0: prepared inline)."""
+    mixed_precision: str = "no"
+    """``no``, ``fp16`` or ``bf16`` (passed to accelerate)."""
+    device: str | None = None
+    """None: chosen by accelerate (a GPU when there is one); ``cpu`` forces the CPU."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        from compalign.world.suites import CATEGORIES
+
+        if isinstance(self.arch, dict):
+            self.arch = WorldCLIPArch.from_dict(self.arch)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.categories is not None:
+            self.categories = list(self.categories)
+            bad = [c for c in self.categories if c not in CATEGORIES]
+            if bad:
+                raise ValueError(f"unknown categories {bad}; expected some of {CATEGORIES}")
+        for name in ("max_steps", "batch_size", "checkpoint_every", "log_every", "pool_per_category"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_hard_negatives < 0:
+            raise ValueError(f"num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["arch"] = self.arch.to_dict()
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldCLIPTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Fields that only change how a run executes, not what it computes: they may differ on resume.
+RUNTIME_FIELDS = frozenset(
+    {
+        "output_dir",
+        "pool_dir",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_per_category",
+        "num_workers",
+        "num_threads",
+        "prefetch",
+        "device",
+        "progress",
+        "time_limit_s",
+    }
+)
+
+
+# ------------------------------------------------------------------------------------- helpers
+class EMA:
+    """Exponential moving average of parameters (fp32 shadow), with the usual warm-up."""
+
+    def __init__(self, named_params: dict[str, torch.Tensor], decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        shadow = [self.shadow[k] for k in named_params]
+        torch._foreach_lerp_(shadow, [p.detach().float() for p in named_params.values()], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, named_params: dict[str, torch.Tensor]) -> None:
+        for k, p in named_params.items():
+            p.copy_(self.shadow[k].to(p.dtype))
+
+
+def lr_factor(config: WorldCLIPTrainConfig, step: int, wall_s: float = 0.0) -> float:
+    """Learning-rate multiplier at `step`: linear warm-up, then cosine to `min_lr_ratio`; with a
+    time limit the cosine follows max(step progress, time progress)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = (step - config.warmup_steps) / span
+    if config.time_limit_s:
+        progress = max(progress, wall_s / config.time_limit_s)
+    progress = min(1.0, progress)
+    r = config.min_lr_ratio
+    return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_FILE).is_file())
+
+
+def _atomic_dir(final: Path, write) -> None:
+    """Write a folder with `write(tmp_dir)`, then rename it into place (os.replace)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def hardware_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def versions() -> dict:
+    import accelerate
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "numpy": np.__version__,
+    }
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag (the loop saves and stops); a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ------------------------------------------------------------------------------------- data
+class BatchMaker:
+    """Batch `step` of a run as a pure function of `(seed, step)`: pool images (uint8), prompts,
+    their token ids, hard-negative token ids and scene-key group ids."""
+
+    def __init__(self, pool, model: WorldCLIPModel, seed: int, batch_size: int, num_negatives: int):
+        from compalign.world.grammar import parse_prompt
+
+        data = pool.load()
+        self.categories = list(pool.categories)
+        self.images = [data[c][0] for c in self.categories]
+        self.prompts = [data[c][1] for c in self.categories]
+        self.model, self.seed, self.batch_size, self.k = model, seed, batch_size, num_negatives
+        self.negatives = HardNegatives()
+        self._key_ids: dict[str, int] = {}  # prompt -> id of its canonical scene key
+        self._keys: dict[str, int] = {}
+        self._parse = parse_prompt
+        self._lock = threading.Lock()
+
+    def _key_id(self, prompt: str) -> int:
+        k = self._key_ids.get(prompt)
+        if k is None:
+            key = self._parse(prompt).key()
+            k = self._keys.setdefault(key, len(self._keys))
+            self._key_ids[prompt] = k
+        return k
+
+    def __call__(self, step: int) -> dict:
+        rng = np.random.default_rng([int(self.seed), int(step), 0xC11B])
+        b = self.batch_size
+        cats = rng.integers(len(self.categories), size=b)
+        u = rng.random(b)
+        images = np.empty((b, 32, 32, 3), dtype=np.uint8)
+        prompts: list[str] = []
+        for i, (c, x) in enumerate(zip(cats.tolist(), u.tolist(), strict=True)):
+            j = int(x * len(self.prompts[c]))
+            images[i] = self.images[c][j]
+            prompts.append(self.prompts[c][j])
+        u = rng.random((b, self.k, 2))
+        with self._lock:
+            negs = [n for p, ui in zip(prompts, u, strict=True) for n in self.negatives.sample(p, self.k, ui)]
+            ids, mask = self.model.token_ids(prompts + negs)
+            keys = torch.tensor([self._key_id(p) for p in prompts], dtype=torch.long)
+        return {
+            "step": step,
+            "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            "prompts": prompts,
+            "negatives": negs,
+            "input_ids": ids,
+            "attention_mask": mask,
+            "keys": keys,
+        }
+
+
+class _Prefetcher:
+    """Batches `start, start + 1, ...` made in a background thread, delivered in order."""
+
+    def __init__(self, make, start: int, depth: int):
+        self.make, self.next_step, self.depth = make, start, depth
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+            self._thread.start()
+
+    def _run(self, step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self.make(step)
+            except BaseException as e:  # surfaced in the training loop
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            step += 1
+
+    def __next__(self) -> dict:
+        if self._thread is None:
+            batch = self.make(self.next_step)
+        else:
+            batch = self._q.get()
+            if isinstance(batch, BaseException):
+                raise batch
+        self.next_step += 1
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7919 + 0xA06) % (2**63 - 1))
+
+
+def _gaussian_kernels(sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """Normalised 1-D Gaussian kernels `[N, 2 r + 1]` (sigma 0 gives the identity)."""
+    x = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
+    s = sigma.float().clamp(min=1e-3)[:, None]
+    k = torch.exp(-0.5 * (x[None] / s) ** 2)
+    return k / k.sum(-1, keepdim=True)
+
+
+def augment(images: torch.Tensor, config: WorldCLIPTrainConfig, step: int) -> torch.Tensor:
+    """Shift, blur, colour jitter and noise, drawn from `(config.seed, step)`; images in [0, 1]."""
+    b, c, h, w = images.shape
+    dev = images.device
+    g = step_generator(config.seed, step)
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(b, generator=g) < p
+
+    def uniform(lo: float, hi: float, *shape) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, *shape, generator=g)
+
+    x = images
+    # shifts (edges replicated)
+    r = int(config.aug_shift_px)
+    if r > 0 and config.aug_shift_p > 0:
+        on = coin(config.aug_shift_p)
+        dx = torch.where(on, torch.randint(-r, r + 1, (b,), generator=g), 0)
+        dy = torch.where(on, torch.randint(-r, r + 1, (b,), generator=g), 0)
+        if on.any():
+            padded = F.pad(x, (r, r, r, r), mode="replicate")
+            out = x.clone()
+            for sx in range(-r, r + 1):
+                for sy in range(-r, r + 1):
+                    sel = (dx == sx) & (dy == sy) & on  # on the CPU: no device sync
+                    if (sx or sy) and bool(sel.any()):
+                        sel = sel.to(dev)
+                        crop = padded[:, :, r - sy : r - sy + h, r - sx : r - sx + w]
+                        out = torch.where(sel[:, None, None, None], crop, out)
+            x = out
+    # Gaussian blur (separable, one kernel per image)
+    if config.aug_blur_p > 0 and config.aug_blur_sigma > 0:
+        sigma = torch.where(coin(config.aug_blur_p), uniform(0.0, config.aug_blur_sigma), 0.0)
+        k = _gaussian_kernels(sigma.to(dev)).to(x.dtype)  # [B, 5]
+        k = k.repeat_interleave(c, dim=0)  # [B*C, 5]
+        y = x.reshape(1, b * c, h, w)
+        y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="replicate"), k[:, None, None, :], groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), k[:, None, :, None], groups=b * c)
+        x = y.reshape(b, c, h, w)
+    # colour jitter: brightness gain, per-channel gains and offsets
+    if config.aug_jitter_p > 0 and config.aug_jitter > 0:
+        s = config.aug_jitter
+        on = coin(config.aug_jitter_p)[:, None]
+        gain = uniform(1 - s, 1 + s)[:, None] * uniform(1 - s / 2, 1 + s / 2, c)
+        offset = uniform(-s / 4, s / 4, c)
+        gain = torch.where(on, gain, 1.0).to(dev, x.dtype)[:, :, None, None]
+        offset = torch.where(on, offset, 0.0).to(dev, x.dtype)[:, :, None, None]
+        x = x * gain + offset
+    # Gaussian noise
+    if config.aug_noise_p > 0 and config.aug_noise_sigma > 0:
+        sigma = torch.where(coin(config.aug_noise_p), uniform(0.0, config.aug_noise_sigma), 0.0)
+        noise = torch.randn(x.shape, generator=step_generator(config.seed, step, dev), device=dev)
+        x = x + noise.to(x.dtype) * sigma.to(dev, x.dtype)[:, None, None, None]
+    return x.clamp(0.0, 1.0)
+
+
+def clip_losses(
+    model: WorldCLIPModel, batch: dict, pixels: torch.Tensor, config: WorldCLIPTrainConfig
+) -> dict[str, torch.Tensor]:
+    """InfoNCE (+ hard-negative cross-entropy) of one batch; returns the loss and its parts."""
+    dev = pixels.device
+    b, k = pixels.shape[0], config.num_hard_negatives
+    img = F.normalize(model.encode_pixels(model.preprocess(pixels)).float(), dim=-1)
+    txt_all = model.encode_tokens(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+    txt_all = F.normalize(txt_all.float(), dim=-1)
+    txt = txt_all[:b]
+    scale = model.logit_scale.float()
+    logits = scale * img @ txt.T
+    keys = batch["keys"].to(dev)
+    same = (keys[:, None] == keys[None, :]) & ~torch.eye(b, dtype=torch.bool, device=dev)
+    logits = logits.masked_fill(same, -1e4)
+    target = torch.arange(b, device=dev)
+    l_i2t = F.cross_entropy(logits, target)
+    l_t2i = F.cross_entropy(logits.T, target)
+    out = {"infonce": 0.5 * (l_i2t + l_t2i)}
+    with torch.no_grad():
+        out["acc_i2t"] = (logits.argmax(1) == target).float().mean()
+    loss = out["infonce"]
+    if k > 0:
+        neg = txt_all[b:].view(b, k, -1)
+        pos = (img * txt).sum(-1, keepdim=True)
+        hn = torch.cat([pos, torch.einsum("bd,bkd->bk", img, neg)], dim=1) * scale
+        out["hard_neg"] = F.cross_entropy(hn, torch.zeros(b, dtype=torch.long, device=dev))
+        with torch.no_grad():
+            out["acc_hard"] = (hn.argmax(1) == 0).float().mean()
+        loss = loss + config.hard_negative_weight * out["hard_neg"]
+    out["loss"] = loss
+    return out
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    keys = (set(a) | set(b)) - RUNTIME_FIELDS
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------------------------- trainer
+def train_world_clip(
+    config: WorldCLIPTrainConfig, resume: bool = True, stop_at_step: int | None = None
+) -> Path | None:
+    """Train (or resume) a world CLIP; returns the final model folder (``run_dir/final``).
+
+    `stop_at_step` stops after that step with a checkpoint (as an interruption would) and returns
+    None; the schedule still spans `config.max_steps`. SIGINT / SIGTERM also return None after a
+    checkpoint; running the same call again resumes. A time limit (`config.time_limit_s`) ends the
+    run normally at the step reached.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, resume, stop_at_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None) -> Path | None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from tqdm.auto import tqdm
+
+    from compalign.generators.world.data import ScenePool
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+    device = accelerator.device
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.json"
+    ckpts = list_checkpoints(run_dir)
+    ckpt = ckpts[-1] if (resume and ckpts) else None
+    if ckpt is not None and cfg_path.exists():
+        diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
+        if diff and diff != ["max_steps"]:
+            raise ValueError(
+                f"run {run_dir} was started with a different config ({', '.join(diff)}); "
+                "use another output_dir or start fresh (resume=False)"
+            )
+    if not resume:
+        for p in ckpts:
+            shutil.rmtree(p)
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
+    log_path = run_dir / "log.jsonl"
+    hardware = hardware_info(device)
+
+    model = WorldCLIPModel.from_arch(config.arch, seed=config.seed).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+        fused=device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core: WorldCLIPModel = accelerator.unwrap_model(model)
+    params = dict(core.named_parameters())
+    ema = EMA(params, config.ema_decay) if config.ema_decay else None
+
+    step, wall, sessions, loss_avg = 0, 0.0, [], None
+    if ckpt is not None:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+        step, wall, sessions = state["step"], state["wall_time_s"], state["sessions"]
+        loss_avg = state.get("loss_avg")
+        if log_path.exists():  # drop lines logged after the checkpoint
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+            log_path.write_text("".join(ln + "\n" for ln in keep))
+    session = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "from_step": step,
+        **hardware,
+    }
+    sessions = [*sessions, session]
+
+    pool = ScenePool(
+        config.pool_dir, config.categories, config.pool_per_category, config.pool_shard_size, config.data_seed
+    )
+    workers = config.num_workers if config.num_workers is not None else (os.cpu_count() or 1)
+    pool_seconds = pool.build(workers=max(1, workers), progress=config.progress)
+    t_load = time.perf_counter()
+    pool.load()
+    pool_seconds += time.perf_counter() - t_load
+    make = BatchMaker(pool, core, config.seed, config.batch_size, config.num_hard_negatives)
+
+    def save(at_step: int) -> None:
+        nonlocal loss_avg
+        if loss_avg_t is not None:
+            loss_avg = float(loss_avg_t)
+        session["to_step"] = at_step
+        state = {
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": {k: v.cpu() for k, v in ema.shadow.items()} if ema is not None else None,
+            "step": at_step,
+            "wall_time_s": wall,
+            "sessions": sessions,
+            "loss_avg": loss_avg,
+            "config": config.to_dict(),
+        }
+        _atomic_dir(
+            run_dir / CHECKPOINTS / f"step_{at_step:07d}", lambda d: torch.save(state, d / STATE_FILE)
+        )
+        for old in list_checkpoints(run_dir)[: -max(1, config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def out_of_time() -> bool:
+        return config.time_limit_s is not None and wall >= config.time_limit_s
+
+    end = config.max_steps if stop_at_step is None else min(stop_at_step, config.max_steps)
+    bar = tqdm(total=config.max_steps, initial=step, desc="world-clip", disable=not config.progress)
+    data = _Prefetcher(make, step, config.prefetch) if step < end and not out_of_time() else None
+    t_log, s_log = time.perf_counter(), step
+    loss_avg_t = None if loss_avg is None else torch.tensor(loss_avg, device=device)
+    interrupted = time_stopped = False
+    try:
+        with _StopFlag() as flag:
+            while step < end and not out_of_time():
+                t0 = time.perf_counter()
+                batch = next(data)
+                assert batch["step"] == step, (batch["step"], step)
+                lr = config.learning_rate * lr_factor(config, step, wall)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                pixels = batch["images"].to(device, non_blocking=True).float() / 255.0
+                pixels = augment(pixels, config, step)
+                with accelerator.autocast():
+                    parts = clip_losses(core, batch, pixels, config)
+                accelerator.backward(parts["loss"])
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(params, step)
+                step += 1
+                # no device sync per step: the running loss stays on the device between logs
+                loss_t = parts["loss"].detach().float()
+                loss_avg_t = loss_t if loss_avg_t is None else 0.98 * loss_avg_t + 0.02 * loss_t
+                wall += time.perf_counter() - t0
+                bar.update(1)
+                if config.progress and (step % 10 == 0 or step == end):
+                    bar.set_postfix(loss=f"{float(loss_avg_t):.4f}", lr=f"{lr:.2e}")
+                if step % config.log_every == 0 or step == end or out_of_time():
+                    loss_avg = float(loss_avg_t)
+                    now = time.perf_counter()
+                    record = {
+                        "step": step,
+                        "loss": float(loss_t),
+                        "loss_avg": loss_avg,
+                        **{k: float(v.detach()) for k, v in parts.items() if k != "loss"},
+                        "logit_scale": float(core.logit_scale.detach()),
+                        "lr": lr,
+                        "steps_per_s": (step - s_log) / max(1e-9, now - t_log),
+                        "wall_time_s": wall,
+                    }
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    t_log, s_log = now, step
+                if step % config.checkpoint_every == 0 or step == end or flag.stop or out_of_time():
+                    save(step)
+                if flag.stop:
+                    interrupted = True
+                    break
+            time_stopped = out_of_time() and step < config.max_steps and not interrupted
+    finally:
+        bar.close()
+        if data is not None:
+            data.close()
+    if interrupted or (step < config.max_steps and not time_stopped):
+        return None
+
+    # ---------------------------------------------------------------- the final model
+    if ema is not None:
+        ema.copy_to(params)
+    core.eval()
+    evaluation = None
+    eval_seconds = 0.0
+    if config.eval_per_category > 0:
+        from .evaluate import evaluate_world_clip
+
+        t0 = time.perf_counter()
+        evaluation = evaluate_world_clip(
+            core, n_per_category=config.eval_per_category, seed=config.seed, progress=config.progress
+        )
+        eval_seconds = time.perf_counter() - t0
+    record = {
+        "name": SHIPPED_NAME,
+        "kind": "world-clip",
+        "steps": step,
+        "max_steps": config.max_steps,
+        "stopped_by": "time_limit" if time_stopped else "max_steps",
+        "time_limit_s": config.time_limit_s,
+        "batch_size": config.batch_size,
+        "wall_time_s": round(wall, 1),
+        "train_time_s": round(wall, 1),
+        "samples_per_s": round(step * config.batch_size / max(wall, 1e-9), 1) if step else None,
+        "pool_s_this_run": round(pool_seconds, 1),
+        "eval_s": round(eval_seconds, 1),
+        "data": {
+            "source": "pool",
+            "dir": str(pool.dir),
+            "categories": pool.categories,
+            "scenes": pool.per_category * len(pool.categories),
+        },
+        "final_loss_avg": loss_avg,
+        "parameters": count_parameters(core),
+        "evaluation": evaluation,
+        "hardware": hardware,
+        "sessions": sessions,
+        "versions": versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+    }
+
+    def write_final(d: Path) -> None:
+        core.save_pretrained(d)
+        (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    _atomic_dir(run_dir / FINAL, write_final)
+    return run_dir / FINAL
+
+
+# ------------------------------------------------------------------------------------- export
+def export_world_clip(run_dir: str | Path, dest: str | Path | None = None) -> Path:
+    """Write a finished run's (or model folder's) model as fp16 safetensors to `dest`
+    (default: the package's ``weights/world-clip``), with its training record."""
+    from .reward import resolve_model_dir, weights_root
+
+    src = resolve_model_dir(Path(run_dir))
+    model = WorldCLIPModel.from_pretrained(src)
+    dest = Path(dest) if dest is not None else weights_root() / SHIPPED_NAME
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d, dtype=torch.float16)
+        rec_path = src / RECORD_FILE
+        record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+        record["exported"] = {"dtype": "float16", "from": str(src)}
+        (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    _atomic_dir(dest, write)
+    return dest
+
+
+def folder_size(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,667 @@
+"""The diffusers adapters on tiny randomly initialised pipelines of the real classes.
+
+Each tiny pipeline (UNet / PixArt / SD3 / Flux transformer, AutoencoderKL, CLIP and T5 text
+encoders with tokenizers written in code) is saved once per session and loaded through the public
+path, ``create_generator("<prefix>:<folder>")``. The one-step generators are checked against the
+diffusers pipeline's own one-step call, for gradients from image to noise, gradient checkpointing,
+low-precision dtypes and two noise-optimisation steps; the multi-step ones for shape, range and
+seed determinism.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (  # noqa: E402
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from compalign.generators import create_generator, list_generators  # noqa: E402
+from compalign.generators.base import noise_for_seeds  # noqa: E402
+from compalign.generators.diffusers import GENERATORS, parse_dtype  # noqa: E402
+from compalign.generators.diffusers.flux import pack, unpack  # noqa: E402
+from compalign.generators.diffusers.stable_diffusion import HYPER_FILE  # noqa: E402
+
+PROMPTS = ["a red circle", "a blue square left of a green triangle"]
+SIZE = 32  # pixels; every tiny VAE has a scale factor of 2
+ONE_STEP = ["sd-turbo", "sdxl-turbo", "pixart-dmd", "hyper-sdxl", "flux-schnell"]
+MULTI_STEP = ["sd", "sdxl", "sd3", "flux"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# tiny components
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """Character-level CLIP BPE (no merges): every letter is a token."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer() -> T5Tokenizer:
+    """A Unigram T5 tokenizer over single characters (works offline)."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def clip_text(tok: CLIPTokenizer, projection: bool = False, hidden: int = 32):
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+
+def t5_text(tok: T5Tokenizer, d_model: int = 32) -> T5EncoderModel:
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(cfg)
+
+
+def vae(**kw) -> AutoencoderKL:
+    base = dict(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=SIZE,
+    )
+    return AutoencoderKL(**{**base, **kw})
+
+
+def sd_unet(**kw) -> UNet2DConditionModel:
+    base = dict(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    return UNet2DConditionModel(**{**base, **kw})
+
+
+def sdxl_unet() -> UNet2DConditionModel:
+    return sd_unet(
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=8 * 6 + 32,
+        cross_attention_dim=64,
+    )
+
+
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def build_sd():
+    tok = clip_tokenizer()
+    return StableDiffusionPipeline(
+        vae=vae(),
+        text_encoder=clip_text(tok),
+        tokenizer=tok,
+        unet=sd_unet(),
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="trailing"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sdxl():
+    tok = clip_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=vae(),
+        text_encoder=clip_text(tok),
+        text_encoder_2=clip_text(tok, projection=True),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=sdxl_unet(),
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def build_pixart():
+    tok = t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=SIZE // 2,
+        num_layers=1,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=16,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    return PixArtAlphaPipeline(
+        tokenizer=tok,
+        text_encoder=t5_text(tok),
+        vae=vae(),
+        transformer=transformer,
+        scheduler=DDPMScheduler(beta_schedule="linear", clip_sample=False),
+    )
+
+
+def build_flux(guidance: bool):
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance,
+        axes_dims_rope=[4, 4, 8],
+    )
+    sched = (
+        FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+        if guidance
+        else FlowMatchEulerDiscreteScheduler(shift=1.0)
+    )
+    return FluxPipeline(
+        scheduler=sched,
+        vae=vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_text(tok),
+        tokenizer=tok,
+        text_encoder_2=t5_text(tok2),
+        tokenizer_2=tok2,
+        transformer=transformer,
+    )
+
+
+def build_sd3():
+    tok, tok3 = clip_tokenizer(), t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=SIZE // 2,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_text(tok, projection=True),
+        tokenizer=tok,
+        text_encoder_2=clip_text(tok, projection=True),
+        tokenizer_2=tok,
+        text_encoder_3=t5_text(tok3),
+        tokenizer_3=tok3,
+    )
+
+
+BUILDERS = {
+    "sd": build_sd,
+    "sdxl": build_sdxl,
+    "pixart": build_pixart,
+    "flux-schnell": lambda: build_flux(guidance=False),
+    "flux-dev": lambda: build_flux(guidance=True),
+    "sd3": build_sd3,
+}
+
+# which saved tiny pipeline each prefix loads
+FOLDER = {
+    "sd-turbo": "sd",
+    "sdxl-turbo": "sdxl",
+    "pixart-dmd": "pixart",
+    "hyper-sdxl": "hyper",
+    "flux-schnell": "flux-schnell",
+    "sd": "sd",
+    "sdxl": "sdxl",
+    "sd3": "sd3",
+    "flux": "flux-dev",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """Every tiny pipeline saved once: {kind: folder}. ``hyper`` is the SDXL folder plus a
+    ``Hyper-SDXL-1step-Unet.safetensors`` holding other UNet weights."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tiny_diffusers")
+    out = {}
+    for i, (kind, build) in enumerate(BUILDERS.items()):
+        torch.manual_seed(i)
+        path = root / kind
+        build().save_pretrained(path)
+        out[kind] = path
+    hyper = root / "hyper"
+    shutil.copytree(out["sdxl"], hyper)
+    torch.manual_seed(100)
+    save_file({k: v.contiguous() for k, v in sdxl_unet().state_dict().items()}, str(hyper / HYPER_FILE))
+    out["hyper"] = hyper
+    return out
+
+
+def size_kwargs(prefix: str) -> dict:
+    return {"height": SIZE, "width": SIZE} if prefix.startswith("flux") else {}
+
+
+@pytest.fixture(scope="session")
+def onestep(tiny_folders):
+    """{prefix: fp32 one-step generator on the CPU}, loaded on first use."""
+    cache = {}
+
+    def get(prefix: str):
+        if prefix not in cache:
+            path = tiny_folders[FOLDER[prefix]]
+            cache[prefix] = create_generator(f"{prefix}:{path}", device="cpu", **size_kwargs(prefix))
+        return cache[prefix]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
+def pipeline_one_step(
+    prefix: str, gen, noise: torch.Tensor, prompts: list[str], steps: int = 1
+) -> torch.Tensor:
+    """The same images through the diffusers pipeline's own call (the reference)."""
+    pipe = gen.pipe
+    common = dict(prompt=prompts, num_inference_steps=steps, height=SIZE, width=SIZE, output_type="pt")
+    with torch.no_grad():
+        if prefix in ("sd-turbo", "sdxl-turbo"):
+            out = pipe(latents=noise, guidance_scale=0.0, **common)
+        elif prefix == "hyper-sdxl":
+            common.pop("num_inference_steps")
+            out = pipe(latents=noise, guidance_scale=0.0, timesteps=[800], **common)
+        elif prefix == "pixart-dmd":
+            common.pop("num_inference_steps")
+            out = pipe(
+                latents=noise,
+                guidance_scale=1.0,
+                timesteps=[400],
+                use_resolution_binning=False,
+                clean_caption=False,
+                max_sequence_length=gen.max_sequence_length,
+                **common,
+            )
+        elif prefix == "flux-schnell":
+            out = pipe(
+                latents=pack(noise), guidance_scale=0.0, max_sequence_length=gen.max_sequence_length, **common
+            )
+        else:
+            raise KeyError(prefix)
+    return out.images.float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# registry and options
+
+
+def test_every_family_is_registered():
+    names = list_generators()
+    for prefix in ONE_STEP + MULTI_STEP:
+        assert f"{prefix}:" in names
+        assert GENERATORS[prefix].family == prefix and GENERATORS[prefix].default_model
+    assert all(GENERATORS[p].differentiable for p in ONE_STEP)
+    assert not any(GENERATORS[p].differentiable for p in MULTI_STEP)
+
+
+def test_parse_dtype_and_bad_options(tiny_folders):
+    assert parse_dtype("fp16") is torch.float16 and parse_dtype("bfloat16") is torch.bfloat16
+    assert parse_dtype(torch.float32) is torch.float32 and parse_dtype(None) is None
+    with pytest.raises(ValueError, match="unknown dtype"):
+        parse_dtype("int8")
+    path = tiny_folders["sd"]
+    with pytest.raises(ValueError, match="offload"):
+        create_generator(f"sd-turbo:{path}", device="cpu", offload="disk")
+    with pytest.raises(ValueError, match="steps"):
+        create_generator(f"sd-turbo:{path}", device="cpu", num_inference_steps=4)
+    with pytest.raises(ValueError, match="multiples"):
+        create_generator(f"sd-turbo:{path}", device="cpu", height=33)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_empty_source_means_the_default_hub_id(monkeypatch):
+    """``"<prefix>:"`` loads the family's default model (loading itself is stopped: no network)."""
+    from compalign.generators.diffusers import common, pixart
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(str(args[1]))
+        raise _Stop
+
+    monkeypatch.setattr(common, "load_pipeline", record)
+    monkeypatch.setattr(pixart, "load_model", record)
+    for prefix in ["sd-turbo", "sdxl-turbo", "flux-schnell", "pixart-dmd", *MULTI_STEP]:
+        with pytest.raises(_Stop):
+            create_generator(f"{prefix}:")
+    assert seen == [
+        "stabilityai/sd-turbo",
+        "stabilityai/sdxl-turbo",
+        "black-forest-labs/FLUX.1-schnell",
+        "PixArt-alpha/PixArt-Alpha-DMD-XL-2-512x512",  # the DMD transformer swapped into PixArt-XL
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        "black-forest-labs/FLUX.1-dev",
+    ]
+
+
+def test_offload_options_construct_on_cpu(tiny_folders):
+    # on the CPU an offload is a no-op placement; the GPU behaviour is checked by the benchmark
+    for mode in ("model", "sequential"):
+        gen = create_generator(f"sd-turbo:{tiny_folders['sd']}", device="cpu", offload=mode)
+        assert gen.settings()["offload"] == mode
+        assert gen.generate(PROMPTS[:1], seeds=0).shape == (1, 3, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# one step
+
+
+@pytest.mark.parametrize("prefix", ONE_STEP)
+def test_one_step_shape_range_and_seeds(prefix, onestep):
+    gen = onestep(prefix)
+    assert gen.differentiable and gen.resolution == SIZE
+    shape = gen.noise_shape(2)
+    assert shape[0] == 2 and shape[-1] == SIZE // 2
+    a = gen.generate(PROMPTS, seeds=[3, 4])
+    assert a.shape == (2, 3, SIZE, SIZE) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1 and torch.isfinite(a).all()
+    assert torch.equal(a, gen.generate(PROMPTS, seeds=[3, 4]))
+    alone = gen.generate(PROMPTS[1:], seeds=[4])
+    assert torch.allclose(alone[0], a[1], atol=1e-5)
+    assert not torch.allclose(gen.generate(PROMPTS, seeds=[5, 6]), a)
+    # generate == generate_from_noise on the seeds' noise
+    z = noise_for_seeds([3, 4], shape[1:])
+    with torch.no_grad():
+        assert torch.allclose(gen.generate_from_noise(z, PROMPTS), a, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefix", ONE_STEP)
+def test_one_step_matches_the_diffusers_pipeline(prefix, onestep):
+    gen = onestep(prefix)
+    z = noise_for_seeds([7, 8], gen.noise_shape(1)[1:])
+    ours = gen.generate(PROMPTS, noise=z)
+    ref = pipeline_one_step(prefix, gen, z, PROMPTS)
+    assert ref.shape == ours.shape
+    assert (ours - ref).abs().max() < 1e-5, f"{prefix}: {(ours - ref).abs().max():.2e}"
+
+
+def test_flux_schnell_few_steps_match_the_pipeline(onestep):
+    gen = onestep("flux-schnell")
+    z = noise_for_seeds([9], gen.noise_shape(1)[1:])
+    ours = gen.generate(PROMPTS[:1], noise=z, num_inference_steps=2)
+    ref = pipeline_one_step("flux-schnell", gen, z, PROMPTS[:1], steps=2)
+    assert (ours - ref).abs().max() < 1e-5
+    assert torch.equal(unpack(pack(z), *z.shape[-2:]), z)
+
+
+@pytest.mark.parametrize("prefix", ONE_STEP)
+def test_gradient_reaches_the_noise(prefix, onestep):
+    gen = onestep(prefix)
+    z = gen.sample_noise(2, seed=0).float().requires_grad_(True)
+    images = gen.generate_from_noise(z, PROMPTS)
+    assert images.requires_grad and images.shape == (2, 3, SIZE, SIZE)
+    images.mean().backward()
+    g = z.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0  # each image reaches its own noise
+    assert all(p.grad is None for p in gen.denoiser.parameters())  # weights frozen
+    assert all(p.grad is None for p in gen.pipe.vae.parameters())
+
+
+@pytest.mark.parametrize("prefix", ["sd-turbo", "pixart-dmd", "flux-schnell"])
+def test_gradient_checkpointing_toggles(prefix, onestep):
+    gen = onestep(prefix)
+    grads = []
+    try:
+        for on in (True, False):
+            gen.set_gradient_checkpointing(on)
+            assert gen.denoiser.is_gradient_checkpointing is on
+            assert (
+                gen.pipe.vae.is_gradient_checkpointing is on
+                and gen.settings()["gradient_checkpointing"] is on
+            )
+            z = gen.sample_noise(1, seed=1).float().requires_grad_(True)
+            gen.generate_from_noise(z, PROMPTS[:1]).square().mean().backward()
+            grads.append(z.grad)
+    finally:
+        gen.set_gradient_checkpointing(True)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def two_noise_optimisation_steps(gen, prompt: str, seed: int, step: float = 0.5) -> list[float]:
+    """Stand-in for ReNO until the real optimiser lands: 2 normalised-gradient ascent (SGD) steps on
+    the noise against a differentiable score (the image's mean brightness); scores before/after."""
+    z = gen.sample_noise(1, seed=seed).float().requires_grad_(True)
+    opt = torch.optim.SGD([z], lr=step)
+    scores = []
+    for it in range(3):
+        score = gen.generate_from_noise(z, [prompt]).mean()
+        scores.append(score.item())
+        if it == 2:
+            break
+        opt.zero_grad()
+        (-score).backward()
+        z.grad /= z.grad.norm() / z.numel() ** 0.5 + 1e-12  # unit RMS step direction
+        opt.step()
+    return scores
+
+
+@pytest.mark.parametrize("prefix", ONE_STEP)
+def test_two_noise_optimisation_iterations(prefix, onestep):
+    gen = onestep(prefix)
+    scores = two_noise_optimisation_steps(gen, PROMPTS[0], seed=2, step=0.05)
+    assert scores[0] != scores[1] != scores[2]
+    assert scores[2] > scores[0], scores
+
+
+def test_prompt_embeddings_are_cached(onestep):
+    gen = onestep("sd-turbo")
+    gen.clear_prompt_cache()
+    calls = []
+    original = gen._encode_batch
+    gen._encode_batch = lambda prompts: calls.append(list(prompts)) or original(prompts)
+    try:
+        gen.generate([PROMPTS[0], PROMPTS[0], PROMPTS[1]], seeds=0)
+        gen.generate(PROMPTS, seeds=1)
+    finally:
+        del gen._encode_batch
+    assert calls == [[PROMPTS[0], PROMPTS[1]]]
+
+
+@pytest.mark.parametrize("prefix", ["sd-turbo", "pixart-dmd"])
+def test_classifier_free_guidance_option(prefix, onestep):
+    gen = onestep(prefix)
+    z = gen.sample_noise(1, seed=3).float().requires_grad_(True)
+    plain = gen.generate_from_noise(z, PROMPTS[:1])
+    guided = gen.generate_from_noise(z, PROMPTS[:1], guidance_scale=3.0)
+    assert guided.shape == plain.shape and not torch.allclose(guided, plain)
+    guided.mean().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prefix", ["sd-turbo", "sdxl-turbo", "pixart-dmd", "flux-schnell"])
+def test_bfloat16_and_float16(prefix, tiny_folders):
+    """bf16 runs forward and backward on the CPU; fp16 constructs (and is run where the CPU supports
+    it; the real check of fp16 is on a GPU, see benchmarks/bench_real_onestep.py)."""
+    path = tiny_folders[FOLDER[prefix]]
+    gen = create_generator(f"{prefix}:{path}", device="cpu", dtype="bf16", **size_kwargs(prefix))
+    assert gen.dtype == torch.bfloat16 and gen.denoiser.dtype == torch.bfloat16
+    assert gen.vae_dtype == torch.bfloat16  # bf16 has float32's range: no upcast
+    z = gen.sample_noise(1, seed=0).float().requires_grad_(True)
+    images = gen.generate_from_noise(z, PROMPTS[:1])
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    images.mean().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+    half = create_generator(f"{prefix}:{path}", device="cpu", dtype=torch.float16, **size_kwargs(prefix))
+    assert half.denoiser.dtype == torch.float16
+    # SDXL's VAE (force_upcast) stays in float32 under fp16
+    assert half.vae_dtype == (torch.float32 if half.pipe.vae.config.force_upcast else torch.float16)
+    try:
+        out = half.generate(PROMPTS[:1], seeds=0)
+    except RuntimeError as e:  # an op without a CPU float16 kernel
+        pytest.skip(f"float16 forward unsupported on this CPU build: {e}")
+    assert out.shape == (1, 3, SIZE, SIZE)
+
+
+def test_sdxl_turbo_replacement_vae(tiny_folders):
+    # a replacement VAE from a folder holding a whole pipeline (its vae/ subfolder)
+    gen = create_generator(
+        f"sdxl-turbo:{tiny_folders['sdxl']}", device="cpu", dtype="fp16", vae=str(tiny_folders["sd"])
+    )
+    ref = AutoencoderKL.from_pretrained(tiny_folders["sd"], subfolder="vae")
+    got = gen.pipe.vae.state_dict()
+    assert all(torch.equal(v.half().float(), got[k].float()) for k, v in ref.state_dict().items())
+    assert gen.vae_dtype == torch.float32  # force_upcast under fp16
+
+
+def test_hyper_sdxl_loads_its_unet_weights(tiny_folders, onestep):
+    from safetensors.torch import load_file
+
+    gen = onestep("hyper-sdxl")
+    assert type(gen.pipe.scheduler).__name__ == "LCMScheduler" and gen.timestep == 800
+    assert gen.vae_dtype == torch.float32
+    want = load_file(str(tiny_folders["hyper"] / HYPER_FILE))
+    got = gen.pipe.unet.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    # unet_weights=None keeps the folder's own UNet (the plain SDXL one)
+    own = create_generator(f"hyper-sdxl:{tiny_folders['hyper']}", device="cpu", unet_weights=None)
+    assert not torch.equal(own.pipe.unet.conv_in.weight, gen.pipe.unet.conv_in.weight)
+    # an explicit file
+    explicit = create_generator(
+        f"hyper-sdxl:{tiny_folders['sdxl']}",
+        device="cpu",
+        unet_weights=str(tiny_folders["hyper"] / HYPER_FILE),
+    )
+    assert torch.equal(explicit.pipe.unet.conv_in.weight, gen.pipe.unet.conv_in.weight)
+
+
+def test_pixart_transformer_swap(tiny_folders, onestep):
+    gen = onestep("pixart-dmd")
+    assert type(gen.pipe.scheduler).__name__ == "DDPMScheduler" and gen.timestep == 400
+    swapped = create_generator(
+        f"pixart-dmd:{tiny_folders['pixart']}", device="cpu", transformer=str(tiny_folders["pixart"])
+    )
+    z = gen.sample_noise(1, seed=5)
+    assert torch.allclose(swapped.generate(PROMPTS[:1], noise=z), gen.generate(PROMPTS[:1], noise=z))
+
+
+def test_settings_are_recorded(onestep):
+    s = onestep("sdxl-turbo").settings()
+    assert s["num_inference_steps"] == 1 and s["timestep"] == 999 and s["guidance_scale"] == 0.0
+    assert s["scheduler"] == "EulerAncestralDiscreteScheduler" and s["height"] == SIZE
+
+
+def test_noise_and_prompt_mismatch_errors(onestep):
+    gen = onestep("sd-turbo")
+    z = gen.sample_noise(2, seed=0)
+    with pytest.raises(ValueError, match="prompts"):
+        gen.generate_from_noise(z, PROMPTS[:1])
+    with pytest.raises(ValueError, match="noise must be"):
+        gen.generate_from_noise(z[:, :3], PROMPTS)
+    with pytest.raises(ValueError, match="steps"):
+        gen.generate(PROMPTS, seeds=0, num_inference_steps=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# multi-step
+
+
+@pytest.mark.parametrize("prefix", MULTI_STEP)
+def test_multi_step_generators(prefix, tiny_folders):
+    gen = create_generator(f"{prefix}:{tiny_folders[FOLDER[prefix]]}", device="cpu", **size_kwargs(prefix))
+    assert not gen.differentiable
+    settings = dict(num_inference_steps=2, guidance_scale=2.0, height=SIZE, width=SIZE)
+    a = gen.generate(PROMPTS, seeds=[1, 2], **settings)
+    assert a.shape == (2, 3, SIZE, SIZE) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, gen.generate(PROMPTS, seeds=[1, 2], **settings))
+    alone = gen.generate(PROMPTS[1:], seeds=[2], **settings)
+    assert torch.allclose(alone[0], a[1], atol=1e-5)
+    assert not torch.allclose(gen.generate(PROMPTS, seeds=[3, 4], **settings), a)
+    with pytest.raises(NotImplementedError):
+        gen.generate_from_noise(gen.sample_noise(1, seed=0), PROMPTS[:1])
