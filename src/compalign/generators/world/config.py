@@ -36,6 +36,11 @@ class WorldTrainConfig:
     arch: WorldArch = field(default_factory=WorldArch)
     """Architecture and default sampler (ignored by ``distill``, which copies the teacher's)."""
 
+    init_from: str | None = None
+    """``diffusion``: start from the weights of a saved pipeline (a folder, a run folder or a
+    shipped name) instead of random ones, e.g. to continue a run on other hardware. Its
+    architecture must match `arch`; its record is kept in this run's record as ``init_from``."""
+
     # ----------------------------------------------------------------------------- data
     categories: list[str] | None = None
     """Scene categories to sample training scenes from (None: all). Held-out scenes never appear."""

@@ -310,6 +310,33 @@ def _student_pipeline(config: WorldTrainConfig, teacher: WorldPipeline) -> World
     return student
 
 
+def _init_weights(pipe: WorldPipeline, source: str) -> None:
+    """Copy the UNet and text-encoder weights of a saved pipeline into `pipe` (strict)."""
+    from ..registry import create_generator
+
+    other = create_generator(source, device="cpu").pipe
+    for name in ("unet", "text_encoder"):
+        try:
+            getattr(pipe, name).load_state_dict(getattr(other, name).float().state_dict())
+        except RuntimeError as e:
+            msg = f"init_from {source!r}: its {name} does not match this preset's arch: {e}"
+            raise ValueError(msg) from e
+
+
+def init_record(source: str | None) -> dict | None:
+    if not source:
+        return None
+    from ..registry import _pipeline_dir
+
+    d = _pipeline_dir(Path(source)) if Path(source).exists() else None
+    rec = (d / RECORD_FILE) if d is not None else None
+    if rec is not None and rec.is_file():
+        r = json.loads(rec.read_text())
+        return {"source": source, "steps": r.get("steps"), "hardware": r.get("hardware"),
+                "sessions": r.get("sessions"), "wall_time_s": r.get("wall_time_s")}  # fmt: skip
+    return {"source": source}
+
+
 def preset_pipeline(config: WorldTrainConfig | str) -> WorldPipeline:
     """A randomly initialised pipeline with a preset's architecture and sampler settings (the
     compute of the trained model; for benchmarks and tests). A distill preset gets its teacher's
@@ -372,6 +399,8 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     else:
         teacher = None
         pipe = _new_pipeline(config)
+        if config.init_from and run.ckpt is None:
+            _init_weights(pipe, config.init_from)
     pipe.set_progress_bar_config(disable=True)
     model = _trainable(pipe)
     model.train()
@@ -548,6 +577,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
             "text_encoder": count_parameters(pipe.text_encoder),
         },
         "teacher": teacher_name,
+        "init_from": init_record(config.init_from),
         "hardware": run.hardware,
         "sessions": sessions,
         "versions": versions(),

@@ -1,0 +1,132 @@
+"""Quality of a generator on the world: exact-evaluator accuracy on held-out suites.
+
+`evaluate_generator(gen, categories, per_category, seeds)` generates every (prompt, seed) of the
+chosen suites, judges each image with the exact evaluator (in worker processes) and returns
+
+    {"model", "split", "seeds", "per_category", "categories": {cat: {"accuracy", "score", "n"}},
+     "aspects": {aspect: accuracy averaged over its categories}, "records": [...]}
+
+`accuracy` is the fraction of images passing every clause; `score` the mean fraction of clauses
+passed. This is the number every quality claim in the README is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluator import evaluate
+from .suites import CATEGORIES, CATEGORY_ASPECT, load_suite
+
+
+def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float]:
+    image, prompt = args
+    v = evaluate(image, prompt)
+    return v.passed, v.score
+
+
+def judge_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
+    """`(passed, score)` per image (`[B, 3, H, W]` in [0, 1] or `[B, H, W, 3]` uint8)."""
+    if isinstance(images, torch.Tensor):
+        arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        arr = (arr * 255 + 0.5).astype(np.uint8)
+    else:
+        arr = np.asarray(images)
+    jobs = list(zip(list(arr), prompts, strict=True))
+    if workers and workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(workers) as ex:
+            return list(ex.map(_judge, jobs, chunksize=8))
+    return [_judge(j) for j in jobs]
+
+
+def suite_items(
+    categories: Sequence[str] | None = None, per_category: int | None = None, split: str = "heldout"
+) -> list[tuple[str, str]]:
+    """`(category, prompt)` for the first `per_category` prompts of each suite."""
+    items = []
+    for c in categories or CATEGORIES:
+        prompts = load_suite(c, split)
+        items += [(c, p) for p in prompts[: per_category or len(prompts)]]
+    return items
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    cats: dict[str, dict] = {}
+    for r in records:
+        d = cats.setdefault(r["category"], {"passed": 0, "score": 0.0, "n": 0})
+        d["passed"] += int(r["passed"])
+        d["score"] += r["score"]
+        d["n"] += 1
+    out = {
+        c: {"accuracy": d["passed"] / d["n"], "score": d["score"] / d["n"], "n": d["n"]}
+        for c, d in cats.items()
+    }
+    aspects: dict[str, list[float]] = {}
+    for c, d in out.items():
+        a = CATEGORY_ASPECT.get(c)
+        if a:
+            aspects.setdefault(a, []).append(d["accuracy"])
+    return {
+        "categories": out,
+        "aspects": {a: float(np.mean(v)) for a, v in aspects.items()},
+        "overall": float(np.mean([d["accuracy"] for d in out.values()])) if out else 0.0,
+    }
+
+
+def evaluate_generator(
+    generator,
+    categories: Sequence[str] | None = None,
+    per_category: int | None = None,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+    split: str = "heldout",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+    generate: Callable[[list[str], list[int]], torch.Tensor] | None = None,
+    **settings,
+) -> dict:
+    """Exact-evaluator accuracy of `generator` on the held-out suites (see the module doc).
+
+    `generate(prompts, seeds) -> images` replaces the plain generator call (e.g. ReNO)."""
+    items = [(c, p, s) for c, p in suite_items(categories, per_category, split) for s in seeds]
+    records = []
+    bar = tqdm(total=len(items), desc=f"eval {getattr(generator, 'name', '')}", disable=not progress)
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        prompts, sds = [p for _, p, _ in chunk], [s for _, _, s in chunk]
+        if generate is not None:
+            images = generate(prompts, sds)
+        else:
+            with torch.no_grad():
+                images = generator.generate(prompts, seeds=sds, **settings)
+        for (c, p, s), (ok, score) in zip(chunk, judge_images(images, prompts, workers), strict=True):
+            records.append({"category": c, "prompt": p, "seed": s, "passed": bool(ok), "score": score})
+        bar.update(len(chunk))
+    bar.close()
+    return {
+        "model": getattr(generator, "name", str(generator)),
+        "split": split,
+        "seeds": list(seeds),
+        "per_category": per_category,
+        **summarize(records),
+        "records": records,
+    }
+
+
+def format_table(results: Sequence[dict]) -> str:
+    """Markdown table: one row per category (plus aspects), one column per model."""
+    cats = list(dict.fromkeys(c for r in results for c in r["categories"]))
+    head = "| category | " + " | ".join(r["model"] for r in results) + " |"
+    lines = [head, "|---|" + "---:|" * len(results)]
+    for c in cats:
+        cells = [f"{100 * r['categories'][c]['accuracy']:.1f}" if c in r["categories"] else ""
+                 for r in results]  # fmt: skip
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    for a in ("attribute_binding", "spatial_relationship", "non_spatial_relationship"):
+        cells = [f"{100 * r['aspects'][a]:.1f}" if a in r["aspects"] else "" for r in results]
+        lines.append(f"| *{a}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
