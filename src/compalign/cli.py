@@ -346,10 +346,12 @@ def world_demo(
 def _register_stages() -> None:
     """Stages that live in their own packages add their commands here."""
     from .generators.cli import register
+    from .noise_optimization.cli import register as register_reno
     from .rewards.cli import app as reward_app
 
     register(app, world_app)
     app.add_typer(reward_app, name="reward")
+    register_reno(app)
 
 
 _register_stages()

@@ -51,6 +51,7 @@ def list_generators() -> list[str]:
     """Names `create_generator` knows: shipped models, presets, and ``prefix:`` adapters."""
     from .world.config import list_presets
 
+    _load_adapters()
     names = set(shipped_models()) | set(list_presets())
     return sorted(names) + sorted(f"{p}:" for p in _FACTORIES)
 
@@ -63,6 +64,14 @@ def _pipeline_dir(path: Path) -> Path | None:
     return None
 
 
+def _load_adapters() -> None:
+    """Import the built-in adapter packages (they register their prefixes on import)."""
+    try:
+        import compalign.generators.diffusers  # noqa: F401
+    except ImportError:  # pragma: no cover - diffusers is a core dependency
+        pass
+
+
 def create_generator(
     name_or_path: str | Path,
     device: torch.device | str | None = None,
@@ -73,6 +82,7 @@ def create_generator(
     from .world.config import list_presets
     from .world.generator import WorldGenerator
 
+    _load_adapters()
     text = str(name_or_path)
     prefix, sep, rest = text.partition(":")
     if sep and prefix in _FACTORIES:
@@ -87,6 +97,8 @@ def create_generator(
         return WorldGenerator.from_pretrained(pipe_dir, name=path.name, device=device, dtype=dtype)
     if text in shipped_models():
         return WorldGenerator.from_pretrained(weights_root() / text, name=text, device=device, dtype=dtype)
+    if not sep and text in _FACTORIES:  # a plain adapter name: its default hub id
+        return _FACTORIES[text]("", device=device, dtype=dtype, **kwargs)
     if text in list_presets():
         raise ModelNotTrainedError(
             f"model {text} has no shipped weights; train it with `compalign world train --preset {text}`"

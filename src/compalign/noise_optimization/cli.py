@@ -1,0 +1,208 @@
+"""``compalign reno``: reward-based noise optimization from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+BAD_INPUT = 2
+WORLD_DEFAULT_REWARDS = ["world-clip=1"]
+REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise typer.Exit(BAD_INPUT)
+
+
+def parse_reward_spec(text: str) -> tuple[str, float]:
+    """``NAME=WEIGHT`` (``NAME`` may be ``name:source``); a bare NAME takes the reward's default."""
+    name, sep, w = text.rpartition("=") if "=" in text else (text, "", "")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"reward {text!r}: expected NAME=WEIGHT")
+    if not sep:
+        from compalign.rewards.registry import reward_class
+
+        cls = reward_class(name.split(":", 1)[0])
+        return name, float(getattr(cls, "default_weight", 1.0)) if cls is not None else 1.0
+    try:
+        return name, float(w)
+    except ValueError as e:
+        raise ValueError(f"reward {text!r}: weight {w!r} is not a number") from e
+
+
+def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_scaled: bool = False) -> list:
+    from compalign.rewards.registry import create_reward
+
+    from .reno import WeightedReward
+
+    out, seen = [], set()
+    for spec, optimize in [(s, True) for s in specs] + [(s, False) for s in benchmark]:
+        name, weight = parse_reward_spec(spec) if optimize else (spec.split("=", 1)[0], 0.0)
+        if name in seen:
+            raise ValueError(f"reward {name!r} given twice")
+        seen.add(name)
+        if optimize and weight == 0:
+            continue  # switched off: not even loaded
+        kw = {"scaled": True} if world_clip_scaled and name.split(":")[0] == "world-clip" else {}
+        reward = create_reward(name, device=device, **kw)
+        out.append(WeightedReward(name=name, reward=reward, weight=weight, optimize=optimize and weight != 0))
+    return out
+
+
+def reno_command(
+    prompt: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to optimise (quote each).")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
+    ] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="World suite (color, spatial, ...).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Suite split: heldout or train.")] = "heldout",
+    geneval: Annotated[
+        Path | None, typer.Option("--geneval", help="GenEval evaluation_metadata.jsonl.")
+    ] = None,
+    parti: Annotated[Path | None, typer.Option("--parti", help="PartiPrompts.tsv.")] = None,
+    t2i_compbench: Annotated[
+        Path | None, typer.Option("--t2i-compbench", help="T2I-CompBench prompt file (*_val.txt).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N prompts only.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Generator (one/two-step).")] = "world-onestep",
+    reward: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reward",
+            "-r",
+            help="NAME=WEIGHT, repeatable; weight 0 switches one off. "
+            "Default: world-clip=1 on world models, hpsv2=5 imagereward=1 pickscore=0.05 else.",
+        ),
+    ] = None,
+    benchmark_reward: Annotated[
+        list[str] | None,
+        typer.Option("--benchmark-reward", help="Reward logged every iteration, never optimised."),
+    ] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", help="Seed(s) (default 0).")] = None,
+    num_seeds: Annotated[
+        int, typer.Option("--num-seeds", "-n", help="Seeds per prompt from each --seed.")
+    ] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", help="Generator evaluations per image.")] = 50,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the noise.")] = 5.0,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or lbfgs.")] = "sgd",
+    grad_clip: Annotated[
+        float, typer.Option("--grad-clip", help="Per-sample gradient-norm clip (0: off).")
+    ] = 0.1,
+    reg_weight: Annotated[float, typer.Option("--reg-weight", help="Noise-norm regulariser weight.")] = 0.01,
+    search: Annotated[str, typer.Option("--search", help="reno, best-of-n or none.")] = "reno",
+    patience: Annotated[
+        int | None,
+        typer.Option("--early-stop-patience", help="Stop an image after N iterations without gain."),
+    ] = None,
+    stop_loss: Annotated[
+        float | None, typer.Option("--early-stop-loss", help="Stop an image once its reward loss is <= this.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images optimised together.")] = 16,
+    save_iterations: Annotated[
+        bool, typer.Option("--save-iterations", help="Keep every iteration's image.")
+    ] = False,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate", help="World prompts: exact-evaluator accuracy before/after."
+        ),
+    ] = True,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+) -> None:
+    """Optimise the initial noise of a one-step generator against weighted rewards (ReNO)."""
+    import torch
+
+    from compalign.generators import create_generator
+    from compalign.generators.world.generator import WorldGenerator
+
+    from .reno import ReNOConfig
+    from .runner import run_task
+    from .tasks import TaskError, build_task
+
+    sources = [
+        (k, v)
+        for k, v in [
+            ("prompt", prompt or None),
+            ("file", prompts_file),
+            ("file", t2i_compbench),
+            ("suite", suite),
+            ("geneval", geneval),
+            ("parti", parti),
+        ]
+        if v
+    ]
+    if len(sources) != 1:
+        _fail("give exactly one of: PROMPT..., --prompts, --t2i-compbench, --suite, --geneval, --parti")
+    seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
+    try:
+        config = ReNOConfig(
+            iterations=iterations, lr=lr, optimizer=optimizer, grad_clip=grad_clip or None,
+            reg_weight=reg_weight, search=search, early_stop_patience=patience,
+            early_stop_loss=stop_loss, progress=progress,
+        )  # fmt: skip
+        items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
+    except (TaskError, ValueError) as e:
+        _fail(e)
+    torch.manual_seed(seeds[0])
+    try:
+        gen = create_generator(model, device=device)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    is_world = isinstance(gen, WorldGenerator)
+    specs = reward or (WORLD_DEFAULT_REWARDS if is_world else REAL_DEFAULT_REWARDS)
+    try:
+        rewards = build_rewards(specs, benchmark_reward or [], gen.device)
+    except (LookupError, ValueError, OSError, RuntimeError) as e:
+        _fail(e)
+    if not any(r.optimize for r in rewards):
+        _fail("no reward to optimise: give at least one --reward NAME=WEIGHT with a non-zero weight")
+    try:
+        summary = run_task(gen, rewards, items, out, config, batch_size, save_iterations, progress)
+    except ValueError as e:
+        _fail(e)
+    for name, m in summary.get("mean", {}).items():
+        print(f"{name}: initial {m['initial']:.4f} -> best {m['best']:.4f}")
+    if evaluate and is_world:
+        report = evaluate_outputs(out, items)
+        if report:
+            print(
+                f"exact evaluator: initial {100 * report['initial']:.1f}% -> best {100 * report['best']:.1f}%"
+            )
+    print(f"wrote {len(items)} images to {out} (results.json, rewards.png, before_after.png)")
+
+
+def evaluate_outputs(out: Path, items) -> dict | None:
+    """Exact-evaluator accuracy of the initial and best images of a world run (None: not world
+    prompts). Writes ``evaluation.json``."""
+    import numpy as np
+    from PIL import Image
+
+    from compalign.io import atomic_write_json
+    from compalign.world.evaluator import evaluate
+    from compalign.world.grammar import PromptError
+
+    from .runner import INITIAL_DIR
+
+    counts = {"initial": 0, "best": 0}
+    for it in items:
+        for key, path in (("best", out / it.out), ("initial", out / INITIAL_DIR / it.out)):
+            try:
+                img = np.asarray(Image.open(path).convert("RGB"))
+                counts[key] += evaluate(img, it.prompt).passed
+            except PromptError:
+                return None
+    n = max(1, len(items))
+    report = {"initial": counts["initial"] / n, "best": counts["best"] / n, "n": len(items)}
+    atomic_write_json(out / "evaluation.json", report)
+    return report
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reno")(reno_command)
