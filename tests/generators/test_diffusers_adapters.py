@@ -10,6 +10,7 @@ seed determinism.
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -512,30 +513,28 @@ def test_gradient_checkpointing_toggles(prefix, onestep):
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
-def two_noise_optimisation_steps(gen, prompt: str, seed: int, step: float = 0.5) -> list[float]:
-    """Stand-in for ReNO until the real optimiser lands: 2 normalised-gradient ascent (SGD) steps on
-    the noise against a differentiable score (the image's mean brightness); scores before/after."""
-    z = gen.sample_noise(1, seed=seed).float().requires_grad_(True)
-    opt = torch.optim.SGD([z], lr=step)
-    scores = []
-    for it in range(3):
-        score = gen.generate_from_noise(z, [prompt]).mean()
-        scores.append(score.item())
-        if it == 2:
-            break
-        opt.zero_grad()
-        (-score).backward()
-        z.grad /= z.grad.norm() / z.numel() ** 0.5 + 1e-12  # unit RMS step direction
-        opt.step()
-    return scores
+class _Brightness(torch.nn.Module):
+    """A differentiable test reward: the image's mean brightness (higher is better)."""
+
+    loss_offset = 1.0
+
+    def forward(self, images, prompts):
+        return images.mean(dim=(1, 2, 3)).float()
 
 
 @pytest.mark.parametrize("prefix", ONE_STEP)
-def test_two_noise_optimisation_iterations(prefix, onestep):
+def test_two_reno_iterations(prefix, onestep):
+    from compalign.noise_optimization.reno import ReNOConfig, WeightedReward, optimize_noise
+
     gen = onestep(prefix)
-    scores = two_noise_optimisation_steps(gen, PROMPTS[0], seed=2, step=0.05)
-    assert scores[0] != scores[1] != scores[2]
-    assert scores[2] > scores[0], scores
+    cfg = ReNOConfig(iterations=3, lr=5.0, grad_clip=0.5, progress=False)  # 2 optimizer steps
+    res = optimize_noise(gen, PROMPTS[:2], [WeightedReward("brightness", _Brightness())], [2, 3], cfg)
+    scores = [h["rewards"]["brightness"] for h in res.history]
+    assert len(scores) == 3 and all(math.isfinite(v) for row in scores for v in row)
+    for b in range(2):
+        assert scores[0][b] != scores[1][b] != scores[2][b]
+        assert res.best_loss[b] < res.initial_loss[b], scores  # the noise moved towards brighter images
+    assert res.best_images.shape[:2] == (2, 3)
 
 
 def test_prompt_embeddings_are_cached(onestep):
