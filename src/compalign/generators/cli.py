@@ -217,6 +217,47 @@ def models_command(
         print(f"{r['name']}\t{status}")
 
 
+def quality_command(
+    models: Annotated[list[str], typer.Argument(help="Generators (names or folders).")],
+    category: Annotated[
+        list[str] | None, typer.Option("--category", "-c", help="Categories (default: all).")
+    ] = None,
+    per_category: Annotated[int | None, typer.Option("--per-category", help="Prompts per category.")] = None,
+    num_seeds: Annotated[int, typer.Option("--num-seeds", "-n", help="Seeds per prompt.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="First seed (seeds are seed..seed+n-1).")] = 0,
+    split: Annotated[str, typer.Option("--split", help="heldout or train.")] = "heldout",
+    workers: Annotated[int, typer.Option("--workers", help="Evaluator processes.")] = 0,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
+    out: Annotated[Path | None, typer.Option("--json", help="Write every figure (and verdict) here.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+) -> None:
+    """Exact-evaluator accuracy of generators on the held-out suites (a table per category)."""
+    from compalign.io import atomic_write_json
+    from compalign.world.quality import evaluate_generator, format_table
+    from compalign.world.suites import CATEGORIES
+
+    from .registry import ModelNotTrainedError, create_generator
+
+    bad = [c for c in category or [] if c not in CATEGORIES]
+    if bad:
+        _fail(f"unknown category {bad[0]!r}; expected one of {', '.join(CATEGORIES)}")
+    if split not in ("heldout", "train"):
+        _fail(f"--split must be heldout or train, got {split!r}")
+    results = []
+    for m in models:
+        try:
+            gen = create_generator(m, device=device)
+        except (KeyError, FileNotFoundError, ModelNotTrainedError) as e:
+            _fail(str(e).strip("'\""))
+        seeds = list(range(seed, seed + num_seeds))
+        results.append(
+            evaluate_generator(gen, category, per_category, seeds, split, workers=workers, progress=progress)
+        )
+    print(format_table(results))
+    if out is not None:
+        atomic_write_json(out, {"models": models, "results": results})
+
+
 def register(app: typer.Typer, world_app: typer.Typer) -> None:
     """Add `generate` to the root app and `train`/`export`/`presets`/`models` to `world`."""
     app.command("generate")(generate_command)
@@ -224,6 +265,7 @@ def register(app: typer.Typer, world_app: typer.Typer) -> None:
     world_app.command("export")(export_command)
     world_app.command("presets")(presets_command)
     world_app.command("models")(models_command)
+    world_app.command("quality")(quality_command)
 
 
 app = typer.Typer(
