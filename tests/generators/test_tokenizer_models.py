@@ -70,7 +70,8 @@ def test_presets_parse_and_fit_the_size_budget():
     names = list_presets()
     assert {"world-base", "world-onestep"} <= set(names) and len(names) >= 5
     total = 0
-    for name in names:
+    shipped = ["world-base", "world-small", "world-t5", "world-attr", "world-short", "world-onestep"]
+    for name in shipped:  # the gallery the package ships (phase presets and world-twostep are not shipped)
         cfg = create_preset(name)
         arch = create_preset(cfg.teacher).arch if cfg.mode == "distill" else cfg.arch
         c = build_components(arch)
