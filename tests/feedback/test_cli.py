@@ -1,0 +1,43 @@
+"""``compalign feedback train`` end to end on the tiny world pipeline."""
+
+from __future__ import annotations
+
+import json
+
+from compalign.generators import create_generator
+
+
+def test_feedback_train_and_export(cli, tiny_base, pool_dir, tmp_path, monkeypatch):
+    from compalign.generators import registry
+
+    monkeypatch.setattr(registry, "weights_root", lambda: tmp_path / "weights")  # not the package's
+    out = tmp_path / "run"
+    r = cli(
+        "feedback", "train", "--base", tiny_base, "--reward", "test-redness=1", "--category", "colors",
+        "--steps", "3", "--max-steps", "2", "--reg", "distance", "--lora-rank", "2", "--lr", "1e-3",
+        "--batch-size", "2", "--output-dir", out, "--seed", "1", "--threads", "1", "--device", "cpu",
+        "--no-progress", "--export", "tiny-fb",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "test-redness:" in r.stdout and "done:" in r.stdout
+    record = json.loads((out / "final" / "training.json").read_text())
+    assert record["steps"] == 2 and record["settings"]["total_steps"] == 3
+    assert record["config"]["seed"] == 1 and record["trained"]["lora"]["rank"] == 2
+    shipped = tmp_path / "weights" / "tiny-fb"
+    assert (shipped / "model_index.json").is_file()
+    assert create_generator(shipped).generate(["a red circle"], seeds=[0]).shape == (1, 3, 32, 32)
+
+
+def test_feedback_train_bad_input(cli, tiny_base, tmp_path):
+    r = cli("feedback", "train", "--base", tiny_base, "--reward", "nope=1", "--output-dir", tmp_path / "a")
+    assert r.exit_code == 2 and "unknown reward 'nope'" in r.stderr
+    r = cli(
+        "feedback", "train", "--base", tiny_base, "--stop-range", "0.9,0.2", "--output-dir", tmp_path / "a"
+    )
+    assert r.exit_code == 2 and "stop_range" in r.stderr
+    r = cli("feedback", "train", "--base", "sd:/nowhere", "--export", "x", "--output-dir", tmp_path / "a")
+    assert r.exit_code == 2 and "world models only" in r.stderr
+    r = cli("feedback", "train", "--base", tmp_path / "missing", "--reward", "test-redness=1",
+            "--output-dir", tmp_path / "a", "--device", "cpu", "--no-progress")  # fmt: skip
+    assert r.exit_code == 2 and "cannot load base model" in r.stderr
+    assert not (tmp_path / "a" / "final").exists()
