@@ -1,7 +1,10 @@
 """Typer commands of the rewards stage (``compalign reward ...``).
 
 - ``train-world-clip``: train the world CLIP (resumes from the run's latest checkpoint);
-- ``eval-world-clip PATH_OR_NAME``: held-out pairwise / top-1 accuracy against hard negatives.
+- ``eval-world-clip PATH_OR_NAME``: held-out pairwise / top-1 accuracy against hard negatives;
+- ``train``: train a composition reward model of one aspect on a pairs file (resumes);
+- ``eval MODEL --pairs PAIRS``: its pair accuracy (and, on world prompts, the Spearman correlation
+  with the exact evaluator).
 
 Bad input ends with a one-line message on stderr and exit code 2.
 """
@@ -171,6 +174,221 @@ def eval_world_clip_command(
         _fail(e.args[0] if e.args else str(e))
     if out is not None:
         save_report(report, out)
+        _note(f"report: {out}")
+
+
+_ASPECT_ALIASES = {
+    "attribute": "attribute_binding",
+    "spatial": "spatial_relationship",
+    "nonspatial": "non_spatial_relationship",
+    "non_spatial": "non_spatial_relationship",
+}
+
+
+def _aspect(value: str) -> str:
+    from compalign.world.suites import ASPECTS
+
+    aspect = _ASPECT_ALIASES.get(value, value)
+    if aspect not in ASPECTS:
+        _fail(
+            f"unknown aspect {value!r}; expected one of {', '.join(ASPECTS)} "
+            "(or attribute, spatial, nonspatial)"
+        )
+    return aspect
+
+
+@app.command("train")
+def train_reward_command(
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (JSONL, from `compalign pairs`).")],
+    aspect: Annotated[
+        str,
+        typer.Option(
+            "--aspect",
+            help="attribute_binding, spatial_relationship or non_spatial_relationship "
+            "(or attribute, spatial, nonspatial).",
+        ),
+    ],
+    backbone: Annotated[
+        str,
+        typer.Option("--backbone", help="world-clip[:FOLDER], clip:PATH_OR_ID or blip:PATH (ImageReward)."),
+    ] = "world-clip",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 5).")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Backbone learning rate (default 1e-5, IterComp's).")
+    ] = None,
+    head_lr: Annotated[
+        float | None,
+        typer.Option(
+            "--head-lr", help="Head learning rate (default 1e-3 for a new head, --lr for ImageReward's)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Pairs per step over all processes (default 64).")
+    ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option("--grad-accum", help="Micro-batches per process and step (default 1).")
+    ] = None,
+    freeze_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--freeze-ratio", help="Fraction of backbone layers frozen from the bottom (default 0.7)."
+        ),
+    ] = None,
+    margin: Annotated[
+        float | None, typer.Option("--margin", help="Bradley-Terry margin (default 0).")
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Run folder (default runs/reward-ASPECT).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same run.")] = 0,
+    time_limit: Annotated[
+        float | None,
+        typer.Option("--time-limit", help="Stop after this many seconds; the best model so far is kept."),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Load images at this size (default: the backbone's).")
+    ] = None,
+    augment: Annotated[
+        bool, typer.Option("--augment", help="Light augmentation of training images.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
+    ] = False,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            help="When done, write the model into the package as NAME (fp16), loadable as "
+            "composition:NAME (the shipped names: itercomp-attribute, itercomp-spatial, "
+            "itercomp-nonspatial).",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+) -> None:
+    """Train a composition reward model of one aspect (pairwise Bradley-Terry, held-out selection).
+
+    Several GPUs: ``accelerate launch --multi_gpu --num_processes 4 $(which compalign) reward train ...``;
+    several CPU processes: ``torchrun --nproc_per_node 2 $(which compalign) reward train ... --device cpu``.
+    """
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    aspect = _aspect(aspect)
+    from .composition.data import PairsFileError
+    from .composition.train import RewardTrainConfig, export_reward_model, train_reward_model
+    from .world_clip.reward import RewardNotTrainedError
+    from .world_clip.train import folder_size
+
+    given = {
+        "output_dir": str(output_dir) if output_dir else None,
+        "epochs": epochs,
+        "learning_rate": lr,
+        "head_learning_rate": head_lr,
+        "batch_size": batch_size,
+        "grad_accum_steps": grad_accum,
+        "freeze_ratio": freeze_ratio,
+        "margin": margin,
+        "mixed_precision": mixed_precision,
+        "time_limit_s": time_limit,
+        "image_size": image_size,
+        "device": device,
+    }
+    kw = {k: v for k, v in given.items() if v is not None}
+    try:
+        config = RewardTrainConfig(
+            pairs=str(pairs),
+            aspect=aspect,
+            backbone=backbone,
+            seed=seed,
+            augment=augment,
+            progress=progress,
+            **kw,
+        )
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    if export is not None and (not export or "/" in export or export.startswith(".")):
+        _fail(f"--export must be a plain folder name, got {export!r}")
+    from .composition.model import SHIPPED
+
+    if export in SHIPPED and SHIPPED[export] != aspect:
+        _fail(f"--export {export} is the {SHIPPED[export]} model; this run trains {aspect}")
+    _note(f"training the {aspect} reward model ({backbone}) in {config.run_dir}")
+    try:
+        final = train_reward_model(config, resume=not fresh)
+    except (PairsFileError, RewardNotTrainedError, FileNotFoundError, KeyError, ValueError) as e:
+        _fail(e.args[0] if e.args else str(e))
+    if final is None:
+        _note(f"stopped; resume with the same command (checkpoints in {config.run_dir / 'checkpoints'})")
+        raise typer.Exit(1)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # several processes (accelerate / torchrun): one reports
+        return
+    record = json.loads((final / "training.json").read_text())
+    sel = record["selection"]
+    acc = sel.get("heldout_accuracy")
+    _note(
+        f"done: {final} ({record['steps']} steps, {record['train_time_s']} s, "
+        f"{record['pairs_per_s']} pairs/s, stopped by {record['stopped_by']})"
+    )
+    if acc is not None:
+        print(
+            f"held-out pair accuracy {acc:.4f} ({record['heldout_pairs']} pairs, {record['heldout_prompts']} "
+            f"prompts; chosen at step {sel['step']})"
+        )
+    else:
+        print("no held-out pairs: the last step is kept (no model selection)")
+    if export:
+        dest = export_reward_model(final, export)
+        _note(f"exported to {dest} ({folder_size(dest) / 1e6:.2f} MB); load it as composition:{export}")
+
+
+@app.command("eval")
+def eval_reward_command(
+    model: Annotated[
+        str, typer.Argument(help="A shipped name (itercomp-spatial, ...), a model folder or a run folder.")
+    ],
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (JSONL).")],
+    split: Annotated[str, typer.Option("--split", help="heldout, train or all.")] = "heldout",
+    aspect: Annotated[
+        str | None, typer.Option("--aspect", help="Pairs of this aspect (default: the model's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 128,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (default cpu).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the report (JSON).")] = None,
+) -> None:
+    """Pair accuracy of a composition reward model (and, for world prompts, the Spearman rank
+    correlation of its scores with the exact evaluator's clause score over every image of the
+    selected pairs: --split all for the whole file)."""
+    if split not in ("heldout", "train", "all"):
+        _fail(f"unknown split {split!r}; expected heldout, train or all")
+    if batch_size < 1:
+        _fail("--batch-size must be >= 1")
+    if out is not None and out.is_dir():
+        _fail(f"{out}: --out must be a file name, and a folder of that name exists")
+    aspect = _aspect(aspect) if aspect is not None else None
+    from .composition.data import PairsFileError
+    from .composition.evaluate import evaluate_reward_on_pairs, format_report
+    from .composition.model import CompositionRewardModel
+    from .world_clip.reward import RewardNotTrainedError
+
+    try:
+        reward = CompositionRewardModel(model, device=device)
+        report = evaluate_reward_on_pairs(
+            reward, pairs, split=None if split == "all" else split, aspect=aspect, batch_size=batch_size
+        )
+    except (PairsFileError, RewardNotTrainedError, FileNotFoundError, ValueError) as e:
+        _fail(e.args[0] if e.args else str(e))
+    print(format_report(report))
+    if out is not None:
+        from compalign.io import atomic_write_json
+
+        atomic_write_json(out, report)
         _note(f"report: {out}")
 
 

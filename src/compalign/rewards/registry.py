@@ -8,7 +8,10 @@ reward) is passed as the factory's first argument. Known names:
 - ``pickscore``: `real.pickscore.PickScoreReward`; loss ``30 - s``, weight 0.05;
 - ``clip``: `real.clip_score.CLIPScoreReward` (LAION ViT-H-14); loss ``100 - s``, weight 0.01;
 - ``aesthetic``: `real.aesthetic.LaionAestheticReward`; loss ``10 - s``, weight 0 (off);
-- ``world-clip``: `world_clip.reward.WorldCLIPReward` (the world's own CLIP).
+- ``world-clip``: `world_clip.reward.WorldCLIPReward` (the world's own CLIP);
+- ``composition``: `composition.model.CompositionRewardModel`, a composition reward model of one
+  aspect (``composition:itercomp-attribute`` / ``itercomp-spatial`` / ``itercomp-nonspatial``, or a
+  model folder); loss ``2 - s``, weight 1.0.
 
 Factories are registered by import path (``"package.module:Attribute"``) and imported only when
 used, so a reward whose module or dependencies are missing does not break the others.
@@ -120,5 +123,6 @@ for _name, _path in {
     "imagereward": "compalign.rewards.real.image_reward:ImageRewardReward",
     "aesthetic": "compalign.rewards.real.aesthetic:LaionAestheticReward",
     "world-clip": "compalign.rewards.world_clip.reward:WorldCLIPReward",
+    "composition": "compalign.rewards.composition.model:CompositionRewardModel",
 }.items():
     register_reward(_name, _path)

@@ -1,0 +1,781 @@
+"""Training of a composition reward model on preference pairs (one model per aspect).
+
+`train_reward_model(config)` runs (or resumes) a run in ``config.output_dir``::
+
+    run_dir/
+      config.json                          the full RewardTrainConfig
+      log.jsonl                            training lines (step, loss, batch accuracy, lr, pairs/s)
+                                           and evaluation lines ("event": "eval", held-out accuracy)
+      curves.png                           loss and accuracy curves
+      checkpoints/step_0000200/state.pt    resumable state (weights, optimizer, step, evaluations)
+      best/                                model folder of the best held-out accuracy so far
+      final/                               the chosen model, normalised, + training.json
+
+Loss: Bradley-Terry on each pair, ``-log sigmoid(s_better - s_worse - margin)`` on raw scores
+(`margin` > 0 asks for a clear gap). Batches hold `batch_size` pairs over all processes; each
+process takes its share (split into `grad_accum_steps` micro-batches) and its loss is scaled so the
+averaged gradient is exactly that of the whole batch, whatever the number of processes.
+
+Model selection: after every epoch the pair accuracy on the held-out pairs (``split ==
+"heldout"``: prompts never trained on) is measured, and the best epoch (accuracy, then held-out loss)
+is kept; training pairs never choose a checkpoint. Without held-out pairs the last epoch is kept
+and the record says so. The chosen model's score normalisation is then measured on its training
+images (`CompositionRewardModel.set_normalization`).
+
+Every random draw of step `k` (the epoch's shuffle, dropout, augmentation) is a function of
+``(seed, k)`` (and the process), so a resumed run continues exactly as the uninterrupted run
+(without a time limit: with one the schedule follows the elapsed time too). Checkpoints are written
+to a temporary folder and renamed (atomic); SIGINT / SIGTERM stop at the end of the step with a
+checkpoint. Mixed precision and several processes (DDP) go through accelerate:
+``accelerate launch --multi_gpu --num_processes 4 $(which compalign) reward train ...`` (GPUs) or
+``torchrun --nproc_per_node 2 $(which compalign) reward train ... --device cpu`` (CPU processes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..world_clip.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints, versions
+from .data import PairSet, PairsFileError, read_pairs
+from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+FINAL = "final"
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "curves.png"
+HEAD_LR_FRESH = 1e-3
+
+
+@dataclass
+class RewardTrainConfig:
+    """Everything that defines a reward-model training run (defaults: IterComp's settings where
+    they apply: fix_rate 0.7, lr 1e-5 with a cosine schedule, 5 epochs, batch 64)."""
+
+    pairs: str = ""
+    """Pairs file (JSONL, see `data.py`); image paths are relative to its folder."""
+    aspect: str = "attribute_binding"
+    """Aspect trained: attribute_binding, spatial_relationship or non_spatial_relationship (the
+    file's pairs of other aspects are ignored)."""
+    output_dir: str | None = None
+    """Run folder (None: ``runs/reward-<aspect>``)."""
+    backbone: str = "world-clip"
+    """Backbone spec (``world-clip``, ``world-clip:FOLDER``, ``clip:PATH_OR_ID``, ``blip:PATH``), or
+    a description when the trainer is given a module."""
+    freeze_ratio: float = 0.7
+    """Fraction of each backbone tower frozen from the bottom (IterComp's fix_rate 0.7; 1 trains
+    the head only)."""
+    head_hidden: int = 256
+    """Hidden width of the fusion head (dual-encoder backbones; BLIP uses ImageReward's MLP)."""
+    image_size: int | None = None
+    """Images are loaded (PIL, shorter side + center crop) at this size; None: the backbone's input
+    size (32 px for world-clip), so the model's own preprocessing is nearly the identity."""
+    seed: int = 0
+    """Seed of the head's initial weights, the shuffles, dropout and augmentation."""
+
+    # ----------------------------------------------------------------------------- loss
+    margin: float = 0.0
+    """Bradley-Terry margin: loss ``-log sigmoid(s_better - s_worse - margin)`` (raw scores)."""
+
+    # ----------------------------------------------------------------------------- optimisation
+    epochs: int = 5
+    """Passes over the training pairs (each epoch a fresh shuffle; the last partial batch dropped)."""
+    batch_size: int = 64
+    """Pairs per optimizer step, over all processes."""
+    grad_accum_steps: int = 1
+    """Micro-batches each process splits its share of a batch into (memory, not maths)."""
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate of the backbone's trainable layers (IterComp: 1e-5)."""
+    head_learning_rate: float | None = None
+    """Peak learning rate of the head (None: `learning_rate` for ImageReward's pretrained head, as
+    IterComp; 1e-3 for a freshly initialised fusion head)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (matrices only)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_ratio: float = 0.05
+    """Linear warm-up over this fraction of the steps."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine decay, as a fraction of the peak."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+
+    # ----------------------------------------------------------------------------- augmentation
+    augment: bool = False
+    """Light augmentation of the training images (shift, blur, colour jitter, noise; the world
+    CLIP's `augment` with the strengths below); evaluation images are never augmented."""
+    aug_shift_p: float = 0.5
+    """Probability of a shift by up to `aug_shift_px` pixels (edges replicated)."""
+    aug_shift_px: int = 1
+    """Largest shift in pixels."""
+    aug_blur_p: float = 0.3
+    """Probability of a Gaussian blur with sigma uniform in [0, `aug_blur_sigma`] px."""
+    aug_blur_sigma: float = 0.6
+    """Largest blur sigma in pixels."""
+    aug_jitter_p: float = 0.5
+    """Probability of colour jitter (brightness and per-channel gains / offsets)."""
+    aug_jitter: float = 0.05
+    """Colour-jitter strength."""
+    aug_noise_p: float = 0.3
+    """Probability of Gaussian noise with sigma uniform in [0, `aug_noise_sigma`]."""
+    aug_noise_sigma: float = 0.02
+    """Largest noise sigma (image values in [0, 1])."""
+
+    # ----------------------------------------------------------------------------- infrastructure
+    eval_batch_size: int = 128
+    """Images scored per forward pass in evaluations and normalisation."""
+    time_limit_s: float | None = None
+    """Stop when the run's wall time (training and evaluations, over all sessions) exceeds this;
+    the held-out accuracy is measured at the step reached and the run finishes normally. With a
+    limit the cosine schedule follows max(step progress, time progress)."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every this many steps (and after every epoch and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted first)."""
+    log_every: int = 10
+    """Append a training line to ``log.jsonl`` every this many steps."""
+    mixed_precision: str = "no"
+    """``no``, ``fp16`` or ``bf16`` (accelerate's autocast; fp16 needs a GPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute backbone activations in the backward pass (less memory, ~30% slower)."""
+    device: str | None = None
+    """None: chosen by accelerate (a GPU when there is one); ``cpu`` forces the CPU."""
+    num_threads: int | None = None
+    """torch CPU threads (None: on a CPU half the cores per process; on a GPU torch's default)."""
+    progress: bool = True
+    """Show a tqdm progress bar (main process)."""
+
+    def __post_init__(self) -> None:
+        from compalign.world.suites import ASPECTS
+
+        self.adam_betas = tuple(self.adam_betas)
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"unknown aspect {self.aspect!r}; expected one of {', '.join(ASPECTS)}")
+        if self.output_dir is None:
+            self.output_dir = f"runs/reward-{self.aspect}"
+        for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("log_every and keep_checkpoints must be >= 1")
+        if not 0.0 <= self.freeze_ratio <= 1.0:
+            raise ValueError(f"freeze_ratio must be in [0, 1], got {self.freeze_ratio}")
+        if self.learning_rate <= 0 or (self.head_learning_rate is not None and self.head_learning_rate <= 0):
+            raise ValueError("learning rates must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RewardTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Fields that only change how a run executes, not what it computes: they may differ on resume.
+RUNTIME_FIELDS = frozenset(
+    {
+        "output_dir",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_batch_size",
+        "device",
+        "num_threads",
+        "progress",
+        "time_limit_s",
+        "pairs",
+    }
+)
+
+
+# ------------------------------------------------------------------------------------- helpers
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float, time_frac: float = 0.0) -> float:
+    """Linear warm-up over `warmup` steps, then cosine to `min_ratio` (progress: max of steps and
+    `time_frac`)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, max(progress, time_frac))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def bt_loss(s_better: torch.Tensor, s_worse: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss ``-log sigmoid(s_better - s_worse - margin)``."""
+    return -F.logsigmoid(s_better.float() - s_worse.float() - margin)
+
+
+def pair_accuracy(s_better: torch.Tensor, s_worse: torch.Tensor) -> float:
+    """Fraction of pairs ranked right (a tie counts one half)."""
+    if s_better.numel() == 0:
+        return float("nan")
+    right = (s_better > s_worse).float() + 0.5 * (s_better == s_worse).float()
+    return float(right.mean())
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] % (2**63 - 1))
+
+
+def _param_groups(model: CompositionRewardModel, lr: float, head_lr: float, weight_decay: float) -> list:
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("head.")
+        decay = p.ndim >= 2
+        key = (is_head, decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "base_lr": head_lr if is_head else lr,
+                "lr": head_lr if is_head else lr,
+                "name": ("head" if is_head else "backbone") + ("" if decay else "_no_decay"),
+            }
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    keys = (set(a) | set(b)) - RUNTIME_FIELDS
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+@torch.no_grad()
+def score_items(
+    model: CompositionRewardModel,
+    images: np.ndarray,
+    items: list[tuple[int, str]],
+    batch_size: int,
+    accelerator=None,
+    normalized: bool = False,
+) -> torch.Tensor:
+    """Scores (float32, CPU) of ``(image index, prompt)`` items; with an `accelerator` of several
+    processes each scores every n-th item and the scores are gathered."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    device = model.device
+    mine = items[rank::world]
+    out = []
+    was = model.training
+    model.eval()
+    ctx = accelerator.autocast() if accelerator is not None else nullcontext()
+    with ctx:
+        for i in range(0, len(mine), batch_size):
+            chunk = mine[i : i + batch_size]
+            idx = torch.as_tensor([c[0] for c in chunk], dtype=torch.long)
+            x = torch.from_numpy(images[idx.numpy()]).to(device).permute(0, 3, 1, 2).float() / 255.0
+            out.append(model(x, [c[1] for c in chunk], normalized=normalized, check=False).float())
+    model.train(was)
+    local = torch.cat(out) if out else torch.zeros(0, device=device)
+    if world == 1:
+        return local.cpu()
+    per = math.ceil(len(items) / world)
+    padded = torch.full((per,), float("nan"), device=device)
+    padded[: local.numel()] = local
+    gathered = accelerator.gather(padded).view(world, per)  # row r: items r, r + world, ...
+    return gathered.T.reshape(-1)[: len(items)].cpu()
+
+
+def evaluate_pair_set(
+    model, pairset: PairSet, batch_size: int, margin: float = 0.0, accelerator=None
+) -> dict:
+    """Pair accuracy and mean Bradley-Terry loss of `model` on the pairs of `pairset`."""
+    items = pairset.items()
+    scores = score_items(model, pairset.images, items, batch_size, accelerator)
+    pos = {it: i for i, it in enumerate(items)}
+    b = torch.stack(
+        [scores[pos[(i, p)]] for i, p in zip(pairset.better.tolist(), pairset.prompts, strict=True)]
+    )
+    w = torch.stack(
+        [scores[pos[(i, p)]] for i, p in zip(pairset.worse.tolist(), pairset.prompts, strict=True)]
+    )
+    return {
+        "accuracy": pair_accuracy(b, w),
+        "loss": float(bt_loss(b, w, margin).mean()),
+        "pairs": len(pairset),
+        "prompts": len(set(pairset.prompts)),
+    }
+
+
+def _augment(x: torch.Tensor, config: RewardTrainConfig, seed: int) -> torch.Tensor:
+    from ..world_clip.train import augment
+
+    ns = SimpleNamespace(
+        **{f.name: getattr(config, f.name) for f in fields(config) if f.name.startswith("aug_")}
+    )
+    ns.seed = seed
+    return augment(x, ns, 0)
+
+
+def plot_curves(log_path: str | Path, out_png: str | Path) -> Path | None:
+    """Loss and accuracy curves of a run's ``log.jsonl`` (matplotlib, Agg); None without lines."""
+    lines = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    train = [r for r in lines if r.get("event") == "train"]
+    evals = [r for r in lines if r.get("event") == "eval"]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        steps = [r["step"] for r in train]
+        ax1.plot(steps, [r["loss"] for r in train], lw=1.2, label="train (mean since the last line)")
+        ax2.plot(steps, [r["train_accuracy"] for r in train], lw=1.2, label="train batches")
+    if evals:
+        es = [r["step"] for r in evals]
+        ax1.plot(es, [r["heldout_loss"] for r in evals], "o-", label="held-out")
+        ax2.plot(es, [r["heldout_accuracy"] for r in evals], "o-", label="held-out pairs")
+    ax1.set(xlabel="step", ylabel="Bradley-Terry loss", title="loss")
+    ax2.set(xlabel="step", ylabel="pair accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    from compalign.io import atomic_path
+
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def _build_model(config: RewardTrainConfig, model) -> CompositionRewardModel:
+    torch.manual_seed(config.seed)  # the head's initial weights
+    if isinstance(model, CompositionRewardModel):
+        if model.aspect != config.aspect:
+            raise ValueError(f"the model is a {model.aspect} model, the config trains {config.aspect}")
+        model.frozen = False
+        model.freeze(config.freeze_ratio)
+        return model
+    return CompositionRewardModel(
+        model if model is not None else config.backbone,
+        aspect=config.aspect,
+        head_hidden=config.head_hidden,
+        freeze_ratio=config.freeze_ratio,
+    )
+
+
+# ------------------------------------------------------------------------------------- trainer
+def train_reward_model(
+    config: RewardTrainConfig,
+    model=None,
+    resume: bool = True,
+    stop_at_step: int | None = None,
+) -> Path | None:
+    """Train (or resume) a composition reward model; returns the final model folder
+    (``run_dir/final``).
+
+    `model`: None (built from ``config.backbone``), a `Backbone`, a `WorldCLIPModel` or a
+    `CompositionRewardModel` to fine-tune (``config.freeze_ratio`` is applied to it).
+    `stop_at_step` stops after that step with a checkpoint (as an interruption would) and returns
+    None; SIGINT / SIGTERM also return None after a checkpoint. Running the same call again resumes.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, model, resume, stop_at_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | None) -> Path | None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from tqdm.auto import tqdm
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+    device = accelerator.device
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * world)))
+
+    # ---------------------------------------------------------------- data (validated first)
+    all_pairs = read_pairs(config.pairs, aspect=config.aspect)
+    train_pairs = [p for p in all_pairs if p.split == "train"]
+    held_pairs = [p for p in all_pairs if p.split == "heldout"]
+    if not train_pairs:
+        raise PairsFileError(f"{config.pairs}: no train pairs of aspect {config.aspect} (only held-out ones)")
+
+    run_dir = config.run_dir
+    ckpts = list_checkpoints(run_dir)
+    ckpt = ckpts[-1] if (resume and ckpts) else None
+    cfg_path = run_dir / "config.json"
+    if ckpt is not None and cfg_path.exists():
+        diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
+        if diff and diff != ["epochs"]:
+            raise ValueError(
+                f"run {run_dir} was started with a different config ({', '.join(diff)}); "
+                "use another output_dir or start fresh (resume=False)"
+            )
+    log_path = run_dir / LOG_FILE
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for p in ckpts:
+                shutil.rmtree(p)
+            for name in (BEST, FINAL):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
+    accelerator.wait_for_everyone()
+
+    core = _build_model(config, model)
+    if config.gradient_checkpointing:
+        core.backbone.gradient_checkpointing_enable()
+    image_size = int(config.image_size or core.backbone.input_size)
+    core.config["image_size"] = image_size
+    freeze_summary = core.freeze(config.freeze_ratio)
+    core.to(device)
+    core.train()
+    train_set = PairSet(train_pairs, image_size, progress=config.progress and main)
+    held_set = PairSet(held_pairs, image_size, progress=config.progress and main) if held_pairs else None
+
+    n_train = len(train_set)
+    all_prompts = sorted(set(train_set.prompts) | (set(held_set.prompts) if held_set is not None else set()))
+    truncated = core.backbone.count_truncated(all_prompts)
+    if truncated and main:
+        warnings.warn(
+            f"{truncated} of {len(all_prompts)} prompts are longer than the backbone's text window "
+            "(their ends are cut off)",
+            stacklevel=2,
+        )
+    batch = min(config.batch_size, n_train)
+    if batch < world * config.grad_accum_steps:
+        raise ValueError(
+            f"a batch of {batch} pairs cannot be split over {world} processes x "
+            f"{config.grad_accum_steps} micro-batches; use more pairs or fewer processes / micro-batches"
+        )
+    per_epoch = n_train // batch
+    total = config.epochs * per_epoch
+    warmup = round(config.warmup_ratio * total)
+    head_lr = config.head_learning_rate or (
+        config.learning_rate if core.config.get("head_pretrained") else HEAD_LR_FRESH
+    )
+    optimizer = torch.optim.AdamW(
+        _param_groups(core, config.learning_rate, head_lr, config.weight_decay),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+    )
+    ddp_model, optimizer = accelerator.prepare(core, optimizer)
+
+    step, wall, train_s, sessions = 0, 0.0, 0.0, []
+    best: dict | None = None
+    evals: list[dict] = []
+    loss_avg = acc_avg = None
+    if ckpt is not None:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        step, wall, train_s = state["step"], state["wall_time_s"], state["train_time_s"]
+        sessions, best, evals = state["sessions"], state["best"], state["evals"]
+        loss_avg, acc_avg = state["loss_avg"], state["acc_avg"]
+        if main and log_path.exists():  # drop lines logged after the checkpoint
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+            log_path.write_text("".join(ln + "\n" for ln in keep))
+    hardware = hardware_info(device)
+    session = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "from_step": step,
+        "processes": world,
+        **hardware,
+    }
+    sessions = [*sessions, session]
+
+    def log(record: dict) -> None:
+        if main:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(at_step: int) -> None:
+        session["to_step"] = at_step
+        if main:
+            state = {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "step": at_step,
+                "wall_time_s": wall,
+                "train_time_s": train_s,
+                "sessions": sessions,
+                "best": best,
+                "evals": evals,
+                "loss_avg": loss_avg,
+                "acc_avg": acc_avg,
+                "config": config.to_dict(),
+            }
+            _atomic_dir(
+                run_dir / CHECKPOINTS / f"step_{at_step:07d}", lambda d: torch.save(state, d / STATE_FILE)
+            )
+            for old in list_checkpoints(run_dir)[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def evaluate(at_step: int) -> None:
+        nonlocal best
+        if held_set is None:
+            return
+        r = evaluate_pair_set(core, held_set, config.eval_batch_size, config.margin, accelerator)
+        rec = {
+            "event": "eval",
+            "step": at_step,
+            "epoch": at_step / per_epoch,
+            "heldout_accuracy": r["accuracy"],
+            "heldout_loss": r["loss"],
+            "heldout_pairs": r["pairs"],
+            "heldout_prompts": r["prompts"],
+        }
+        evals.append(rec)
+        log(rec)
+        better = best is None or (r["accuracy"], -r["loss"]) > (
+            best["heldout_accuracy"],
+            -best["heldout_loss"],
+        )
+        if better:
+            best = {k: rec[k] for k in ("step", "epoch", "heldout_accuracy", "heldout_loss")}
+            if main:
+                _atomic_dir(run_dir / BEST, lambda d: core.save_pretrained(d))
+            accelerator.wait_for_everyone()
+
+    def out_of_time() -> bool:
+        return config.time_limit_s is not None and wall >= config.time_limit_s
+
+    def sync_flags(*flags: bool) -> list[bool]:
+        """The flags, true when true on any process (every process takes the same decisions)."""
+        if world == 1:
+            return [bool(f) for f in flags]
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        return [bool(v > 0) for v in accelerator.reduce(t, reduction="sum").tolist()]
+
+    end = total if stop_at_step is None else min(stop_at_step, total)
+    bar = tqdm(
+        total=total, initial=step, desc=f"reward {config.aspect}", disable=not (config.progress and main)
+    )
+    perm_epoch, perm = -1, None
+    sum_loss = torch.zeros((), device=device)
+    sum_right = torch.zeros((), device=device)
+    n_logged = 0
+    t_log, s_log = time.perf_counter(), step
+    interrupted = False
+    time_stopped = step < end and sync_flags(out_of_time())[0]
+    try:
+        with _StopFlag() as flag:
+            while step < end and not time_stopped:
+                t0 = time.perf_counter()
+                epoch, pos = divmod(step, per_epoch)
+                if epoch != perm_epoch:
+                    perm_epoch = epoch
+                    perm = np.random.default_rng([config.seed, epoch, 0xBA1]).permutation(n_train)
+                idx = perm[pos * batch : (pos + 1) * batch]
+                shard = np.array_split(idx, world)[rank]
+                frac = (wall / config.time_limit_s) if config.time_limit_s else 0.0
+                lr_mult = lr_factor(step, total, warmup, config.min_lr_ratio, frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * lr_mult
+                torch.manual_seed(_seed_of(config.seed, step, rank))  # dropout
+                micros = np.array_split(shard, config.grad_accum_steps)
+                for j, mb in enumerate(micros):
+                    b_idx, w_idx = train_set.better[mb], train_set.worse[mb]
+                    prompts = [train_set.prompts[i] for i in mb.tolist()]
+                    x = torch.from_numpy(train_set.images[np.concatenate([b_idx, w_idx])])
+                    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+                    if config.augment:
+                        x = _augment(x, config, _seed_of(config.seed, step, rank, j))
+                    sync = j == len(micros) - 1
+                    with nullcontext() if sync else accelerator.no_sync(ddp_model):
+                        with accelerator.autocast():
+                            s = ddp_model(x, prompts + prompts, normalized=False, check=False)
+                        sb, sw = s[: len(mb)], s[len(mb) :]
+                        losses = bt_loss(sb, sw, config.margin)
+                        accelerator.backward(losses.sum() * (world / batch))
+                    sum_loss += losses.detach().sum()
+                    sum_right += ((sb > sw).float() + 0.5 * (sb == sw).float()).detach().sum()
+                n_logged += batch
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(ddp_model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                dt = time.perf_counter() - t0
+                wall += dt
+                train_s += dt
+                bar.update(1)
+                epoch_end = step % per_epoch == 0
+                if step % config.log_every == 0 or step == end or epoch_end:
+                    totals = torch.stack([sum_loss, sum_right])
+                    if world > 1:
+                        totals = accelerator.reduce(totals, reduction="sum")
+                    loss_b, acc_b = (totals / n_logged).tolist()
+                    loss_avg = loss_b if loss_avg is None else 0.9 * loss_avg + 0.1 * loss_b
+                    acc_avg = acc_b if acc_avg is None else 0.9 * acc_avg + 0.1 * acc_b
+                    now = time.perf_counter()
+                    log(
+                        {
+                            "event": "train",
+                            "step": step,
+                            "epoch": step / per_epoch,
+                            "loss": loss_b,
+                            "loss_avg": loss_avg,
+                            "train_accuracy": acc_b,
+                            "train_accuracy_avg": acc_avg,
+                            "lr": config.learning_rate * lr_mult,
+                            "head_lr": head_lr * lr_mult,
+                            "pairs_per_s": (step - s_log) * batch / max(1e-9, now - t_log),
+                            "wall_time_s": wall,
+                        }
+                    )
+                    if config.progress and main:
+                        bar.set_postfix(loss=f"{loss_avg:.4f}", acc=f"{acc_avg:.3f}")
+                    sum_loss.zero_()
+                    sum_right.zero_()
+                    n_logged = 0
+                    t_log, s_log = now, step
+                if epoch_end:
+                    t_eval = time.perf_counter()
+                    evaluate(step)
+                    wall += time.perf_counter() - t_eval
+                    t_log = time.perf_counter()
+                interrupted, time_stopped = sync_flags(flag.stop, out_of_time())
+                time_stopped = time_stopped and step < total
+                if (
+                    step % config.checkpoint_every == 0
+                    or epoch_end
+                    or step == end
+                    or interrupted
+                    or time_stopped
+                ):
+                    save(step)
+                if interrupted:
+                    break
+    finally:
+        bar.close()
+    if interrupted or (step < total and not time_stopped):
+        return None
+
+    # ---------------------------------------------------------------- the chosen model
+    if held_set is not None and (not evals or evals[-1]["step"] != step):
+        evaluate(step)  # a time limit stopped the run between epochs
+    if held_set is not None:
+        _load_weights(core, run_dir / BEST / WEIGHTS_FILE)
+        selection = {"by": "heldout pair accuracy (then held-out loss)", **best}
+    else:
+        warnings.warn("no held-out pairs: the last epoch is kept (no model selection)", stacklevel=2)
+        selection = {"by": "last step (no held-out pairs)", "step": step}
+    t_norm = time.perf_counter()
+    items = train_set.items()
+    raw = score_items(core, train_set.images, items, config.eval_batch_size, accelerator)
+    mean, std = float(raw.mean()), float(raw.std(unbiased=False))
+    if not std > 0:
+        std = 1.0
+    core.set_normalization(
+        mean,
+        std,
+        {
+            "source": "raw scores of the train pairs' images (each image with its prompt)",
+            "items": len(items),
+            "images": int(len(np.unique(np.concatenate([train_set.better, train_set.worse])))),
+            "pairs": n_train,
+        },
+    )
+    norm_s = time.perf_counter() - t_norm
+    record = {
+        "kind": "composition-reward",
+        "aspect": config.aspect,
+        "backbone": {"kind": core.backbone.kind, "source": core.backbone.source, "spec": config.backbone},
+        "steps": step,
+        "total_steps": total,
+        "epochs_done": step / per_epoch,
+        "stopped_by": "time_limit" if time_stopped else "epochs",
+        "batch_size": batch,
+        "processes": world,
+        "train_pairs": n_train,
+        "train_prompts": len(set(train_set.prompts)),
+        "heldout_pairs": len(held_set) if held_set is not None else 0,
+        "heldout_prompts": len(set(held_set.prompts)) if held_set is not None else 0,
+        "prompts_truncated": truncated,
+        "selection": selection,
+        "evals": evals,
+        "normalization": {"mean": mean, "std": std, "seconds": round(norm_s, 2)},
+        "learning_rates": {"backbone": config.learning_rate, "head": head_lr},
+        "freeze": freeze_summary,
+        "wall_time_s": round(wall, 2),
+        "train_time_s": round(train_s, 2),
+        "pairs_per_s": round(step * batch / max(train_s, 1e-9), 1) if step else None,
+        "final_loss_avg": loss_avg,
+        "hardware": hardware,
+        "sessions": sessions,
+        "versions": versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+    }
+    if main:
+        _atomic_dir(run_dir / FINAL, lambda d: core.save_pretrained(d, record=record))
+        plot_curves(log_path, run_dir / PLOT_FILE)
+    accelerator.wait_for_everyone()
+    return run_dir / FINAL
+
+
+# ------------------------------------------------------------------------------------- export
+def export_reward_model(run_or_model: str | Path, name: str, dest_root: str | Path | None = None) -> Path:
+    """Write a finished run's (or model folder's) model as fp16 safetensors to
+    ``weights/<name>`` of the package (or `dest_root`/<name>), loadable as
+    ``create_reward("composition:<name>")``. A shipped name (``itercomp-spatial``, ...) must get a
+    model of its aspect."""
+    from .model import SHIPPED, resolve_model_dir, weights_root
+
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"export name must be a plain folder name, got {name!r}")
+    src = resolve_model_dir(Path(run_or_model))
+    model = CompositionRewardModel(src, frozen=True)
+    if name in SHIPPED and SHIPPED[name] != model.aspect:
+        raise ValueError(f"{name} is the {SHIPPED[name]} model; {src} is a {model.aspect} model")
+    dest = Path(dest_root or weights_root()) / name
+    rec_path = src / RECORD_FILE
+    record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    record["exported"] = {"dtype": "float16", "from": str(src), "name": name}
+    _atomic_dir(dest, lambda d: model.save_pretrained(d, dtype=torch.float16, record=record))
+    return dest

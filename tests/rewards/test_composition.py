@@ -1,0 +1,569 @@
+"""Composition reward models (``compalign.rewards.composition``) on a synthetic world pairs file.
+
+The pairs file is rendered here: for world-suite prompts of one aspect, a correct render of the
+prompt ("better") against a render of a corrupted scene that contradicts it ("worse"), train
+prompts in split ``train`` and held-out prompts in split ``heldout``. Backbones are tiny random
+models (a small `WorldCLIPModel`, and the tiny BLIP / CLIP checkpoints of the real-reward tests).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compalign.rewards.base import Reward
+from compalign.rewards.composition.backbones import FusionHead, freeze_plan
+from compalign.rewards.composition.data import PairSet, PairsFileError, read_pairs
+from compalign.rewards.composition.evaluate import evaluate_reward_on_pairs, spearman
+from compalign.rewards.composition.model import SHIPPED, CompositionRewardModel, resolve_model_dir
+from compalign.rewards.composition.synthetic import make_world_pairs
+from compalign.rewards.composition.train import (
+    RewardTrainConfig,
+    bt_loss,
+    evaluate_pair_set,
+    export_reward_model,
+    pair_accuracy,
+    train_reward_model,
+)
+from compalign.rewards.real.clip_score import CLIPScoreReward
+from compalign.rewards.real.image_reward import ImageRewardReward
+from compalign.rewards.registry import create_reward, reward_class
+from compalign.rewards.world_clip.model import WorldCLIPArch, WorldCLIPModel
+from compalign.rewards.world_clip.reward import RewardNotTrainedError
+from tests.rewards.test_real_rewards import LONG_PROMPT, clip_dir, ir_dir  # noqa: F401 (fixtures)
+
+ASPECT = "spatial_relationship"
+N_TRAIN, N_HELDOUT = 24, 8
+TINY = dict(
+    vision_hidden=32,
+    vision_layers=4,
+    vision_heads=2,
+    vision_mlp=64,
+    text_hidden=32,
+    text_layers=3,
+    text_heads=2,
+    text_mlp=64,
+    projection_dim=32,
+)
+PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow cross"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_world_clip(seed: int = 0) -> WorldCLIPModel:
+    return WorldCLIPModel.from_arch(WorldCLIPArch(**TINY), seed=seed)
+
+
+def make_config(pairs, out, **kw) -> RewardTrainConfig:
+    base = dict(
+        pairs=str(pairs),
+        aspect=ASPECT,
+        output_dir=str(out),
+        epochs=3,
+        batch_size=8,
+        learning_rate=3e-3,
+        head_learning_rate=3e-3,
+        warmup_ratio=0.0,
+        freeze_ratio=0.5,
+        log_every=1,
+        checkpoint_every=2,
+        device="cpu",
+        num_threads=1,
+        progress=False,
+    )
+    base.update(kw)
+    return RewardTrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    return make_world_pairs(tmp_path_factory.mktemp("pairs"), ASPECT, n_train=N_TRAIN, n_heldout=N_HELDOUT)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, pairs_file):
+    """One training run (tiny world CLIP, freeze ratio 0.5); records which pairs each PairSet got."""
+    from compalign.rewards.composition import train as train_mod
+
+    made = []
+
+    class SpyPairSet(PairSet):
+        def __init__(self, pairs, *a, **k):
+            made.append(sorted({p.split for p in pairs}))
+            super().__init__(pairs, *a, **k)
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "PairSet", SpyPairSet)
+        final = train_reward_model(make_config(pairs_file, out), tiny_world_clip(0), resume=False)
+    return final, made
+
+
+def _pairset(pairs_file, split):
+    return PairSet(read_pairs(pairs_file, aspect=ASPECT, split=split), 32)
+
+
+# ----------------------------------------------------------------------------- pairs file
+
+
+def _write_lines(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def _absolute_records(pairs_file):
+    recs = [json.loads(ln) for ln in pairs_file.read_text().splitlines()]
+    for r in recs:
+        r["better"] = str(pairs_file.parent / r["better"])
+        r["worse"] = str(pairs_file.parent / r["worse"])
+    return recs
+
+
+def test_pairs_file_reading_and_errors(pairs_file, tmp_path, cli):
+    pairs = read_pairs(pairs_file)
+    assert len(pairs) == N_TRAIN + N_HELDOUT
+    assert {p.split for p in pairs} == {"train", "heldout"} and {p.aspect for p in pairs} == {ASPECT}
+    assert len(read_pairs(pairs_file, split="heldout")) == N_HELDOUT
+    assert all(p.better.is_file() and p.worse.is_file() for p in pairs)
+    # the split is by prompt: no held-out prompt is a training prompt
+    assert not {p.prompt for p in pairs if p.split == "train"} & {
+        p.prompt for p in pairs if p.split == "heldout"
+    }
+
+    recs = _absolute_records(pairs_file)[:4]
+    cases = [
+        ([recs[0], {k: v for k, v in recs[1].items() if k != "better"}], r"line 2: field 'better': missing"),
+        ([{**recs[0], "worse": str(tmp_path / "nope.png")}], r"line 1: field 'worse': image not found"),
+        (
+            [recs[0], recs[1], {**recs[2], "aspect": "color"}],
+            r"line 3: field 'aspect': unknown aspect 'color'",
+        ),
+        ([recs[0], "{not json"], r"line 2: invalid JSON"),
+        ([{**recs[0], "index": "3"}], r"line 1: field 'index': expected int"),
+        ([{**recs[0], "split": "valid"}], r"line 1: field 'split': unknown split 'valid'"),
+        (
+            [recs[0], {**recs[1], "prompt": recs[0]["prompt"], "split": "heldout"}],
+            r"line 2: field 'split'.*by prompt",
+        ),
+        ([{**recs[0], "worse": recs[0]["better"]}], r"line 1: field 'worse': same image"),
+        ([], r"no pairs"),
+    ]
+    for n, (lines, message) in enumerate(cases):
+        bad = _write_lines(tmp_path / f"bad{n}.jsonl", lines)
+        with pytest.raises(PairsFileError, match=message):
+            read_pairs(bad)
+    with pytest.raises(PairsFileError, match="no pairs with aspect attribute_binding"):
+        read_pairs(pairs_file, aspect="attribute_binding")
+    with pytest.raises(PairsFileError, match="unknown aspect"):
+        read_pairs(pairs_file, aspect="colour")
+
+    # the command line: one line on stderr naming the line and the field, exit code 2, nothing trained
+    bad = tmp_path / "bad0.jsonl"
+    out = tmp_path / "run"
+    r = cli("reward", "train", "--pairs", bad, "--aspect", "spatial", "--output-dir", out, "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert "line 2: field 'better': missing" in r.stderr and not (out / "checkpoints").exists()
+    r = cli("reward", "train", "--pairs", pairs_file, "--aspect", "colour", "--output-dir", out)
+    assert r.exit_code == 2 and "unknown aspect" in r.stderr
+
+
+def test_pair_metrics():
+    b, w = torch.tensor([2.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 0.0, 0.0])
+    assert pair_accuracy(b, w) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    torch.testing.assert_close(bt_loss(b, w, margin=0.5), -torch.nn.functional.logsigmoid(b - w - 0.5))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_run(trained, pairs_file):
+    final, made = trained
+    run = final.parent
+    record = json.loads((final / "training.json").read_text())
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    train_lines = [r for r in log if r["event"] == "train"]
+    evals = [r for r in log if r["event"] == "eval"]
+
+    # held-out pairs are evaluated every epoch, the training pairs never are (and never mixed)
+    assert made == [["train"], ["heldout"]]
+    assert record["train_pairs"] == N_TRAIN and record["heldout_pairs"] == N_HELDOUT
+    assert len(evals) == 3 and [e["step"] for e in evals] == [3, 6, 9]
+    assert all(e["heldout_pairs"] == N_HELDOUT and e["heldout_prompts"] == N_HELDOUT for e in evals)
+    # the chosen model is the best held-out epoch (accuracy, then loss), and its accuracy is the one
+    # measured independently on the held-out pairs
+    best = max(evals, key=lambda e: (e["heldout_accuracy"], -e["heldout_loss"]))
+    assert record["selection"]["step"] == best["step"]
+    model = CompositionRewardModel(final)
+    check = evaluate_pair_set(model, _pairset(pairs_file, "heldout"), 64)
+    assert check["accuracy"] == pytest.approx(best["heldout_accuracy"])
+    assert check["loss"] == pytest.approx(best["heldout_loss"], abs=1e-5)
+    a, b = load_file(str(final / "model.safetensors")), load_file(str(run / "best" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # the loss goes down: on the training pairs, the last step's weights against the initial ones
+    train_set = _pairset(pairs_file, "train")
+    initial = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT)
+    last_ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    assert last_ckpt.name == "step_0000009"
+    last = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT)
+    last.load_state_dict(torch.load(last_ckpt / "state.pt", weights_only=False)["model"])
+    before, after = evaluate_pair_set(initial, train_set, 64), evaluate_pair_set(last, train_set, 64)
+    assert after["loss"] < before["loss"] - 0.03, (before, after)
+    losses = [r["loss"] for r in train_lines]
+    assert len(losses) == 9 and np.mean(losses[-3:]) < np.mean(losses[:3])
+
+    # normalisation measured on the model's own training images: scores ~ (0, 1) there
+    norm = model.config["normalization"]
+    assert norm["items"] == 2 * N_TRAIN and norm["pairs"] == N_TRAIN
+    items = train_set.items()
+    with torch.no_grad():
+        x = torch.from_numpy(train_set.images[[i for i, _ in items]]).permute(0, 3, 1, 2).float() / 255
+        s = model(x, [p for _, p in items])
+    assert abs(float(s.mean())) < 1e-4 and float(s.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    assert model.score_std != 1.0 and model.score_mean != 0.0
+
+    # artefacts: plot, config, no temporary folders left
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "config.json").read_text())["aspect"] == ASPECT
+    assert not [p for p in run.rglob(".tmp-*")]
+    assert record["pairs_per_s"] > 0 and record["stopped_by"] == "epochs"
+
+
+def test_freeze_ratio_freezes_the_right_layers(trained):
+    def trainable(model, ratio):
+        model.freeze(ratio)
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    m = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT)
+    names = {n for n, _ in m.named_parameters()}
+    vis, txt = "backbone.model.clip.vision_model.", "backbone.model.clip.text_model."
+    head = {n for n in names if n.startswith("head.")}
+
+    # IterComp's fix_rate 0.7: vision 4 layers -> 2 frozen, text 3 layers -> 2 frozen, embeddings frozen
+    assert freeze_plan(m.backbone, 0.7) == {
+        "vision": {"layers": 4, "frozen_layers": 2, "embeddings_frozen": True},
+        "text": {"layers": 3, "frozen_layers": 2, "embeddings_frozen": True},
+    }
+    on = trainable(m, 0.7)
+    frozen_prefixes = (
+        vis + "embeddings.",
+        vis + "pre_layrnorm.",
+        vis + "encoder.layers.0.",
+        vis + "encoder.layers.1.",
+        txt + "embeddings.",
+        txt + "encoder.layers.0.",
+        txt + "encoder.layers.1.",
+        "backbone.model.clip.logit_scale",
+    )
+    assert on == {n for n in names if not n.startswith(frozen_prefixes)}
+    assert head <= on
+    for n in (vis + "encoder.layers.2.mlp.fc1.weight", txt + "encoder.layers.2.mlp.fc1.weight"):
+        assert n in on
+    for n in (vis + "post_layernorm.weight", txt + "final_layer_norm.weight"):
+        assert n in on
+    for n in ("backbone.model.clip.visual_projection.weight", "backbone.model.clip.text_projection.weight"):
+        assert n in on
+    # 0: everything but the unused logit scale; 1: the head only
+    assert trainable(m, 0.0) == names - {"backbone.model.clip.logit_scale"}
+    assert trainable(m, 1.0) == head
+    with pytest.raises(ValueError, match="freeze_ratio"):
+        m.freeze(1.5)
+
+    # the training run (ratio 0.5: vision 2 of 4, text 1 of 3 frozen) left frozen weights untouched
+    final, _ = trained
+    after = CompositionRewardModel(final).state_dict()
+    before = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT).state_dict()
+    m.freeze(0.5)
+    for n, p in m.named_parameters():
+        changed = not torch.equal(before[n], after[n])
+        if not p.requires_grad:
+            assert not changed, n
+    moved = [n for n, p in m.named_parameters() if p.requires_grad and not torch.equal(before[n], after[n])]
+    assert any(n.startswith(vis + "encoder.layers.3.") for n in moved)
+    assert not any(n.startswith(vis + "encoder.layers.1.") for n in moved)
+    assert any(n.startswith(txt + "encoder.layers.1.") for n in moved)
+    assert not any(n.startswith(txt + "encoder.layers.0.") for n in moved)
+
+
+def test_resume_equals_uninterrupted(pairs_file, tmp_path):
+    kw = dict(epochs=2, augment=True, freeze_ratio=0.7, seed=3)
+    full = train_reward_model(make_config(pairs_file, tmp_path / "a", **kw), tiny_world_clip(1), resume=False)
+    part_cfg = make_config(pairs_file, tmp_path / "b", **kw)
+    assert train_reward_model(part_cfg, tiny_world_clip(1), resume=False, stop_at_step=4) is None
+    assert not (tmp_path / "b" / "final").exists()
+    # the resumed run gets a freshly initialised module: the checkpoint restores everything
+    resumed = train_reward_model(part_cfg, tiny_world_clip(7), resume=True)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def lines(run):
+        drop = {"pairs_per_s", "wall_time_s"}
+        return [
+            {k: v for k, v in json.loads(ln).items() if k not in drop}
+            for ln in (run / "log.jsonl").read_text().splitlines()
+        ]
+
+    assert lines(tmp_path / "a") == lines(tmp_path / "b")
+    ra, rb = (json.loads((p / "training.json").read_text()) for p in (full, resumed))
+    assert ra["selection"] == rb["selection"] and ra["normalization"]["mean"] == rb["normalization"]["mean"]
+    assert [s["from_step"] for s in rb["sessions"]] == [0, 4]
+    # resuming with a different config is refused
+    with pytest.raises(ValueError, match="different config"):
+        train_reward_model(
+            make_config(pairs_file, tmp_path / "b", **{**kw, "margin": 0.5}), tiny_world_clip(1)
+        )
+
+
+def test_accumulation_checkpointing_precision_and_time_limit(pairs_file, tmp_path):
+    """Micro-batches and activation checkpointing change memory, not maths; bf16 autocast runs on the
+    CPU; a time limit ends the run normally, with the held-out accuracy measured where it stopped."""
+
+    def run(name, **kw):
+        final = train_reward_model(
+            make_config(pairs_file, tmp_path / name, **{"epochs": 1, **kw}), tiny_world_clip(0), resume=False
+        )
+        log = [json.loads(ln) for ln in (final.parent / "log.jsonl").read_text().splitlines()]
+        return json.loads((final / "training.json").read_text()), [r.get("loss") for r in log]
+
+    _, base = run("base")
+    _, losses = run("accum", grad_accum_steps=2, gradient_checkpointing=True)
+    assert losses == pytest.approx(base, abs=1e-5)
+    rec, losses = run("bf16", mixed_precision="bf16")
+    assert all(np.isfinite(v) for v in losses if v is not None) and rec["config"]["mixed_precision"] == "bf16"
+    rec, _ = run("limited", epochs=1000, time_limit_s=0.05)
+    assert rec["stopped_by"] == "time_limit" and rec["steps"] < rec["total_steps"]
+    assert rec["evals"][-1]["step"] == rec["steps"] and rec["selection"]["step"] <= rec["steps"]
+
+
+def test_two_processes_match_one(pairs_file, tmp_path):
+    """accelerate's DDP over 2 CPU processes (gloo): each process takes half of every batch; the
+    losses equal the single-process run's (the gradient is the whole batch's either way)."""
+    from accelerate import debug_launcher
+
+    kw = dict(epochs=1, freeze_ratio=0.0)
+    debug_launcher(_ddp_run, args=(str(pairs_file), str(tmp_path / "ddp"), kw), num_processes=2)
+    one = train_reward_model(
+        make_config(pairs_file, tmp_path / "one", **kw), tiny_world_clip(0), resume=False
+    )
+    two = tmp_path / "ddp" / "final"
+    rec = json.loads((two / "training.json").read_text())
+    assert rec["processes"] == 2 and rec["sessions"][0]["processes"] == 2
+    log1, log2 = (
+        [json.loads(ln) for ln in (p.parent / "log.jsonl").read_text().splitlines()] for p in (one, two)
+    )
+    assert [r["event"] for r in log1] == [r["event"] for r in log2]
+    for r1, r2 in zip(log1, log2, strict=True):
+        key = "loss" if r1["event"] == "train" else "heldout_loss"
+        assert r1[key] == pytest.approx(r2[key], abs=1e-4)
+    assert json.loads((one / "training.json").read_text())["selection"]["step"] == rec["selection"]["step"]
+
+
+def _ddp_run(pairs, out, kw):
+    torch.set_num_threads(1)
+    train_reward_model(make_config(pairs, out, **kw), tiny_world_clip(0), resume=False)
+
+
+# ----------------------------------------------------------------------------- the model as a reward
+
+
+def test_save_load_registry_and_gradient(trained, tmp_path):
+    final, _ = trained
+    x = torch.rand(2, 3, 32, 32)
+    model = CompositionRewardModel(final)
+    assert model.frozen and not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert model.aspect == ASPECT and model.name == "composition-spatial"
+    with torch.no_grad():
+        ref = model(x, PROMPTS)
+    assert ref.dtype == torch.float32 and ref.shape == (2,)
+
+    # save / load: identical scores; a run folder and the registry find the same model
+    model.save_pretrained(tmp_path / "copy")
+    for other in (
+        CompositionRewardModel(tmp_path / "copy"),
+        CompositionRewardModel(str(final.parent)),
+        CompositionRewardModel.from_pretrained(final),
+        create_reward(f"composition:{final}", device="cpu"),
+    ):
+        with torch.no_grad():
+            assert torch.equal(other(x, PROMPTS), ref)
+    assert reward_class("composition") is CompositionRewardModel
+    with torch.no_grad():  # bf16 weights: scores stay float32 and close
+        half = create_reward(f"composition:{final}", dtype="bf16")(x, PROMPTS)
+    assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=0.3)
+    assert isinstance(model, Reward) and (model.loss_offset, model.default_weight) == (2.0, 1.0)
+    torch.testing.assert_close(model.loss(x, PROMPTS), 2.0 - ref)
+    assert CompositionRewardModel.from_pretrained(final).training is False
+    trainable = CompositionRewardModel.from_pretrained(final)
+    trainable.train()
+    assert trainable.training and any(p.requires_grad for p in trainable.parameters())
+
+    # the gradient reaches the image, at the native size and through the differentiable resize
+    for size in (32, 48):
+        img = torch.rand(2, 3, size, size, requires_grad=True)
+        model(img, PROMPTS).sum().backward()
+        assert img.grad is not None and torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+
+    # export: fp16 in a weights folder, loadable by name from that folder
+    dest = export_reward_model(final.parent, "test-spatial", dest_root=tmp_path / "weights")
+    with torch.no_grad():
+        torch.testing.assert_close(CompositionRewardModel(dest)(x, PROMPTS), ref, atol=0.05, rtol=0.02)
+    assert json.loads((dest / "training.json").read_text())["exported"]["dtype"] == "float16"
+    with pytest.raises(ValueError, match="attribute_binding model"):
+        export_reward_model(final, "itercomp-attribute", dest_root=tmp_path / "weights")
+
+    # shipped names: a clear message while untrained; bad inputs
+    assert set(SHIPPED) == {"itercomp-attribute", "itercomp-spatial", "itercomp-nonspatial"}
+    for name in SHIPPED:
+        try:
+            resolve_model_dir(name)
+        except RewardNotTrainedError as e:
+            assert "--export" in str(e) and SHIPPED[name] in str(e)
+    with pytest.raises(FileNotFoundError, match="unknown composition reward"):
+        CompositionRewardModel("no-such-model")
+    with pytest.raises(ValueError, match="4 dimensions"):
+        model(torch.rand(3, 32, 32), PROMPTS[:1])
+    with pytest.raises(ValueError, match="unknown aspect"):
+        CompositionRewardModel(tiny_world_clip(0), aspect="colour")
+
+
+def test_untrained_fusion_head_is_the_clip_score():
+    """A new dual-encoder model scores logit_scale * cos(image, prompt): the backbone's own ranking."""
+    from compalign.rewards.world_clip.reward import WorldCLIPReward
+
+    clip = tiny_world_clip(2)
+    model = CompositionRewardModel(clip, aspect="attribute_binding")
+    assert isinstance(model.head, FusionHead)
+    for size in (32, 48):
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            ref = WorldCLIPReward(clip, scaled=True)(x, PROMPTS)
+            torch.testing.assert_close(model(x, PROMPTS), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
+    """ImageReward's BLIP: the new model (ImageReward's MLP head, loaded from the checkpoint) scores
+    exactly as ImageReward's raw score; freezing, gradient, save / load, one training epoch."""
+    model = CompositionRewardModel(f"blip:{ir_dir}", aspect=ASPECT, freeze_ratio=0.5)
+    assert model.config["head_pretrained"] and model.config["backbone"]["kind"] == "blip"
+    assert freeze_plan(model.backbone, 0.7) == {
+        "vision": {"layers": 2, "frozen_layers": 1, "embeddings_frozen": True},
+        "text": {"layers": 2, "frozen_layers": 1, "embeddings_frozen": True},
+    }
+    on = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.vision.encoder.layers.1.mlp.fc1.weight" in on
+    assert "backbone.vision.encoder.layers.0.mlp.fc1.weight" not in on
+    assert "backbone.text.encoder.layer.0.attention.self.query.weight" not in on
+    assert "backbone.text.encoder.layer.1.crossattention.self.query.weight" in on
+    ir = ImageRewardReward(ir_dir)
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, PROMPTS), ir.raw_scores(x, PROMPTS), atol=1e-5, rtol=1e-5)
+    img = torch.rand(2, 3, 40, 40, requires_grad=True)
+    model(img, PROMPTS).sum().backward()
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "blip-model")
+    loaded = CompositionRewardModel(tmp_path / "blip-model")
+    with torch.no_grad():
+        assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
+
+    final = train_reward_model(
+        make_config(
+            pairs_file, tmp_path / "run", backbone=f"blip:{ir_dir}", epochs=1, head_learning_rate=None
+        )
+    )
+    rec = json.loads((final / "training.json").read_text())
+    assert rec["learning_rates"]["head"] == rec["learning_rates"]["backbone"]  # IterComp: one rate
+    assert rec["backbone"]["kind"] == "blip" and len(rec["evals"]) == 1
+    assert rec["prompts_truncated"] == 0  # world prompts fit BLIP's 35 tokens
+
+
+def test_clip_backbone(clip_dir, tmp_path):  # noqa: F811
+    """A transformers CLIP: the new model scores as CLIPScoreReward; gradient, freezing, save / load."""
+    model = CompositionRewardModel(f"clip:{clip_dir}", aspect="non_spatial_relationship", freeze_ratio=0.5)
+    assert freeze_plan(model.backbone, 0.5)["vision"] == {
+        "layers": 2,
+        "frozen_layers": 1,
+        "embeddings_frozen": True,
+    }
+    on = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.model.vision_model.encoder.layers.1.mlp.fc1.weight" in on
+    assert "backbone.model.vision_model.encoder.layers.0.mlp.fc1.weight" not in on
+    assert "backbone.model.logit_scale" not in on
+    assert model.backbone.count_truncated([LONG_PROMPT, "a red cube", LONG_PROMPT]) == 1
+    x = torch.rand(2, 3, 40, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x, PROMPTS), CLIPScoreReward(clip_dir)(x, PROMPTS), atol=1e-4, rtol=1e-4
+        )
+    img = x.clone().requires_grad_(True)
+    model(img, PROMPTS).sum().backward()
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "clip-model")
+    loaded = create_reward(f"composition:{tmp_path / 'clip-model'}")
+    assert loaded.aspect == "non_spatial_relationship" and loaded.name == "composition-nonspatial"
+    with torch.no_grad():
+        assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_train_export_and_eval(cli, pairs_file, tmp_path, monkeypatch):
+    import compalign.rewards.composition.model as model_mod
+
+    wc = tiny_world_clip(0).save_pretrained(tmp_path / "wc")
+    out = tmp_path / "run"
+    monkeypatch.setattr(model_mod, "weights_root", lambda: tmp_path / "weights")
+    args = ["reward", "train", "--pairs", pairs_file, "--aspect", "spatial", "--backbone", f"world-clip:{wc}"]
+    args += ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--freeze-ratio", "0.7", "--margin", "0.1"]
+    args += ["--output-dir", out, "--device", "cpu", "--no-progress", "--export", "itercomp-spatial"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "held-out pair accuracy" in r.stdout
+    assert (tmp_path / "weights" / "itercomp-spatial" / "model.safetensors").is_file()
+    reward = create_reward("composition:itercomp-spatial")
+    assert reward.aspect == ASPECT and reward.config["freeze_ratio"] == 0.7
+
+    r = cli("reward", "eval", out, "--pairs", pairs_file, "--split", "all", "--out", tmp_path / "report.json")
+    assert r.exit_code == 0, r.output
+    assert "accuracy" in r.stdout and "spearman" in r.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pairs"] == N_TRAIN + N_HELDOUT and report["images"] == 2 * (N_TRAIN + N_HELDOUT)
+    assert report["world"] and -1.0 <= report["spearman_vs_evaluator"] <= 1.0
+    # the correct renders satisfy their prompts, the corrupted ones do not (the evaluator's view)
+    assert report["evaluator_mean_score"] < 1.0
+
+    r = cli("reward", "eval", "itercomp-spatial", "--pairs", pairs_file)
+    assert r.exit_code == 0 and "split heldout" in r.stdout
+    r = cli("reward", "eval", out, "--pairs", pairs_file, "--split", "valid")
+    assert r.exit_code == 2 and "unknown split" in r.stderr
+    r = cli("reward", "eval", tmp_path / "nothing", "--pairs", pairs_file)
+    assert r.exit_code == 2
+
+
+def test_spearman_and_world_report(trained, pairs_file):
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    final, _ = trained
+    report = evaluate_reward_on_pairs(CompositionRewardModel(final), pairs_file, split="heldout")
+    assert report["pairs"] == N_HELDOUT and report["split"] == "heldout"
+    assert report["by_models"] == [
+        {
+            "better_model": "world-true",
+            "worse_model": "world-wrong",
+            "pairs": N_HELDOUT,
+            "accuracy": report["accuracy"],
+        }
+    ]
