@@ -345,6 +345,7 @@ def world_demo(
 
 def _register_stages() -> None:
     """Stages that live in their own packages add their commands here."""
+    from .feedback.cli import app as feedback_app
     from .generators.cli import register
     from .noise_optimization.cli import register as register_reno
     from .rewards.cli import app as reward_app
@@ -352,6 +353,15 @@ def _register_stages() -> None:
     register(app, world_app)
     app.add_typer(reward_app, name="reward")
     register_reno(app)
+
+    from .gallery.cli import app as gallery_app
+    from .pairs.cli import pairs_command
+    from .ranking.cli import app as rank_app
+
+    app.add_typer(gallery_app, name="gallery")
+    app.add_typer(rank_app, name="rank")
+    app.command("pairs")(pairs_command)
+    app.add_typer(feedback_app, name="feedback")
 
 
 _register_stages()

@@ -1,0 +1,1 @@
+"""Pairs: ranked galleries -> pairwise preference data for reward training (`make.make_pairs`)."""

@@ -1,0 +1,36 @@
+"""``compalign pairs GALLERY... --out pairs.jsonl``: ranked galleries -> pairwise preference lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..gallery.cli import fail
+
+
+def pairs_command(
+    galleries: Annotated[list[Path], typer.Argument(help="Gallery folders (one per aspect, or several).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    paths: Annotated[
+        str, typer.Option("--paths", help="Image paths: absolute, or relative to the --out file's folder.")
+    ] = "absolute",
+) -> None:
+    """Every ranked (better, worse) pair of every record -> one JSONL line; ties are skipped; the
+    split (train / heldout) goes by prompt, never by pair."""
+    from ..gallery.format import GalleryError
+    from .make import make_pairs
+
+    try:
+        per_aspect = make_pairs(galleries, out, paths)
+    except GalleryError as e:
+        fail(str(e))
+    total = 0
+    for aspect, c in per_aspect.items():
+        total += c["pairs"]
+        print(
+            f"{aspect}: {c['pairs']} pairs (train {c['train']}, heldout {c['heldout']}) from {c['records']} "
+            f"ranked records; {c['tied_skipped']} tied pairs skipped; {c['unranked']} unranked records"
+        )
+    print(f"wrote {total} pairs to {out}")
