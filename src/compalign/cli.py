@@ -362,6 +362,9 @@ def _register_stages() -> None:
     app.add_typer(rank_app, name="rank")
     app.command("pairs")(pairs_command)
     app.add_typer(feedback_app, name="feedback")
+    from .iterate.cli import register as register_iterate
+
+    register_iterate(app)
 
 
 _register_stages()

@@ -1,0 +1,201 @@
+"""Configuration of ``compalign iterate``: IterComp's loop (gallery -> rank -> pairs -> reward models
+-> feedback training -> evaluation -> report), one or more iterations in one work folder.
+
+The defaults are sized so that one iteration on the shipped world models takes about 20 minutes
+on a 2-core CPU (see `ESTIMATE`); every size is an option.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno", "report")
+"""The stages of one iteration, in order."""
+RANK_MODES = ("auto", "people")
+TIE_BREAKS = ("world-clip", "none")
+REG_TYPES = ("auto", "denoising", "distance", "none")
+DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr", "world-short")
+
+ESTIMATE = """\
+One iteration with the defaults on the shipped world models, 2-core CPU (per-image / per-step costs
+measured on the models' architectures with one torch thread while other jobs ran; a free machine
+is faster):
+  gallery   5 models x 200 prompts (160 train + 40 held-out)    ~2.5 min render + ~0.7 min judge
+  rewards   3 aspect models x 2 epochs (~1600 train pairs)      ~1 min
+  feedback  150 steps x 8 samples (2-3.5 s a step), regulariser ~5-9 min (+ scene pool ~0.5 min, once)
+  evaluate  6 models x 8 categories x 20 prompts x 2 seeds      ~6 min (later iterations: new base only)
+  reno      world-onestep, 320 images x 20 iterations + plain   ~3 min
+  total                                                         ~19-23 min (iteration 2: ~13-17 min)"""
+
+
+def base_name(k: int) -> str:
+    """The gallery / report name of the base fine-tuned in iteration `k`."""
+    return f"iter{k}"
+
+
+@dataclass
+class IterateConfig:
+    """Everything that defines an ``iterate`` run (the work folder's ``state.json`` records, per
+    stage, the settings it ran with)."""
+
+    workdir: str = "runs/iterate"
+    """Work folder: ``state.json``, ``iter_<k>/...`` per iteration, the shared scene pool."""
+    iterations: int = 1
+    """Iterations to have done when the run ends (finished ones are skipped)."""
+    base: str = "world-base"
+    """The model fine-tuned in iteration 1 (a world model name or folder, or ``sd:...``); iteration
+    k > 1 fine-tunes ``iter_<k-1>/base``."""
+    gallery_models: list[str] = field(default_factory=lambda: list(DEFAULT_GALLERY_MODELS))
+    """Models of iteration 1's galleries (generator specs, optionally ``NAME=SPEC``); iteration
+    k > 1 adds the base fine-tuned in iteration k - 1 (named ``iter<k-1>``)."""
+    aspects: list[str] = field(
+        default_factory=lambda: ["attribute_binding", "spatial_relationship", "non_spatial_relationship"]
+    )
+    """IterComp aspects: one gallery, pairs file and reward model each."""
+    seed: int = 0
+    """Seed of the galleries (record i: seed + i), reward training and feedback training."""
+
+    # ----------------------------------------------------------------------------- gallery
+    per_category: int = 20
+    """Train-split suite prompts per category in each aspect's gallery (the first N)."""
+    reward_heldout_per_category: int = 5
+    """Held-out suite prompts per category added to each gallery, taken from the end of the held-out
+    suites (never the evaluation prompts, which are the first ones): their pairs are the reward
+    models' held-out pairs (model selection and the reported pair accuracy). 0: none."""
+    gallery_resolution: int | None = None
+    """Gallery image size (None: each model's own; world models: 32 px)."""
+    gallery_steps: int | None = None
+    """Sampling steps of the gallery models (None: each model's default)."""
+    gallery_guidance: float | None = None
+    """Guidance scale of the gallery models (None: each model's default)."""
+    gallery_batch_size: int = 16
+    """Images per generator call while rendering galleries."""
+
+    # ----------------------------------------------------------------------------- ranking
+    rank: str = "auto"
+    """``auto``: the exact world evaluator ranks every record; ``people``: the run stops after the
+    galleries and asks for ``compalign rank serve``; re-running continues once all is ranked."""
+    tie_break: str = "world-clip"
+    """``auto``: break evaluator ties by the world-clip reward (``none``: explicit ties)."""
+
+    # ----------------------------------------------------------------------------- reward models
+    reward_backbone: str = "world-clip"
+    """Backbone of the composition reward models (``world-clip``, ``world-clip:FOLDER``,
+    ``clip:PATH``, ``blip:PATH``)."""
+    reward_epochs: int = 2
+    """Epochs of reward-model training (the held-out-best epoch is kept)."""
+    reward_batch_size: int = 32
+    """Pairs per reward-model optimizer step."""
+    reward_lr: float = 1e-5
+    """Peak learning rate of the reward backbone's trainable layers (IterComp: 1e-5)."""
+    reward_head_lr: float | None = None
+    """Learning rate of the reward head (None: the trainer's default, 1e-3 for a fresh head)."""
+    reward_freeze_ratio: float = 0.7
+    """Fraction of each reward-backbone tower frozen (IterComp's fix_rate 0.7)."""
+
+    # ----------------------------------------------------------------------------- feedback
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    """Weight of each aspect's reward model in feedback training and ReNO (missing: 1.0)."""
+    feedback_steps: int = 150
+    """Optimizer steps of feedback training (ReFL) per iteration."""
+    feedback_batch_size: int = 8
+    """ReFL samples per step."""
+    feedback_lr: float | None = None
+    """Feedback learning rate (None: the trainer's default, 1e-4 for world models)."""
+    reg_type: str = "auto"
+    """Regulariser against drift: ``auto`` (world: denoising loss on rendered scenes; SD: distance
+    to the frozen base), ``denoising``, ``distance``, or ``none`` (not advised)."""
+    reg_weight: float = 1.0
+    """Weight of the regulariser."""
+    pool_dir: str | None = None
+    """Scene pool of the denoising regulariser (None: ``<workdir>/_scene_pool``, shared by the
+    iterations)."""
+    pool_per_category: int = 1024
+    """Rendered scenes per category in the scene pool."""
+    feedback_checkpoint_every: int = 50
+    """Feedback-training checkpoint interval (steps)."""
+
+    # ----------------------------------------------------------------------------- evaluation
+    eval_categories: list[str] | None = None
+    """Held-out suite categories evaluated (None: the categories of `aspects`)."""
+    eval_per_category: int = 20
+    """Held-out prompts per category (the first N of each held-out suite)."""
+    eval_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Seeds per evaluation prompt."""
+    eval_batch_size: int = 64
+    """Images per generator call in evaluations (ReNO: images optimised together)."""
+
+    # ----------------------------------------------------------------------------- ReNO
+    reno: bool = True
+    """Evaluate noise optimisation (ReNO) with the aspect reward models as rewards."""
+    reno_model: str = "world-onestep"
+    """One/two-step generator ReNO runs on when the base is multi-step (a one/two-step base is
+    optimised itself)."""
+    reno_iterations: int = 20
+    """ReNO iterations per image."""
+    reno_lr: float = 5.0
+    """ReNO learning rate on the noise."""
+    reno_per_category: int | None = None
+    """Held-out prompts per category for ReNO (None: `eval_per_category`; seeds: `eval_seeds`)."""
+
+    # ----------------------------------------------------------------------------- run
+    device: str | None = None
+    """cpu, cuda, ... (None: a GPU when there is one)."""
+    num_threads: int | None = None
+    """torch CPU threads of the training stages (None: the trainers' defaults)."""
+    workers: int = 0
+    """Processes of the exact evaluator (ranking, evaluation); 0: in process."""
+    progress: bool = False
+    """Progress bars of the stages (stage messages are always printed)."""
+    force_stages: list[str] = field(default_factory=list)
+    """Stages to run again although finished: ``STAGE`` (every iteration, i.e. from the first) or
+    ``K:STAGE``; every later stage (and later iteration) is redone too and its outputs removed."""
+    stop_after: str | None = None
+    """Stop after this stage (``STAGE``: of the first iteration that runs it; ``K:STAGE``)."""
+
+    def __post_init__(self) -> None:
+        self.gallery_models = list(self.gallery_models)
+        self.aspects = list(self.aspects)
+        self.eval_seeds = [int(s) for s in self.eval_seeds]
+        self.force_stages = list(self.force_stages or [])
+        self.reward_weights = {str(k): float(v) for k, v in (self.reward_weights or {}).items()}
+        if self.eval_categories is not None:
+            self.eval_categories = list(self.eval_categories)
+
+    # ----------------------------------------------------------------------------- derived
+    def weight(self, aspect: str) -> float:
+        return self.reward_weights.get(aspect, 1.0)
+
+    def categories_of_aspects(self) -> list[str]:
+        from compalign.world.suites import list_categories
+
+        return [c for a in self.aspects for c in list_categories(a)]
+
+    def evaluation_categories(self) -> list[str]:
+        return list(self.eval_categories) if self.eval_categories else self.categories_of_aspects()
+
+    def reno_prompts_per_category(self) -> int:
+        return self.reno_per_category or self.eval_per_category
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IterateConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def parse_stage_ref(text: str, what: str) -> tuple[int | None, str]:
+    """``STAGE`` -> (None, STAGE); ``K:STAGE`` -> (K, STAGE); ValueError naming `what` otherwise."""
+    m = re.fullmatch(r"(?:(\d+):)?([a-z_]+)", str(text).strip())
+    if not m or m.group(2) not in STAGES or (m.group(1) is not None and int(m.group(1)) < 1):
+        raise ValueError(
+            f"{what} {text!r}: expected STAGE or K:STAGE (K >= 1) with STAGE one of {', '.join(STAGES)}"
+        )
+    return (int(m.group(1)) if m.group(1) else None), m.group(2)

@@ -1,0 +1,231 @@
+"""``compalign iterate`` end to end on tiny models: artifacts, skipping, resuming, expansion,
+people mode, settings conflicts and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compalign.iterate.config import STAGES
+from tests.iterate.conftest import iterate_args
+
+ASPECTS = ("attribute_binding", "spatial_relationship", "non_spatial_relationship")
+
+
+def read(path):
+    return json.loads(Path(path).read_text())
+
+
+def stages_of(workdir, k=1) -> dict:
+    return read(Path(workdir) / "state.json")["iterations"].get(str(k), {})
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    skip = {"state.json", ".iterate.lock"}
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+@pytest.fixture(scope="module")
+def done(env, cli, tmp_path_factory):
+    """One iteration, interrupted twice: --stop-after rank, then a crash inside feedback training
+    after its first step; the third call finishes. Returns (workdir, outputs of the calls)."""
+    from compalign.feedback import train as feedback_train
+
+    wd = tmp_path_factory.mktemp("iterate") / "wd"
+    first = cli(*iterate_args(env, wd, "--stop-after", "rank"))
+    real = feedback_train.train_feedback
+
+    def crash(config, resume=True, stop_at_step=None):
+        real(config, resume=resume, stop_at_step=1)
+        raise RuntimeError("simulated crash in feedback training")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(feedback_train, "train_feedback", crash)
+        second = cli(*iterate_args(env, wd))
+    third = cli(*iterate_args(env, wd))
+    return wd, (first, second, third)
+
+
+def test_stop_after_and_crash_resume_at_the_stage(done):
+    wd, (first, second, third) = done
+    assert first.exit_code == 0, first.output
+    assert "stopped after iteration 1, stage rank" in first.stdout
+    # the crash: stages before feedback finished, feedback left running with a checkpoint
+    assert isinstance(second.exception, RuntimeError), second.output
+    assert (
+        "gallery: done earlier, skipped" in second.stderr and "rank: done earlier, skipped" in second.stderr
+    )
+    assert "pairs: starting" in second.stderr
+    # the third call resumes at feedback and never redoes a finished stage
+    assert third.exit_code == 0, third.output
+    for s in ("gallery", "rank", "pairs", "rewards"):
+        assert f"{s}: done earlier, skipped" in third.stderr
+    assert "feedback: resuming" in third.stderr
+    state = stages_of(wd)
+    assert list(state) == list(STAGES) and all(e["status"] == "done" for e in state.values())
+    assert state["feedback"]["sessions"] == 2 and state["gallery"]["sessions"] == 1
+    record = read(wd / "iter_1" / "base" / "training.json")
+    assert [s["from_step"] for s in record["sessions"]] == [0, 1] and record["steps"] == 2
+
+
+def test_one_iteration_writes_every_artifact(done):
+    wd, _ = done
+    it = wd / "iter_1"
+    for a in ASPECTS:
+        recs = read(it / "gallery" / a / "gallery.json")
+        assert all(r["rank"] and {"image_good", "image_bad", "image_tinybase"} <= set(r) for r in recs)
+        assert any(r["rank"][0] == 1 for r in recs)  # good (model 1) first
+        lines = (it / "pairs" / f"{a}.jsonl").read_text().splitlines()
+        assert {json.loads(ln)["split"] for ln in lines} == {"train", "heldout"}
+        assert (it / "rewards" / a / "final" / "composition_reward.json").is_file()
+    assert (it / "base" / "model_index.json").is_file() and not (it / "feedback" / "final").exists()
+    assert (it / "feedback" / "curves.png").is_file()
+    assert {p.stem for p in (it / "eval").glob("*.json")} == {"good", "bad", "tinybase", "iter1"}
+    assert read(it / "eval" / "good.json")["result"]["overall"] == 1.0
+    assert read(it / "eval" / "bad.json")["result"]["overall"] == 0.0
+    assert (it / "reno" / "plain.json").is_file() and (it / "reno" / "reno.json").is_file()
+    state = stages_of(wd)
+    rewards = state["rewards"]["outputs"]
+    assert all(rewards[a]["heldout_pairs"] > 0 and 0 <= rewards[a]["heldout_accuracy"] <= 1 for a in ASPECTS)
+    reno = state["reno"]["outputs"]
+    assert reno["generator"] == "onestep" and "multi-step" in reno["note"]
+    report = (it / "report.md").read_text()
+    for section in ("Held-out accuracy", "ReNO", "Reward models", "Feedback training", "Stages"):
+        assert f"## {section}" in report or section in report
+    assert "feedback/curves.png" in report and "ReNO runs on onestep" in report
+    for png in ("accuracy", "reno", "reward_accuracy", "feedback_rewards"):
+        assert (it / "plots" / f"{png}.png").stat().st_size > 1000
+    assert "iter_1/report.md" in (wd / "report.md").read_text()
+    assert read(it / "summary.json")["base_after"] == "iter1"
+
+
+def test_same_command_again_does_nothing_new(done, env, cli):
+    wd, _ = done
+    before, state_before = snapshot(wd), stages_of(wd)
+    r = cli(*iterate_args(env, wd))
+    assert r.exit_code == 0, r.output
+    assert "nothing to do" in r.stdout
+    assert all(f"{s}: done earlier, skipped" in r.stderr for s in STAGES)
+    assert snapshot(wd) == before and stages_of(wd) == state_before
+
+
+def test_changed_settings_are_refused(done, env, cli):
+    wd, _ = done
+    before = snapshot(wd)
+    r = cli(*iterate_args(env, wd, "--reward-epochs", "2"))
+    assert r.exit_code == 2
+    assert "stage rewards finished with other settings (epochs: 1 -> 2)" in r.stderr
+    assert "--force-stage 1:rewards" in r.stderr
+    assert snapshot(wd) == before
+
+
+def test_second_iteration_expands_the_gallery(done, env, cli, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(done[0], wd)
+    r = cli(*iterate_args(env, wd, "--iterations", "2"))
+    assert r.exit_code == 0, r.output
+    assert all(f"[iterate 1/2] {s}: done earlier, skipped" in r.stderr for s in STAGES)
+    it = wd / "iter_2"
+    for a in ASPECTS:
+        recs = read(it / "gallery" / a / "gallery.json")
+        assert all("image_iter1" in r and len(r["initial_rank"]) == 3 and len(r["rank"]) == 4 for r in recs)
+        assert list(recs[0])[2:6] == ["image_good", "image_bad", "image_tinybase", "image_iter1"]
+        # iteration 1's gallery is left as it was
+        assert all("image_iter1" not in r for r in read(wd / "iter_1" / "gallery" / a / "gallery.json"))
+    evals = {p.stem: read(p) for p in (it / "eval").glob("*.json")}
+    assert set(evals) == {"good", "bad", "tinybase", "iter1", "iter2"}
+    assert {n for n, e in evals.items() if "copied_from" in e} == {"good", "bad", "tinybase", "iter1"}
+    assert read(wd / "iter_2" / "base" / "training.json")["base"] == str((wd / "iter_1" / "base").resolve())
+    report = (it / "report.md").read_text()
+    assert "initial_rank" in report and "![progress](plots/progress.png)" in report
+    assert (it / "plots" / "progress.png").is_file()
+
+
+def test_people_mode_waits_then_continues(env, cli, tmp_path):
+    from compalign.gallery.format import load_gallery
+    from compalign.ranking.store import DB_FILE, RankingStore
+
+    wd = tmp_path / "wd"
+    args = iterate_args(env, wd, "--rank", "people", "--stop-after", "pairs")
+    r = cli(*args)
+    assert r.exit_code == 3, r.output
+    assert "waiting for people's rankings of iteration 1" in r.stderr
+    for a in ASPECTS:
+        assert f"compalign rank serve {wd / 'iter_1' / 'gallery' / a}" in r.stderr
+    assert stages_of(wd)["rank"]["status"] == "waiting" and "pairs" not in stages_of(wd)
+    # still waiting: nothing ranked yet (and the gallery is not rendered again)
+    r = cli(*args)
+    assert r.exit_code == 3 and "gallery: done earlier, skipped" in r.stderr
+    # people rank every record (good > tinybase > bad), then the same command continues
+    for a in ASPECTS:
+        g = load_gallery(wd / "iter_1" / "gallery" / a)
+        store = RankingStore(g.root / DB_FILE)
+        for rec in g.records:
+            store.add_ranking("ann", rec.index, rec.models, ["good", "tinybase", "bad"], [])
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "stopped after iteration 1, stage pairs" in r.stdout
+    assert stages_of(wd)["rank"]["status"] == "done"
+    g = load_gallery(wd / "iter_1" / "gallery" / ASPECTS[0])
+    assert g.ranks["method"] == "people" and all(rec.rank == [1, 3, 2] for rec in g.records)
+    # forcing a stage redoes it; forcing the gallery would remove people's rankings: refused
+    r = cli(*iterate_args(env, wd, "--rank", "people", "--force-stage", "pairs", "--stop-after", "pairs"))
+    assert r.exit_code == 0, r.output
+    assert "pairs: forced" in r.stderr and "pairs: starting" in r.stderr
+    r = cli(*iterate_args(env, wd, "--rank", "people", "--force-stage", "gallery", "--stop-after", "pairs"))
+    assert r.exit_code == 2 and "holds people's rankings" in r.stderr
+    assert (wd / "iter_1" / "gallery" / ASPECTS[0] / DB_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--iterations", "0"], "--iterations must be >= 1"),
+        (["--aspects", "colour"], "unknown aspect 'colour'"),
+        (["--rank", "crowd"], "unknown --rank 'crowd'"),
+        (["--gallery-models", "nope-model"], "unknown model 'nope-model'"),
+        (["--gallery-models", "iter1=testworld:good"], "kept for the base of iteration 1"),
+        (["--stop-after", "polish"], "--stop-after 'polish': expected STAGE or K:STAGE"),
+        (["--force-stage", "3:rewards"], "iteration 3 > --iterations 1"),
+        (
+            ["--reward-backbone", "world-clip:/nonexistent/clip"],
+            "--reward-backbone world-clip:/nonexistent/clip",
+        ),
+        (["--reward-weights", "spatial_relationship=x"], "is not a number"),
+        (["--reward-weights", "attribute=1"], "'attribute' is not one of the aspects"),
+        (["--eval-per-category", "99", "--reward-heldout-per-category", "5"], "must not overlap"),
+        (["--feedback-steps", "0"], "--feedback-steps must be >= 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(env, cli, tmp_path, extra, message):
+    wd = tmp_path / "wd"
+    r = cli(*iterate_args(env, wd, *extra))
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert not wd.exists()
+
+
+def test_bad_workdir_and_reno_model(env, cli, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = cli(*iterate_args(env, f))
+    assert r.exit_code == 2 and "--workdir must be a folder" in r.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    r = cli(*iterate_args(env, other))
+    assert r.exit_code == 2 and "not an iterate work folder" in r.stderr
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    r = cli(*iterate_args(env, tmp_path / "wd", "--reno-model", env["base"]))
+    assert r.exit_code == 2 and "multi-step generator; ReNO needs a one- or two-step one" in r.stderr
+    r = cli("iterate", "--estimate")
+    assert r.exit_code == 0 and "total" in r.stdout
+    r = cli("iterate", "--iterations", "2")
+    assert r.exit_code == 2 and "give --workdir DIR" in r.stderr
