@@ -198,23 +198,18 @@ def optimize_noise(
             z = noise
         grad_on = config.search == "reno" and it < n_iter - 1
 
-        def evaluate(z=z, grad_on=grad_on):
-            with torch.set_grad_enabled(grad_on):
-                images = generator.generate_from_noise(z.to(dtype), prompts, **gen_settings)
-                images = images.float()
-                scores, reward_loss = {}, torch.zeros(b, device=images.device)
-                for r in rewards:
-                    if r.optimize and r.weight != 0:
+        with torch.set_grad_enabled(grad_on):
+            images = generator.generate_from_noise(z.to(dtype), prompts, **gen_settings).float()
+            scores, reward_loss = {}, torch.zeros(b, device=images.device)
+            for r in rewards:
+                if r.optimize and r.weight != 0:
+                    score = r.reward(images, prompts).float()
+                    reward_loss = reward_loss + r.weight * (r.offset - score)
+                else:
+                    with torch.no_grad():
                         score = r.reward(images, prompts).float()
-                        reward_loss = reward_loss + r.weight * (r.offset - score)
-                    else:
-                        with torch.no_grad():
-                            score = r.reward(images, prompts).float()
-                    scores[r.name] = score.detach()
-                reg = chi_regularizer(z) if config.reg_weight else torch.zeros(b, device=images.device)
-            return images, reward_loss, reg, scores
-
-        images, reward_loss, reg, scores = evaluate()
+                scores[r.name] = score.detach()
+            reg = chi_regularizer(z) if config.reg_weight else torch.zeros(b, device=images.device)
 
         # 3. best-image tracking on the reward loss (the regulariser is not part of "best")
         loss_cpu = reward_loss.detach().float().cpu()
