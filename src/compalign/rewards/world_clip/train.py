@@ -29,10 +29,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import queue
 import shutil
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...generators.world.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints
 from .model import WorldCLIPArch, WorldCLIPModel, count_parameters
 from .negatives import HardNegatives
 
@@ -243,51 +242,6 @@ def lr_factor(config: WorldCLIPTrainConfig, step: int, wall_s: float = 0.0) -> f
     return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_FILE).is_file())
-
-
-def _atomic_dir(final: Path, write) -> None:
-    """Write a folder with `write(tmp_dir)`, then rename it into place (os.replace)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def hardware_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def versions() -> dict:
     import accelerate
     import transformers
@@ -298,29 +252,6 @@ def versions() -> dict:
         "accelerate": accelerate.__version__,
         "numpy": np.__version__,
     }
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag (the loop saves and stops); a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.stop = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 # ------------------------------------------------------------------------------------- data
