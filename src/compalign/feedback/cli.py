@@ -7,13 +7,14 @@ exits with 1 (resume it with the same command).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-BAD_INPUT = 2
+from compalign._cli import fail as _fail
+from compalign._cli import note as _note
+
 WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
 
@@ -24,15 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _is_adapter(base: str) -> bool:

@@ -11,22 +11,13 @@ Bad input ends with a one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-BAD_INPUT = 2
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
+from compalign._cli import fail as _fail
+from compalign._cli import note as _note
 
 
 # ----------------------------------------------------------------------------------- generate

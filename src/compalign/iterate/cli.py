@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from typer.core import TyperCommand
 
+from compalign._cli import fail as _fail
+
 from .config import DEFAULT_GALLERY_MODELS, ESTIMATE, STAGES
 
-BAD_INPUT = 2
 WAITING = 3
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
 
 
 class IterateCommand(TyperCommand):

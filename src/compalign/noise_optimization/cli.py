@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-BAD_INPUT = 2
+from compalign._cli import fail as _fail
+
 WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
 
 
 def parse_reward_spec(text: str) -> tuple[str, float]:
