@@ -37,7 +37,9 @@ def test_world_judge_with_explicit_ties(cli, gallery_dir, tmp_path):
         "better_model",
         "worse_model",
         "split",
+        "decided_by",
     }
+    assert {x["decided_by"] for x in rows} == {"evaluator"}  # good passes, the black images do not
     assert rows[0]["aspect"] == "spatial_relationship"
     # split by prompt: the 4th prompt is a held-out suite prompt, the others train prompts
     assert {x["split"] for x in rows if x["index"] == 3} == {"heldout"}
@@ -136,3 +138,28 @@ def test_pairs_skip_unranked_and_count_per_aspect(cli, gallery_dir, tmp_path):
     assert "spatial_relationship: 0 pairs (train 0, heldout 0) from 0 ranked records" in r.stdout
     assert "4 unranked records" in r.stdout
     assert "attribute_binding: 8 pairs" in r.stdout
+
+
+def test_pairs_decided_only_drops_tie_break_pairs(gallery_dir, tmp_path):
+    from compalign.pairs.make import gallery_pairs, make_pairs
+
+    g = load_gallery(gallery_dir)
+    for r in g.records:  # bad and bad2 fail alike; only the tie-break (3rd key) orders them
+        scores = {"good": [1, 1.0, 0.9], "bad": [0, 0.5, 0.2], "bad2": [0, 0.5, 0.1]}
+        g.set_tiers(r, [["good"], ["bad"], ["bad2"]], scores=scores, source="auto:world")
+    rows, counts = gallery_pairs(g)
+    assert len(rows) == 3 * len(g.records) and counts["tie_break_skipped"] == 0
+    by = {(x["better_model"], x["worse_model"]): x["decided_by"] for x in rows}
+    assert by == {("good", "bad"): "evaluator", ("good", "bad2"): "evaluator", ("bad", "bad2"): "tie_break"}
+    rows, counts = gallery_pairs(g, decided_only=True)
+    assert len(rows) == 2 * len(g.records) == counts["pairs"]
+    assert counts["tie_break_skipped"] == len(g.records)
+    assert all(x["decided_by"] == "evaluator" for x in rows)
+    # a ranking by people (no evaluator verdicts) keeps every pair and has no decided_by
+    for r in g.records:
+        g.set_tiers(r, [["good"], ["bad"], ["bad2"]], source="people")
+    rows, _ = gallery_pairs(g, decided_only=True)
+    assert len(rows) == 3 * len(g.records) and all("decided_by" not in x for x in rows)
+    g.save()
+    counts = make_pairs([gallery_dir], tmp_path / "p.jsonl", decided_only=True)
+    assert counts["spatial_relationship"]["pairs"] == 3 * len(g.records)

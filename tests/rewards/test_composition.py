@@ -567,3 +567,42 @@ def test_spearman_and_world_report(trained, pairs_file):
             "accuracy": report["accuracy"],
         }
     ]
+    # every corrupted render fails a clause its correct render passes, so every held-out pair is
+    # decided by the evaluator, oriented as the pairs file says: the two accuracies agree
+    assert report["evaluator_decided_pairs"] == N_HELDOUT
+    assert report["evaluator_decided_accuracy"] == pytest.approx(report["accuracy"])
+
+
+def test_world_blip_backbone(tmp_path):
+    """Cross-attention backbone: starts at the world-CLIP score, differentiable, saves/loads, and a
+    saved world-blip model is a starting point (`world-blip:FOLDER`) with its head."""
+    from compalign.rewards.composition.backbones import WorldBlipBackbone, create_backbone
+    from compalign.rewards.world_clip.reward import WorldCLIPReward
+
+    clip = tiny_world_clip(3)
+    model = CompositionRewardModel(WorldBlipBackbone(clip, fusion={"heads": 2}), aspect=ASPECT)
+    assert model.backbone.kind == "world-blip" and model.head.extra == 32
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # the grounded block's head weights start at zero: the world-CLIP score
+        clip_score = WorldCLIPReward(clip, scaled=True)(x, PROMPTS)
+        torch.testing.assert_close(model(x, PROMPTS), clip_score, atol=1e-4, rtol=1e-4)
+        model.head.mlp[-1].weight.normal_()  # as after training: the head reads the grounded block
+    img = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model(img, PROMPTS).sum().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+    assert model.backbone.fusion.layers[0].multihead_attn.in_proj_weight.grad.abs().sum() > 0
+
+    model.save_pretrained(tmp_path / "blip")
+    loaded = CompositionRewardModel(tmp_path / "blip")
+    with torch.no_grad():
+        ref = model.eval()(x, PROMPTS)
+        torch.testing.assert_close(loaded(x, PROMPTS), ref)
+    cfg = json.loads((tmp_path / "blip" / "composition_reward.json").read_text())
+    assert cfg["backbone"]["kind"] == "world-blip" and cfg["backbone"]["config"]["fusion"]["heads"] == 2
+
+    # a saved world-blip model as a start: same backbone and head, so the same scores
+    bb = create_backbone(f"world-blip:{tmp_path / 'blip'}")
+    assert isinstance(bb, WorldBlipBackbone) and bb.head_is_pretrained
+    again = CompositionRewardModel(bb, aspect=ASPECT)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x, PROMPTS), ref)

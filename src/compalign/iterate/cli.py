@@ -86,6 +86,9 @@ def iterate_command(
             help="Held-out prompts per category added to the galleries (the reward models' held-out pairs).",
         ),
     ] = 5,
+    seeds_per_prompt: Annotated[
+        int, typer.Option("--seeds-per-prompt", help="Gallery records per prompt (each with its own seed).")
+    ] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of galleries and trainers.")] = 0,
     gallery_resolution: Annotated[int | None, typer.Option("--gallery-resolution")] = None,
     gallery_steps: Annotated[
@@ -99,6 +102,13 @@ def iterate_command(
     tie_break: Annotated[
         str, typer.Option("--tie-break", help="auto ranking: world-clip or none.")
     ] = "world-clip",
+    pairs_decided_only: Annotated[
+        bool,
+        typer.Option(
+            "--pairs-decided-only/--pairs-with-tie-breaks",
+            help="auto ranking: reward pairs only where the evaluator's verdicts differ.",
+        ),
+    ] = True,
     reward_backbone: Annotated[
         str, typer.Option("--reward-backbone", help="world-clip, world-clip:FOLDER, clip:PATH, blip:PATH.")
     ] = "world-clip",
@@ -183,7 +193,8 @@ def iterate_command(
             per_category=per_category, reward_heldout_per_category=reward_heldout_per_category,
             gallery_resolution=gallery_resolution, gallery_steps=gallery_steps,
             gallery_guidance=gallery_guidance, gallery_batch_size=gallery_batch_size, rank=rank,
-            tie_break=tie_break, reward_backbone=reward_backbone, reward_epochs=reward_epochs,
+            tie_break=tie_break, pairs_decided_only=pairs_decided_only,
+            seeds_per_prompt=seeds_per_prompt, reward_backbone=reward_backbone, reward_epochs=reward_epochs,
             reward_batch_size=reward_batch_size, reward_lr=reward_lr, reward_head_lr=reward_head_lr,
             reward_freeze_ratio=reward_freeze_ratio, reward_weights=_weights(reward_weights),
             feedback_steps=feedback_steps, feedback_batch_size=feedback_batch_size, feedback_lr=feedback_lr,

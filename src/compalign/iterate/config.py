@@ -64,6 +64,9 @@ class IterateConfig:
     """Held-out suite prompts per category added to each gallery, taken from the end of the held-out
     suites (never the evaluation prompts, which are the first ones): their pairs are the reward
     models' held-out pairs (model selection and the reported pair accuracy). 0: none."""
+    seeds_per_prompt: int = 1
+    """Records per prompt in each gallery: every prompt is rendered this many times (record i with
+    seed + i), so pairs also compare a model's good and bad samples of one prompt's neighbours."""
     gallery_resolution: int | None = None
     """Gallery image size (None: each model's own; world models: 32 px)."""
     gallery_steps: int | None = None
@@ -79,6 +82,10 @@ class IterateConfig:
     galleries and asks for ``compalign rank serve``; re-running continues once all is ranked."""
     tie_break: str = "world-clip"
     """``auto``: break evaluator ties by the world-clip reward (``none``: explicit ties)."""
+    pairs_decided_only: bool = True
+    """``auto`` ranking: train (and select) the reward models only on pairs whose exact-evaluator
+    verdicts differ, leaving out pairs ordered by the tie-break alone (IterComp's pairs come from
+    rankings that express a preference)."""
 
     # ----------------------------------------------------------------------------- reward models
     reward_backbone: str = "world-clip"

@@ -162,7 +162,7 @@ def _locked(root: Path):
 def gallery_prompts(config: IterateConfig, aspect: str) -> tuple[list[str], list[str], int]:
     """(prompts, their categories, number of train prompts): the first `per_category` train prompts
     of every category of `aspect`, then the last `reward_heldout_per_category` held-out prompts of
-    each (deduplicated)."""
+    each (deduplicated); each prompt `seeds_per_prompt` times in a row (one record, one seed each)."""
     from ..world.suites import list_categories, load_suite
 
     prompts, cats, seen = [], [], set()
@@ -182,7 +182,11 @@ def gallery_prompts(config: IterateConfig, aspect: str) -> tuple[list[str], list
         held = load_suite(c, "heldout")
         for p in held[len(held) - m :] if m else []:
             add(p, c)
-    return prompts, cats, n_train
+    r = config.seeds_per_prompt  # repeats keep the train prompts first
+    train = [p for p in prompts[:n_train] for _ in range(r)]
+    held = [p for p in prompts[n_train:] for _ in range(r)]
+    cats = [c for c in cats[:n_train] for _ in range(r)] + [c for c in cats[n_train:] for _ in range(r)]
+    return train + held, cats, len(train)
 
 
 def _fingerprint(spec: str) -> str:
@@ -251,6 +255,7 @@ def validate(config: IterateConfig) -> None:
     for name, v, lo in (
         ("--per-category", c.per_category, 1),
         ("--reward-heldout-per-category", c.reward_heldout_per_category, 0),
+        ("--seeds-per-prompt", c.seeds_per_prompt, 1),
         ("--gallery-batch-size", c.gallery_batch_size, 1),
         ("--reward-epochs", c.reward_epochs, 1),
         ("--reward-batch-size", c.reward_batch_size, 1),
@@ -492,6 +497,7 @@ class IterateRun:
                         "aspects": c.aspects,
                         "per_category": c.per_category,
                         "reward_heldout_per_category": c.reward_heldout_per_category,
+                        "seeds_per_prompt": c.seeds_per_prompt,
                         "seed": c.seed,
                         "resolution": c.gallery_resolution,
                         "steps": c.gallery_steps,
@@ -511,7 +517,13 @@ class IterateRun:
                 return {"mode": "people"}
             return {"mode": "auto", "judge": JUDGE, "tie_break": c.tie_break}
         if stage == "pairs":
-            return _plain({"aspects": c.aspects, "split": "by prompt (world suites' held-out rule)"})
+            return _plain(
+                {
+                    "aspects": c.aspects,
+                    "split": "by prompt (world suites' held-out rule)",
+                    "decided_only": c.pairs_decided_only and c.rank == "auto",
+                }
+            )
         if stage == "rewards":
             return _plain(
                 {
@@ -863,7 +875,8 @@ class IterateRun:
             f = self.pairs_file(k, aspect)
             f.parent.mkdir(parents=True, exist_ok=True)
             try:
-                counts = make_pairs([self.gallery_dir(k, aspect)], f, paths="relative")[aspect]
+                decided = self.config.pairs_decided_only and self.config.rank == "auto"
+                counts = make_pairs([self.gallery_dir(k, aspect)], f, "relative", decided)[aspect]
             except GalleryError as e:
                 raise IterateError(str(e)) from None
             if counts["train"] == 0:

@@ -16,6 +16,14 @@ def pairs_command(
     paths: Annotated[
         str, typer.Option("--paths", help="Image paths: absolute, or relative to the --out file's folder.")
     ] = "absolute",
+    decided_only: Annotated[
+        bool,
+        typer.Option(
+            "--decided-only/--with-tie-breaks",
+            help="Galleries ranked by the world evaluator: keep only the pairs whose evaluator verdicts "
+            "differ (drop those only the world-clip tie-break ordered).",
+        ),
+    ] = False,
 ) -> None:
     """Every ranked (better, worse) pair of every record -> one JSONL line; ties are skipped; the
     split (train / heldout) goes by prompt, never by pair."""
@@ -23,7 +31,7 @@ def pairs_command(
     from .make import make_pairs
 
     try:
-        per_aspect = make_pairs(galleries, out, paths)
+        per_aspect = make_pairs(galleries, out, paths, decided_only)
     except GalleryError as e:
         fail(str(e))
     total = 0
@@ -31,6 +39,8 @@ def pairs_command(
         total += c["pairs"]
         print(
             f"{aspect}: {c['pairs']} pairs (train {c['train']}, heldout {c['heldout']}) from {c['records']} "
-            f"ranked records; {c['tied_skipped']} tied pairs skipped; {c['unranked']} unranked records"
+            f"ranked records; {c['tied_skipped']} tied pairs skipped; "
+            + (f"{c['tie_break_skipped']} tie-break pairs skipped; " if decided_only else "")
+            + f"{c['unranked']} unranked records"
         )
     print(f"wrote {total} pairs to {out}")

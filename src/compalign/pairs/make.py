@@ -4,7 +4,12 @@ Every ranked record gives one pair per two models at different places (models ti
 ``rank_ties`` give none). A line::
 
     {"aspect", "index", "prompt", "better": path, "worse": path,
-     "better_model", "worse_model", "split"}
+     "better_model", "worse_model", "split"[, "decided_by"]}
+
+``decided_by`` is set for galleries ranked by the exact world evaluator (``rank auto``, source
+``auto:world``): ``evaluator`` when the two images' verdicts (passes every clause, fraction of
+clauses) differ, ``tie_break`` when only the tie-break (world-clip) ordered them. With
+``decided_only`` the tie-break pairs are left out (counted in ``tie_break_skipped``).
 
 ``split`` is decided per prompt, never per pair, so a prompt's pairs are all on one side:
 ``heldout`` when the prompt is a world prompt whose scene is held out in the world suites
@@ -38,13 +43,28 @@ def prompt_split(prompt: str) -> str:
     return "heldout" if is_heldout(scene) else "train"
 
 
+EVALUATOR_KEYS = 2  # auto:world sort keys that are the evaluator's verdict (passed, clause fraction)
+
+
+def _verdicts(g: Gallery, index: int) -> dict[str, tuple] | None:
+    """model -> the exact evaluator's verdict keys, for a record ranked by ``rank auto --judge world``."""
+    info = g.ranks.get("records", {}).get(str(index), {})
+    scores = info.get("scores")
+    if info.get("source") != "auto:world" or not isinstance(scores, dict):
+        return None
+    return {m: tuple(v[:EVALUATOR_KEYS]) for m, v in scores.items()}
+
+
 def gallery_pairs(
-    g: Gallery, paths: str = "absolute", out_dir: Path | None = None
+    g: Gallery, paths: str = "absolute", out_dir: Path | None = None, decided_only: bool = False
 ) -> tuple[list[dict], dict]:
-    """Pairs of one gallery and its counts (records ranked / unranked, pairs, tied pairs skipped)."""
+    """Pairs of one gallery and its counts (records ranked / unranked, pairs, tied pairs skipped,
+    tie-break pairs skipped)."""
     if g.aspect is None:
         raise GalleryError(f"{g.meta_file}: field aspect is not set; pairs need the gallery's aspect")
-    rows, counts = [], {"records": 0, "unranked": 0, "pairs": 0, "tied_skipped": 0, "train": 0, "heldout": 0}
+    rows = []
+    counts = {"records": 0, "unranked": 0, "pairs": 0, "tied_skipped": 0, "tie_break_skipped": 0,
+              "train": 0, "heldout": 0}  # fmt: skip
 
     def where(p: str) -> str:
         f = (g.root / p).resolve()
@@ -64,26 +84,34 @@ def gallery_pairs(
         n = len(r.models)
         pairs = ranked_pairs(tiers)
         counts["tied_skipped"] += n * (n - 1) // 2 - len(pairs)
+        verdicts = _verdicts(g, r.index)
         for better, worse in pairs:
-            rows.append(
-                {
-                    "aspect": g.aspect,
-                    "index": r.index,
-                    "prompt": r.prompt,
-                    "better": where(r.images[better]),
-                    "worse": where(r.images[worse]),
-                    "better_model": better,
-                    "worse_model": worse,
-                    "split": split,
-                }
-            )
+            row = {
+                "aspect": g.aspect,
+                "index": r.index,
+                "prompt": r.prompt,
+                "better": where(r.images[better]),
+                "worse": where(r.images[worse]),
+                "better_model": better,
+                "worse_model": worse,
+                "split": split,
+            }
+            if verdicts is not None and better in verdicts and worse in verdicts:
+                row["decided_by"] = "evaluator" if verdicts[better] != verdicts[worse] else "tie_break"
+                if decided_only and row["decided_by"] == "tie_break":
+                    counts["tie_break_skipped"] += 1
+                    continue
+            rows.append(row)
             counts[split] += 1
-        counts["pairs"] += len(pairs)
+            counts["pairs"] += 1
     return rows, counts
 
 
-def make_pairs(galleries: Sequence[str | Path], out: str | Path, paths: str = "absolute") -> dict[str, dict]:
-    """Write the pairs of every gallery to `out` (JSONL, atomically); returns counts per aspect."""
+def make_pairs(
+    galleries: Sequence[str | Path], out: str | Path, paths: str = "absolute", decided_only: bool = False
+) -> dict[str, dict]:
+    """Write the pairs of every gallery to `out` (JSONL, atomically); returns counts per aspect.
+    `decided_only`: leave out the pairs only a tie-break ordered (see ``decided_by``)."""
     from ..io import atomic_write_text
 
     if paths not in ("absolute", "relative"):
@@ -97,7 +125,7 @@ def make_pairs(galleries: Sequence[str | Path], out: str | Path, paths: str = "a
     rows: list[dict] = []
     per_aspect: dict[str, dict] = {}
     for g in loaded:
-        got, counts = gallery_pairs(g, paths, out.parent)
+        got, counts = gallery_pairs(g, paths, out.parent, decided_only)
         rows += got
         agg = per_aspect.setdefault(g.aspect, {k: 0 for k in counts} | {"galleries": 0})
         for k, v in counts.items():

@@ -333,7 +333,8 @@ def init_record(source: str | None) -> dict | None:
     if rec is not None and rec.is_file():
         r = json.loads(rec.read_text())
         return {"source": source, "steps": r.get("steps"), "hardware": r.get("hardware"),
-                "sessions": r.get("sessions"), "wall_time_s": r.get("wall_time_s")}  # fmt: skip
+                "sessions": r.get("sessions"), "wall_time_s": r.get("wall_time_s"),
+                "init_from": r.get("init_from")}  # fmt: skip
     return {"source": source}
 
 

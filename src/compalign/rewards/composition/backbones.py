@@ -65,13 +65,13 @@ class FusionHead(torch.nn.Module):
     instead of starting from noise.
     """
 
-    def __init__(self, embed_dim: int, hidden: int = 256, init_scale: float = 10.0):
+    def __init__(self, embed_dim: int, hidden: int = 256, init_scale: float = 10.0, extra: int = 0):
         super().__init__()
-        self.embed_dim, self.hidden = int(embed_dim), int(hidden)
-        d = self.embed_dim
-        self.linear = torch.nn.Linear(3 * d, 1)
+        self.embed_dim, self.hidden, self.extra = int(embed_dim), int(hidden), int(extra)
+        d, n = self.embed_dim, 3 * int(embed_dim) + int(extra)  # `extra` features follow the fused ones
+        self.linear = torch.nn.Linear(n, 1)
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(3 * d, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, 1)
+            torch.nn.Linear(n, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, 1)
         )
         with torch.no_grad():
             self.linear.weight.zero_()
@@ -84,7 +84,8 @@ class FusionHead(torch.nn.Module):
         return self.linear(features) + self.mlp(features)
 
     def config(self) -> dict:
-        return {"type": "fusion", "embed_dim": self.embed_dim, "hidden": self.hidden}
+        c = {"type": "fusion", "embed_dim": self.embed_dim, "hidden": self.hidden}
+        return c | ({"extra": self.extra} if self.extra else {})
 
 
 def fuse(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,7 @@ def build_head(config: dict) -> torch.nn.Module:
 
     kind = config.get("type")
     if kind == "fusion":
-        return FusionHead(config["embed_dim"], config["hidden"])
+        return FusionHead(config["embed_dim"], config["hidden"], extra=config.get("extra", 0))
     if kind == "imagereward_mlp":
         return MLPHead(config["input_size"])
     raise ValueError(f"unknown head type {kind!r} (expected fusion or imagereward_mlp)")
@@ -233,15 +234,18 @@ class WorldCLIPBackbone(_DualEncoder):
 
         return IMAGE_SIZE
 
-    def features(self, images, prompts):
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
         # `WorldCLIPModel.preprocess`, in float32 whatever the weights' dtype (torch has no bf16
         # antialiased resize on the CPU)
         m, size = self.model, self.input_size
         x = images.to(m.pixel_mean.device, torch.float32)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = (x - m.pixel_mean.float()) / m.pixel_std.float()
-        return fuse(m.encode_pixels(x.to(self.dtype)), m.encode_text(list(prompts)))
+        return ((x - m.pixel_mean.float()) / m.pixel_std.float()).to(self.dtype)
+
+    def features(self, images, prompts):
+        m = self.model
+        return fuse(m.encode_pixels(self.pixels(images)), m.encode_text(list(prompts)))
 
     def config(self) -> dict:
         m = self.model
@@ -272,6 +276,93 @@ class WorldCLIPBackbone(_DualEncoder):
             clip = CLIPModel(CLIPConfig.from_dict(config["clip_config"]))
         model = WorldCLIPModel(clip, tokenizer, config["mean"], config["std"], config.get("arch"))
         return cls(model, source=source)
+
+
+class WorldBlipBackbone(WorldCLIPBackbone):
+    """ImageReward's design on the world: the world CLIP's towers plus an image-grounded text
+    encoder, as in BLIP. The prompt's token states (world-CLIP text tower) pass through
+    `fusion_layers` transformer decoder layers (self-attention, cross-attention to the image's
+    patch tokens from the world-CLIP vision tower, MLP; `torch.nn.TransformerDecoder`), and the
+    ``<eos>`` output is the grounded feature. A dual encoder pools each side alone, so it sees "a
+    red cube left of a blue ball" and its reverse almost alike; cross-attention lets the text read
+    where each object is.
+
+    Features: ``[fuse(i, t), grounded]`` (`fuse`: the world-CLIP dual-encoder block), scored by a
+    `FusionHead` whose untrained start is the world-CLIP score; the grounded block is learned.
+
+    Specs: ``world-blip`` (the shipped world CLIP, new fusion layers), ``world-blip:FOLDER`` where
+    FOLDER is a world-CLIP model folder, or a saved ``world-blip`` composition reward model (its
+    backbone and head: a pretraining stage to start from).
+    """
+
+    kind = "world-blip"
+
+    def __init__(self, model, fusion: dict | None = None, source: str = "<module>"):
+        super().__init__(model, source=source)
+        cfg = model.clip.config
+        width = int(cfg.text_config.hidden_size)
+        f = {"layers": 2, "heads": 4, "ff_mult": 2} | dict(fusion or {})
+        self.fusion_config = f
+        self.memory_proj = torch.nn.Linear(int(cfg.vision_config.hidden_size), width)
+        layer = torch.nn.TransformerDecoderLayer(
+            width, int(f["heads"]), int(f["ff_mult"]) * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.fusion = torch.nn.TransformerDecoder(layer, int(f["layers"]), norm=torch.nn.LayerNorm(width))
+        self._pretrained_head: list = [None]  # set when loaded from a saved reward model
+
+    @property
+    def head_is_pretrained(self) -> bool:
+        return self._pretrained_head[0] is not None
+
+    @classmethod
+    def from_spec(cls, source: str | None = None) -> WorldBlipBackbone:
+        from .model import CONFIG_FILE, CompositionRewardModel, resolve_model_dir
+
+        try:
+            saved_dir = resolve_model_dir(source) if source else None
+        except (FileNotFoundError, LookupError, ValueError):  # a world-CLIP folder or name
+            saved_dir = None
+        if saved_dir is not None and (saved_dir / CONFIG_FILE).is_file():
+            saved = CompositionRewardModel(saved_dir, frozen=False)
+            bb = saved.backbone
+            if not isinstance(bb, WorldBlipBackbone):
+                raise ValueError(f"{source}: a {bb.kind} reward model, not a world-blip one")
+            bb.requires_grad_(True)
+            bb._pretrained_head = [saved.head.requires_grad_(True)]
+            bb.source = str(source)
+            return bb
+        base = WorldCLIPBackbone.from_spec(source)
+        return cls(base.model, source=source or "world-blip")
+
+    def make_head(self, hidden: int = 256) -> torch.nn.Module:
+        if self._pretrained_head[0] is not None:
+            import copy
+
+            return copy.deepcopy(self._pretrained_head[0])
+        scale = float(self.clip_model().logit_scale.detach().float().exp().clamp(max=100.0))
+        width = self.fusion.layers[0].linear1.in_features
+        return FusionHead(self.embed_dim, hidden, init_scale=scale, extra=width)
+
+    def features(self, images, prompts):
+        from ..world_clip.model import eos_positions
+
+        m, clip = self.model, self.model.clip
+        vis = clip.vision_model(pixel_values=self.pixels(images))
+        patches = self.memory_proj(vis.last_hidden_state)  # [B, 1 + patches, W]
+        ids, mask = m.token_ids(list(prompts), device=patches.device)
+        tokens = clip.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, W]
+        rows, eos = torch.arange(ids.shape[0], device=ids.device), eos_positions(ids, m.eos_id)
+        dual = fuse(clip.visual_projection(vis.pooler_output), clip.text_projection(tokens[rows, eos]))
+        grounded = self.fusion(tokens, patches, tgt_key_padding_mask=mask == 0)  # [B, T, W]
+        return torch.cat([dual, grounded[rows, eos].float()], dim=-1)
+
+    def config(self) -> dict:
+        return super().config() | {"fusion": dict(self.fusion_config)}
+
+    @classmethod
+    def from_config(cls, config: dict, folder: Path, source: str) -> WorldBlipBackbone:
+        base = WorldCLIPBackbone.from_config(config, folder, source)
+        return cls(base.model, fusion=config.get("fusion"), source=source)
 
 
 class CLIPBackbone(_DualEncoder):
@@ -452,6 +543,7 @@ class BlipBackbone(Backbone):
 # ------------------------------------------------------------------------------------------- registry
 _BACKBONES: dict[str, type[Backbone]] = {
     "world-clip": WorldCLIPBackbone,
+    "world-blip": WorldBlipBackbone,
     "clip": CLIPBackbone,
     "blip": BlipBackbone,
 }

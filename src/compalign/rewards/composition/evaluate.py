@@ -87,14 +87,30 @@ def evaluate_reward_on_pairs(
 
         from compalign.world.evaluator import evaluate
 
-        exact = []
+        exact, keys = [], {}
         for img_idx, prompt in items:
             with Image.open(ps.paths[img_idx]) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            exact.append(evaluate(arr, prompt).score)
+            v = evaluate(arr, prompt)
+            exact.append(v.score)
+            keys[(img_idx, prompt)] = (v.passed, v.score)
         report["evaluator_mean_score"] = float(np.mean(exact))
         report["spearman_vs_evaluator"] = spearman(scores.numpy(), exact)
         report["spearman_images"] = len(items)
+        # The pairs whose exact-evaluator verdicts differ (passes every clause, then the fraction of
+        # clauses), oriented by the evaluator: the accuracy the issue asks for. Pairs only ordered
+        # by a tie-break (same verdict on both images) are left out here.
+        right, n = [], 0
+        triples = zip(ps.better.tolist(), ps.worse.tolist(), ps.prompts, strict=True)
+        for k, (bi, wi, prompt) in enumerate(triples):
+            kb, kw = keys[(bi, prompt)], keys[(wi, prompt)]
+            if kb == kw:
+                continue
+            n += 1
+            hi, lo = (sb[k], sw[k]) if kb > kw else (sw[k], sb[k])
+            right.append(1.0 if hi > lo else 0.5 if hi == lo else 0.0)
+        report["evaluator_decided_pairs"] = n
+        report["evaluator_decided_accuracy"] = float(np.mean(right)) if right else float("nan")
     return report
 
 
@@ -110,6 +126,10 @@ def format_report(report: dict) -> str:
         lines.append(
             f"spearman  {report['spearman_vs_evaluator']:.4f}   (scores vs exact evaluator clause score, "
             f"{report['spearman_images']} images; evaluator mean {report['evaluator_mean_score']:.3f})"
+        )
+        lines.append(
+            f"decided   {report['evaluator_decided_accuracy']:.4f}   (accuracy on the "
+            f"{report['evaluator_decided_pairs']} pairs whose exact-evaluator verdicts differ)"
         )
     else:
         lines.append("spearman  -        (prompts outside the world grammar: no exact evaluator)")
