@@ -9,6 +9,8 @@
 # seeds per category, the first 20 of each suite: disjoint from both pair sets).
 #
 #   bash scripts/measure_reward_models.sh [OUT=runs/reward-models] [ASPECTS...]
+# With EXPORT=1 the head-only models are written into the package as itercomp-attribute / -spatial /
+# -nonspatial (how the shipped ones were made).
 # ~2 h on one core of the 2-core CPU (galleries ~1 h, ranking ~25 min, training ~25 min, ReNO ~20 min).
 set -euo pipefail
 OUT=${1:-runs/reward-models}
@@ -42,11 +44,18 @@ for a in $ASPECTS; do
     compalign rank auto "$OUT/${kind}_$a" --no-progress
     compalign pairs "$OUT/${kind}_$a" -o "$OUT/${kind}p_$a.jsonl" --decided-only
   done
+  # fine-tuned (top half of the world CLIP trains) and head-only (the world CLIP frozen; shipped)
   compalign reward train --pairs "$OUT/gp_$a.jsonl" --aspect "$a" --backbone world-clip --epochs 3 \
     --lr 1e-4 --freeze-ratio 0.5 -o "$OUT/r_$a" --device cpu --no-progress --seed 0
-  compalign reward eval "$OUT/r_$a/final" --pairs "$OUT/tp_$a.jsonl" --split all -o "$OUT/test_$a.json"
+  short=$(python -c "from compalign.rewards.composition.model import ASPECT_SHORT; print(ASPECT_SHORT['$a'])")
+  compalign reward train --pairs "$OUT/gp_$a.jsonl" --aspect "$a" --backbone world-clip --epochs 2 \
+    --lr 1e-4 --freeze-ratio 1.0 -o "$OUT/rh_$a" --device cpu --no-progress --seed 0 \
+    ${EXPORT:+--export itercomp-$short}
+  for r in r rh; do
+    compalign reward eval "$OUT/${r}_$a/final" --pairs "$OUT/tp_$a.jsonl" -o "$OUT/test_${r}_$a.json"
+  done
   cats=$(python -c "from compalign.world.suites import list_categories as l; print(' '.join(l('$a')))")
-  comp="composition:$OUT/r_$a/final=1"
+  comp="composition:$OUT/rh_$a/final=1"
   for rw in "world-clip=1" "$comp" "$comp world-clip=1"; do
     tag=$(echo "$rw" | sed 's#composition:[^=]*#aspect#; s/ /+/g')
     python scripts/measure_reno.py $(printf -- '--reward %s ' $rw) --categories $cats --per-category 20 \
