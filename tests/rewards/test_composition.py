@@ -606,3 +606,21 @@ def test_world_blip_backbone(tmp_path):
     again = CompositionRewardModel(bb, aspect=ASPECT)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x, PROMPTS), ref)
+
+
+@pytest.mark.parametrize("name", ["itercomp-attribute", "itercomp-spatial", "itercomp-nonspatial"])
+def test_shipped_models_follow_the_reward_contract(name):
+    """The shipped reward models load by name offline and score like any reward: one float per
+    image, differentiable in the image, deterministic."""
+    model = create_reward(f"composition:{name}", device="cpu")
+    assert model.aspect == SHIPPED[name]
+    img = torch.rand(3, 3, 32, 32, requires_grad=True)
+    prompts = [*PROMPTS, "a small red square inside a large blue circle"]
+    s = model(img, prompts)
+    assert s.shape == (3,) and s.dtype == torch.float32 and torch.isfinite(s).all()
+    s.sum().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(model(img.detach(), prompts), s.detach())
+        # the prompt matters: another prompt scores the same images differently
+        assert not torch.allclose(model(img.detach(), prompts[::-1]), s.detach())
