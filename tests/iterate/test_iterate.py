@@ -202,6 +202,7 @@ def test_people_mode_waits_then_continues(env, cli, tmp_path):
         (["--reward-weights", "attribute=1"], "'attribute' is not one of the aspects"),
         (["--eval-per-category", "99", "--reward-heldout-per-category", "5"], "must not overlap"),
         (["--feedback-steps", "0"], "--feedback-steps must be >= 1"),
+        (["--seeds-per-prompt", "0"], "--seeds-per-prompt must be >= 1"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(env, cli, tmp_path, extra, message):
@@ -229,3 +230,19 @@ def test_bad_workdir_and_reno_model(env, cli, tmp_path):
     assert r.exit_code == 0 and "total" in r.stdout
     r = cli("iterate", "--iterations", "2")
     assert r.exit_code == 2 and "give --workdir DIR" in r.stderr
+
+
+def test_seeds_per_prompt_repeats_prompts_and_keeps_train_first():
+    from compalign.iterate.config import IterateConfig
+    from compalign.iterate.loop import gallery_prompts
+    from compalign.pairs.make import prompt_split
+
+    one = IterateConfig(per_category=3, reward_heldout_per_category=2)
+    two = IterateConfig(per_category=3, reward_heldout_per_category=2, seeds_per_prompt=2)
+    p1, c1, n1 = gallery_prompts(one, "spatial_relationship")
+    p2, c2, n2 = gallery_prompts(two, "spatial_relationship")
+    assert n2 == 2 * n1 and len(p2) == 2 * len(p1) and len(c2) == len(p2)
+    assert p2 == [p for p in p1[:n1] for _ in range(2)] + [p for p in p1[n1:] for _ in range(2)]
+    assert c2 == [c for c in c1[:n1] for _ in range(2)] + [c for c in c1[n1:] for _ in range(2)]
+    assert {prompt_split(p) for p in p2[:n2]} == {"train"}
+    assert {prompt_split(p) for p in p2[n2:]} == {"heldout"}

@@ -87,6 +87,11 @@ class IterateConfig:
     verdicts differ, leaving out pairs ordered by the tie-break alone (IterComp's pairs come from
     rankings that express a preference)."""
 
+    @property
+    def decided_pairs(self) -> bool:
+        """Whether the pairs stage keeps evaluator-decided pairs only (auto ranking only)."""
+        return self.pairs_decided_only and self.rank == "auto"
+
     # ----------------------------------------------------------------------------- reward models
     reward_backbone: str = "world-clip"
     """Backbone of the composition reward models (``world-clip``, ``world-clip:FOLDER``,

@@ -521,7 +521,7 @@ class IterateRun:
                 {
                     "aspects": c.aspects,
                     "split": "by prompt (world suites' held-out rule)",
-                    "decided_only": c.pairs_decided_only and c.rank == "auto",
+                    "decided_only": c.decided_pairs,
                 }
             )
         if stage == "rewards":
@@ -875,7 +875,7 @@ class IterateRun:
             f = self.pairs_file(k, aspect)
             f.parent.mkdir(parents=True, exist_ok=True)
             try:
-                decided = self.config.pairs_decided_only and self.config.rank == "auto"
+                decided = self.config.decided_pairs
                 counts = make_pairs([self.gallery_dir(k, aspect)], f, "relative", decided)[aspect]
             except GalleryError as e:
                 raise IterateError(str(e)) from None
