@@ -10,11 +10,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from . import __version__
+from ._cli import fail
+from ._cli import note as _note
 
 app = typer.Typer(
     name="compalign",
@@ -39,19 +41,7 @@ world_app = typer.Typer(
 )
 app.add_typer(world_app, name="world")
 
-BAD_INPUT = 2
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same output.")]
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
-
-
-def _note(message: str) -> None:
-    """A status line on stderr (kept out of stdout, which carries tables and listings)."""
-    print(message, file=sys.stderr)
 
 
 def _console():

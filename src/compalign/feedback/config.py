@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .._config import DictConfig
 
 REG_TYPES = ("auto", "denoising", "distance", "none")
 SAMPLERS = ("ddim", "euler", "dpmsolver")
@@ -36,7 +38,7 @@ ResNet 3x3 convolutions."""
 
 
 @dataclass
-class FeedbackConfig:
+class FeedbackConfig(DictConfig):
     """Everything that defines a feedback-learning run."""
 
     name: str = "world-feedback"
@@ -295,18 +297,6 @@ class FeedbackConfig:
         }
 
     # ----------------------------------------------------------------------------- (de)serialise
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FeedbackConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.

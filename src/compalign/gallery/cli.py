@@ -9,21 +9,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from typer.core import TyperCommand
 
-BAD_INPUT = 2
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise typer.Exit(BAD_INPUT)
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr)
+from .._cli import fail, note
 
 
 class GreedyListCommand(TyperCommand):

@@ -7,9 +7,10 @@ on a 2-core CPU (see `ESTIMATE`); every size is an option.
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from .._config import DictConfig
 
 STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno", "report")
 """The stages of one iteration, in order."""
@@ -36,7 +37,7 @@ def base_name(k: int) -> str:
 
 
 @dataclass
-class IterateConfig:
+class IterateConfig(DictConfig):
     """Everything that defines an ``iterate`` run (the work folder's ``state.json`` records, per
     stage, the settings it ran with)."""
 
@@ -190,17 +191,6 @@ class IterateConfig:
 
     def reno_prompts_per_category(self) -> int:
         return self.reno_per_category or self.eval_per_category
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IterateConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def parse_stage_ref(text: str, what: str) -> tuple[int | None, str]:

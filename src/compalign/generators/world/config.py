@@ -9,13 +9,14 @@ where ``config`` holds `WorldTrainConfig` fields, ``arch`` a dict of `WorldArch`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from compalign.world.suites import CATEGORIES
 
+from ..._config import DictConfig
 from .models import WorldArch
 
 MODES = ("diffusion", "distill")
@@ -23,7 +24,7 @@ LOSSES = ("mse", "l1", "huber")
 
 
 @dataclass
-class WorldTrainConfig:
+class WorldTrainConfig(DictConfig):
     """Everything that defines a world-model training run (data, architecture, optimisation)."""
 
     name: str = "world-custom"
@@ -155,20 +156,6 @@ class WorldTrainConfig:
     @property
     def pool_root(self) -> Path:
         return Path(self.pool_dir) if self.pool_dir else self.run_dir.parent / "_scene_pool"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["arch"] = self.arch.to_dict()
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.

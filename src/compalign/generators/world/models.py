@@ -9,8 +9,9 @@ The text encoder is a small `CLIPTextModel` (causal, like Stable Diffusion's) or
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
+from ..._config import DictConfig
 from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
 
 IMAGE_SIZE = 32
@@ -20,8 +21,10 @@ SAMPLERS = ("ddim", "dpmsolver", "euler")
 
 
 @dataclass
-class WorldArch:
+class WorldArch(DictConfig):
     """Architecture and sampler of one world model (everything `build_components` needs)."""
+
+    _fields_name = "architecture fields"
 
     patch_size: int = 2
     """Pixel-unshuffle factor: the UNet sees `[3*p*p, 32/p, 32/p]` (1 = plain 32x32 pixels)."""
@@ -80,20 +83,6 @@ class WorldArch:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldArch:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def build_unet(arch: WorldArch):

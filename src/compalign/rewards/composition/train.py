@@ -40,7 +40,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..._config import DictConfig
 from ..world_clip.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints, versions
 from .data import PairSet, PairsFileError, read_pairs
 from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
@@ -63,7 +64,7 @@ HEAD_LR_FRESH = 1e-3
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(DictConfig):
     """Everything that defines a reward-model training run (defaults: IterComp's settings where
     they apply: fix_rate 0.7, lr 1e-5 with a cosine schedule, 5 epochs, batch 64)."""
 
@@ -191,19 +192,6 @@ class RewardTrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RewardTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from compalign.generators.world.tokenizer import BOS, EOS, MAX_LENGTH, PAD, build_tokenizer, build_vocab
+
+from ..._config import DictConfig
 
 WORLD_CLIP_FILE = "world_clip.json"
 FORMAT_VERSION = 1
@@ -38,9 +40,11 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass
-class WorldCLIPArch:
+class WorldCLIPArch(DictConfig):
     """Architecture of a world CLIP (the defaults are the shipped ``world-clip``: ~1.3 M parameters,
     ~2.6 MB as fp16)."""
+
+    _fields_name = "world-clip arch fields"
 
     vision_hidden: int = 128
     """Width of the vision transformer."""
@@ -64,17 +68,6 @@ class WorldCLIPArch:
     """Dimension of the shared image-text embedding."""
     logit_scale_init: float = 2.6592
     """Initial log of the (learned) contrastive temperature's inverse (CLIP: log(1 / 0.07))."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldCLIPArch:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown world-clip arch fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def clip_config(arch: WorldCLIPArch):

@@ -33,7 +33,7 @@ import queue
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..._config import DictConfig
 from ...generators.world.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints
 from .model import WorldCLIPArch, WorldCLIPModel, count_parameters
 from .negatives import HardNegatives
@@ -53,7 +54,7 @@ SHIPPED_NAME = "world-clip"
 
 
 @dataclass
-class WorldCLIPTrainConfig:
+class WorldCLIPTrainConfig(DictConfig):
     """Everything that defines a world-CLIP training run; the defaults are the shipped preset."""
 
     output_dir: str = "runs/world-clip"
@@ -173,20 +174,6 @@ class WorldCLIPTrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["arch"] = self.arch.to_dict()
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldCLIPTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.
