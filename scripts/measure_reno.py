@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--categories", nargs="*", default=["single_object", *TARGET])
     ap.add_argument("--per-category", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--split", default="heldout", help="heldout (report) or train (tune settings).")
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--lr", type=float, default=5.0)
     ap.add_argument("--grad-clip", type=float, default=0.1)
@@ -60,8 +61,8 @@ def main() -> None:
 
         t0 = time.perf_counter()
         r = evaluate_generator(
-            gen, args.categories, args.per_category, seeds, batch_size=args.batch_size,
-            workers=args.workers, progress=True, generate=run,
+            gen, args.categories, args.per_category, seeds, split=args.split,
+            batch_size=args.batch_size, workers=args.workers, progress=True, generate=run,
         )  # fmt: skip
         r["model"] = f"{args.model} ({search})"
         r["seconds"] = round(time.perf_counter() - t0, 1)
