@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..gallery.cli import fail
+from .._cli import fail
 
 
 def pairs_command(

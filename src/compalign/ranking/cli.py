@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..gallery.cli import fail, note, progress_default
+from .._cli import fail, note
+from ..gallery.cli import progress_default
 
 app = typer.Typer(
     help=(
