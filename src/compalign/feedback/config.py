@@ -296,8 +296,6 @@ class FeedbackConfig(DictConfig):
             "reg_type": reg,
         }
 
-    # ----------------------------------------------------------------------------- (de)serialise
-
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.
 RUNTIME_FIELDS = frozenset(
