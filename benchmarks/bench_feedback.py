@@ -3,7 +3,8 @@ model (random weights of the ``world-base`` preset: same compute as the trained 
 the world-clip reward, with 1 and with 2 processes under ``accelerate launch``.
 
 Every run goes through ``accelerate launch`` (so all figures pay the same launcher); the training
-itself is forced onto the CPU (``device="cpu"``). Several processes are started with
+itself is forced onto the CPU (``device="cpu"``), or with ``--device cuda`` runs on the GPU(s), one
+process per GPU. Several processes are started with
 ``accelerate launch --multi_gpu --num_processes N``: in accelerate 1.15 ``--cpu --num_processes N``
 starts one process only (its CPU multi-process launch needs mpirun), while ``--multi_gpu`` starts
 N processes with torchrun, which then train on the CPU with gloo (accelerate's MULTI_CPU). Runs are
@@ -16,6 +17,7 @@ per category) is built before the runs and not timed.
 
     python benchmarks/bench_feedback.py                     # 1x1, 1x2 and 2x1, 6 steps each
     python benchmarks/bench_feedback.py --runs 1x4 2x2 4x1 --steps 12 --reg distance --json out.json
+    python benchmarks/bench_feedback.py --device cuda --runs 1x1 --batch-size 64   # one process per GPU
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def worker(args) -> None:
         batch_size=args.batch_size,
         checkpoint_every=10_000,
         num_threads=args.threads,
-        device="cpu",
+        device=args.device,
         progress=False,
     )
     final = train_feedback(config, resume=False)
@@ -73,13 +75,15 @@ def launch(run: str, args, base: Path, pool: Path, work: Path) -> dict:
     nproc, threads = (int(x) for x in run.lower().split("x"))
     result = work / f"result_{run}.json"
     accelerate = Path(sys.executable).with_name("accelerate")
-    multi = ["--multi_gpu", "--main_process_port", str(29500 + nproc)] if nproc > 1 else ["--cpu"]
+    multi = ["--multi_gpu", "--main_process_port", str(29500 + nproc)] if nproc > 1 else []
+    if args.device == "cpu" and nproc == 1:
+        multi = ["--cpu"]
     cmd = [
         str(accelerate), "launch", "--num_processes", str(nproc), "--num_machines", "1", *multi,
         "--num_cpu_threads_per_process", str(threads), "--mixed_precision", "no", "--dynamo_backend", "no",
         __file__, "--worker", "--base", str(base), "--run-dir", str(work / f"run_{run}"),
         "--pool-dir", str(pool), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-        "--threads", str(threads), "--reg", args.reg, "--result", str(result),
+        "--threads", str(threads), "--reg", args.reg, "--result", str(result), "--device", args.device,
     ]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--reg", default="denoising", choices=["denoising", "distance", "none"])
     ap.add_argument("--runs", nargs="+", default=["1x1", "1x2", "2x1"], help="PROCESSESxTHREADS per run")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one process per GPU")
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--base", "--run-dir", "--pool-dir", "--result"):
@@ -106,6 +111,12 @@ def main() -> None:
         return
 
     import torch
+
+    if args.device == "cuda":
+        gpus = torch.cuda.device_count()
+        too_many = [r for r in args.runs if int(r.lower().split("x")[0]) > gpus]
+        if too_many:
+            raise SystemExit(f"--device cuda: runs {too_many} need more processes than the {gpus} GPU(s)")
 
     from compalign.feedback.config import FeedbackConfig
     from compalign.generators.world.data import ScenePool
@@ -139,7 +150,8 @@ def main() -> None:
     )
     stops = results[0]["stop_indices"]
     print(f"\nfeedback training, world-base-sized random weights (UNet {n_unet / 1e6:.2f} M), world-clip")
-    print(f"reward, regulariser {args.reg}, stop indices {stops} of 25; {cpu}, {os.cpu_count()} cores")
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{cpu}, {os.cpu_count()} cores"
+    print(f"reward, regulariser {args.reg}, stop indices {stops} of 25; {where}")
     print(f"{'processes':>9} {'threads/proc':>12} {'samples/step':>12} {'steps/s':>8} {'samples/s':>9}")
     for r in results:
         print(
@@ -147,7 +159,8 @@ def main() -> None:
             f"{r['steps_per_s']:>8.3f} {r['samples_per_s']:>9.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "runs": results}, indent=2))
+        record = {"cpu": cpu, "cores": os.cpu_count(), "device": where, "runs": results}
+        args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from compalign.generators import create_generator
@@ -166,6 +167,21 @@ def test_distill_one_step_and_export(tmp_path, make_config, tiny_saved):
     a = gen.generate(["a red circle"], seeds=[1])
     b = create_generator(dest).generate(["a red circle"], seeds=[1])
     assert np.abs((a - b).numpy()).max() < 0.02
+
+
+def test_distill_pairs_take_prompts_from_the_scene_pool(tmp_path, make_config, tiny_saved):
+    kw = dict(mode="distill", teacher=str(tiny_saved), num_pairs=5, pair_shard_size=4)
+    kw.update(max_steps=1, batch_size=2, teacher_steps=2, pair_prompts="pool")
+    config = make_config(tmp_path, **kw)
+    out = train_world_model(config, resume=False)
+    shards = sorted((config.run_dir / "pairs").glob("shard_*.pt"))
+    prompts = [p for s in shards for p in torch.load(s, weights_only=False)["prompts"]]
+    pool = ScenePool(config.pool_root, config.categories, config.pool_per_category, config.pool_shard_size)
+    assert len(prompts) == 5 and set(prompts) <= {p for c in pool.load().values() for p in c[1]}
+    assert prompts[:4] == pool.batch(config.seed, 0, 4, with_images=False)["prompts"]
+    assert json.loads((out / "training.json").read_text())["data"]["source"] == "pool"
+    with pytest.raises(ValueError, match="pair_prompts"):
+        make_config(tmp_path, **{**kw, "pair_prompts": "grammar"})
 
 
 def test_time_limit_finishes_the_run_at_the_step_reached(tmp_path, make_config):

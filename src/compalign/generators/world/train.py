@@ -437,7 +437,8 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     sessions = [*sessions, session]
 
     pool, pool_seconds = None, 0.0
-    if config.data_source == "pool" and config.mode == "diffusion":
+    pool_needed = config.mode == "diffusion" and config.data_source == "pool"
+    if pool_needed or (config.mode == "distill" and config.pair_prompts == "pool"):
         pool = ScenePool(
             config.pool_root,
             config.categories,
@@ -448,7 +449,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         pool_seconds = pool.build(workers=max(1, config.num_workers), progress=config.progress)
     pairs, pair_seconds = None, 0.0
     if config.mode == "distill":
-        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe)
+        pairs, pair_seconds = _ensure_pairs(run, teacher, pipe, pool)
         del teacher
 
     def save(at_step: int) -> None:
@@ -653,8 +654,13 @@ def _distill_loss(config, run, pipe, pairs, step) -> torch.Tensor:
     return (torch.sqrt(diff.pow(2) + c * c) - c).mean()
 
 
-def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> tuple[dict, float]:
-    """Generate (or reuse) the cached teacher pairs; returns them and the seconds spent in total."""
+def _ensure_pairs(
+    run: _Run, teacher: WorldPipeline, student: WorldPipeline, pool: ScenePool | None = None
+) -> tuple[dict, float]:
+    """Generate (or reuse) the cached teacher pairs; returns them and the seconds spent in total.
+
+    Prompts of shard `s` come from the scene grammar (`pair_prompts="sample"`) or from `pool`
+    (`"pool"`), drawn with (seed, s) either way, so a resumed run makes the same shards."""
     config = run.config
     root = run.run_dir / PAIRS
     root.mkdir(exist_ok=True)
@@ -671,8 +677,10 @@ def _ensure_pairs(run: _Run, teacher: WorldPipeline, student: WorldPipeline) -> 
             continue
         t0 = time.perf_counter()
         size = min(config.pair_shard_size, config.num_pairs - s * config.pair_shard_size)
-        # prompts only (layouts checked, nothing rendered): no scene pool needed
-        batch = make_batch(config.seed, s, size, config.categories, with_images=False)
+        if pool is not None:  # training-scene prompts: no layout sampling
+            batch = pool.batch(config.seed, s, size, with_images=False)
+        else:  # prompts only (layouts checked, nothing rendered): no scene pool needed
+            batch = make_batch(config.seed, s, size, config.categories, with_images=False)
         seeds = [pair_seed(config.seed, s * config.pair_shard_size + i) for i in range(size)]
         noise = noise_for_seeds(seeds, shape)
         images = []
