@@ -71,8 +71,9 @@ def pack(run_dir: Path, out: Path, name: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--deadline", type=float, default=540.0, help="Seconds for everything.")
-    ap.add_argument("--teacher", default="world-base-phase5")
-    ap.add_argument("--students", nargs="*", default=["world-onestep-phase5", "world-twostep-phase5"])
+    ap.add_argument("--teacher", default="world-base")
+    ap.add_argument("--teacher-run", default="world-base-phase5", help="Run folder name of the teacher.")
+    ap.add_argument("--students", nargs="*", default=["world-onestep-phase5", "world-twostep"])
     ap.add_argument("--student-time", type=float, default=170.0, help="Seconds kept for the students.")
     ap.add_argument("--extra-time", type=float, default=0.0, help="Seconds kept for the extras.")
     ap.add_argument("--probe-time", type=float, default=20.0)
@@ -100,10 +101,10 @@ def main() -> None:
     # 1. the teacher, its steps fitted to what is left after the students (6% slack)
     left = args.deadline - (time.time() - T0) - args.student_time - args.extra_time - 25
     steps = max(10, int(r * left * 0.94))
-    teacher_dir = runs / Path(args.teacher).name
+    teacher_dir = runs / args.teacher_run
     run(train_cmd(args.teacher, teacher_dir, args, f"time_limit_s={left + 15:.0f}", max_steps=steps),
         logs / "teacher.log")  # fmt: skip
-    pack(teacher_dir, out, Path(args.teacher).name)
+    pack(teacher_dir, out, args.teacher_run)
 
     # 2. students in parallel, each fitted to its share (a two-step student costs two UNet passes)
     left = args.deadline - (time.time() - T0) - args.extra_time - 20
