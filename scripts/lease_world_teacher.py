@@ -89,6 +89,8 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     import torch
 
+    from compalign.generators.world.config import create_preset
+
     say(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
 
     # 0. probe the teacher's speed (a time-limited run of the same preset)
@@ -112,7 +114,7 @@ def main() -> None:
     train_s = max(5.0, left - 35)  # pairs + start-up
     procs = {}
     for s in args.students:
-        passes = json.loads(Path(_preset_file(s)).read_text())["config"].get("student_steps", 1)
+        passes = create_preset(s).student_steps
         n = max(5, int(share / passes * train_s * 0.9))
         sets = (f"teacher={json.dumps(str(teacher_dir))}", f"time_limit_s={train_s:.0f}")
         procs[s] = run(train_cmd(s, runs / s, args, *sets, max_steps=n), logs / f"{s}.log", wait=False)
@@ -139,12 +141,6 @@ def main() -> None:
     with tarfile.open(out / "logs.tar", "w") as tar:
         tar.add(logs, arcname="lease_logs")
     say("done")
-
-
-def _preset_file(name: str) -> str:
-    from importlib import resources
-
-    return str(resources.files("compalign.generators.world") / "presets" / f"{name}.json")
 
 
 if __name__ == "__main__":
