@@ -45,11 +45,15 @@ def train_cmd(preset: str, out: Path, args, *sets: str, max_steps: int | None = 
     return cmd
 
 
+def tail(log: Path, lines: int = 25) -> str:
+    return "".join(log.read_text().splitlines(True)[-lines:])
+
+
 def run(cmd: list[str], log: Path, wait: bool = True) -> subprocess.Popen:
     say("$ " + shlex.join(cmd[1:]))
     p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     if wait and p.wait() != 0:
-        say(f"FAILED ({p.returncode}); the end of {log}:\n" + "".join(log.read_text().splitlines(True)[-25:]))
+        say(f"FAILED ({p.returncode}); the end of {log}:\n{tail(log)}")
         raise SystemExit(1)
     return p
 
@@ -110,7 +114,9 @@ def main() -> None:
 
     # 2. students in parallel, each fitted to its share (a two-step student costs two UNet passes)
     left = args.deadline - (time.time() - T0) - args.extra_time - 20
-    share = r / max(1, len(args.students))  # UNet passes/s of each process (the GPU time-sliced)
+    # UNet passes/s of each process, assuming the GPU is time-sliced between them (conservative: on
+    # the 2026-11-27 H100 lease two students ran at full speed side by side)
+    share = r / max(1, len(args.students))
     train_s = max(5.0, left - 35)  # pairs + start-up
     procs = {}
     for s in args.students:
@@ -123,8 +129,7 @@ def main() -> None:
             say(f"{s}: done ({rate(runs / s):.2f} steps/s)")
             pack(runs / s, out, s)
         else:
-            tail = "".join((logs / f"{s}.log").read_text().splitlines(True)[-25:])
-            say(f"{s}: FAILED ({p.returncode})\n{tail}")
+            say(f"{s}: FAILED ({p.returncode})\n{tail(logs / f'{s}.log')}")
 
     # 3. extras while time is left
     for cmd in args.extra:
