@@ -42,11 +42,12 @@ def main() -> None:
     ap.add_argument("--searches", nargs="*", default=["none", "reno", "best-of-n"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=0, help="Evaluator processes.")
+    ap.add_argument("--device", default="cpu", help="Where the generator and rewards run (cpu, cuda).")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = create_generator(args.model, device="cpu")
+    gen = create_generator(args.model, device=args.device)
     rewards = build_rewards(args.reward or ["world-clip=1"], [], gen.device)
     seeds = list(range(args.seeds))
     results = []

@@ -97,6 +97,14 @@ def check_model_spec(m: ModelSpec) -> None:
     from ..generators.world.config import list_presets
 
     prefix, sep, rest = m.spec.partition(":")
+    if sep and prefix == "reno":  # a differentiable base + ReNO: check the spec and its base
+        from ..noise_optimization.generator import parse_reno_spec
+
+        try:
+            base, _, _ = parse_reno_spec(rest)
+        except ValueError as e:
+            raise GalleryError(f"model {m.name}: {e}") from e
+        return check_model_spec(ModelSpec(m.name, base))
     if sep and prefix in _adapter_prefixes():
         local = rest.startswith(("/", ".", "~")) or Path(rest).exists()
         if local and not Path(rest).expanduser().exists():

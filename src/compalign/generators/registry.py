@@ -65,7 +65,12 @@ def _pipeline_dir(path: Path) -> Path | None:
 
 
 def _load_adapters() -> None:
-    """Import the built-in adapter packages (they register their prefixes on import)."""
+    """Register the built-in adapters: the diffusers families (on import of their package) and
+    ``reno:`` (a differentiable generator plus noise optimisation, `ReNOGenerator`)."""
+    if "reno" not in _FACTORIES:
+        from compalign.noise_optimization.generator import reno_factory
+
+        _FACTORIES["reno"] = reno_factory
     try:
         import compalign.generators.diffusers  # noqa: F401
     except ImportError:  # pragma: no cover - diffusers is a core dependency
