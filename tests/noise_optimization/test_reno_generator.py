@@ -31,7 +31,8 @@ def onestep_dir(tmp_path_factory):
 
 
 def test_parse_spec():
-    base, rewards, settings = parse_reno_spec("world-onestep,composition:/a/b=0.3,world-clip=1,iterations=7,lr=2")
+    spec = "world-onestep,composition:/a/b=0.3,world-clip=1,iterations=7,lr=2"
+    base, rewards, settings = parse_reno_spec(spec)
     assert base == "world-onestep"
     assert rewards == ["composition:/a/b=0.3", "world-clip=1"]
     assert settings == {"iterations": 7, "lr": 2.0}

@@ -4,7 +4,8 @@ IterComp expands its gallery with the improved model; with ReNO the "improved mo
 generator plus noise optimisation on the current rewards. Wrapping that as a `Generator` lets the
 gallery tools (``gallery generate``, ``gallery expand``) render it like any other model:
 
-    compalign gallery expand runs/gal --add-model "reno1=reno:world-onestep,composition:runs/r0=1,world-clip=1"
+    compalign gallery expand runs/gal \
+        --add-model "reno1=reno:world-onestep,composition:runs/r0=1,world-clip=1"
 
 Spec (registered as the generator prefix ``reno:``)::
 
@@ -42,7 +43,8 @@ def parse_reno_spec(text: str) -> tuple[str, list[str], dict]:
             try:
                 settings[key] = SETTINGS[key](value)
             except ValueError as e:
-                raise ValueError(f"reno generator {text!r}: {key}={value!r} is not a {SETTINGS[key].__name__}") from e
+                kind = SETTINGS[key].__name__
+                raise ValueError(f"reno generator {text!r}: {key}={value!r} is not a {kind}") from e
         else:
             rewards.append(part)
     if not rewards:
@@ -63,7 +65,11 @@ class ReNOGenerator(Generator):
     differentiable = False  # its images come out of an optimisation loop
 
     def __init__(
-        self, base: Generator, rewards: Sequence[WeightedReward], config: ReNOConfig | None = None, name: str = "reno"
+        self,
+        base: Generator,
+        rewards: Sequence[WeightedReward],
+        config: ReNOConfig | None = None,
+        name: str = "reno",
     ):
         super().__init__(device=base.device, dtype=base.dtype)
         if not base.differentiable:
