@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from PIL import Image
 
@@ -83,3 +85,32 @@ def test_expand_none_mode(cli, gallery_dir, tiny_models):
     assert r.exit_code == 0, r.output
     data = read(gallery_dir / "gallery.json")
     assert all("rank" not in d and d["initial_rank"] == [2, 1, 3] for d in data)
+
+
+def test_expand_judges_only_new_images(cli, gallery_dir, tiny_models):
+    import shutil
+
+    assert cli("rank", "auto", gallery_dir, "--tie-break", "none").exit_code == 0
+    ranks = read(gallery_dir / "gallery_ranks.json")
+    assert ranks["judged_keys"] == ["passed", "clause_score"]
+    assert ranks["records"]["0"]["judged"]["good"] == [1, 1.0]
+    # plant a wrong stored verdict: a reused verdict shows in the new ranking, a rejudged one does not
+    ranks["records"]["0"]["judged"]["bad"] = [1, 1.0]
+    (gallery_dir / "gallery_ranks.json").write_text(json.dumps(ranks))
+    twin = gallery_dir.parent / "twin"
+    shutil.copytree(gallery_dir, twin)
+    r = cli("gallery", "expand", gallery_dir, "--add-model", f"n1={tiny_models[0]}", "--steps", "1",
+            "--tie-break", "none")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "12 image(s) kept the verdicts stored by the last ranking; 4 judged" in r.stderr
+    after = read(gallery_dir / "gallery_ranks.json")
+    assert after["records"]["0"]["scores"]["bad"] == [1, 1.0]  # reused, not judged again
+    assert set(after["records"]["0"]["judged"]) == {"bad", "good", "bad2", "n1"}
+    # --rejudge judges every image again
+    r = cli("rank", "auto", gallery_dir, "--tie-break", "none", "--rejudge")
+    assert r.exit_code == 0 and "kept the verdicts" not in r.stderr
+    assert read(gallery_dir / "gallery_ranks.json")["records"]["0"]["scores"]["bad"] == [0, 0.0]
+    # other key names (a world-clip tie-break now): nothing is reused
+    r = cli("rank", "auto", twin)
+    assert r.exit_code == 0 and "kept the verdicts" not in r.stderr
+    assert read(twin / "gallery_ranks.json")["records"]["0"]["scores"]["bad"][:2] == [0, 0.0]

@@ -10,7 +10,9 @@ Judges
 - ``reward:SPEC``: any registered `Reward` (``reward:world-clip``, ``reward:clip:/path``, ...),
   higher score first; exactly equal scores tie.
 
-The scores are kept in the rank sidecar (``gallery_ranks.json``, per record ``scores``).
+The scores are kept in the rank sidecar (``gallery_ranks.json``, per record ``scores``). The world
+judge also keeps each image's verdict under ``judged`` (which a later expansion does not clear), so
+re-ranking after ``gallery expand`` judges only the new models' images (``rejudge=True``: all).
 """
 
 from __future__ import annotations
@@ -49,13 +51,15 @@ def tiers_from_keys(keys: dict[str, tuple], models: Sequence[str]) -> Tiers:
     return [[m for m in models if keys[m] == lv] for lv in levels]
 
 
-def _world_keys(g: Gallery, records: Sequence[Record], workers: int, progress: bool) -> dict[int, dict]:
+def _world_keys(
+    g: Gallery, pairs: Sequence[tuple[Record, str]], workers: int, progress: bool
+) -> dict[int, dict]:
     from tqdm.auto import tqdm
 
     from ..world.grammar import PromptError, parse_prompt
     from ..world.quality import judge_images
 
-    for r in records:
+    for r in {r.index: r for r, _ in pairs}.values():
         try:
             parse_prompt(r.prompt)
         except PromptError as e:
@@ -64,18 +68,11 @@ def _world_keys(g: Gallery, records: Sequence[Record], workers: int, progress: b
                 "the world judge needs world prompts, use --judge reward:NAME"
             ) from None
     out: dict[int, dict] = {}
-    bar = tqdm(
-        total=sum(len(r.models) for r in records),
-        desc="judging",
-        unit="img",
-        disable=not progress,
-        file=sys.stderr,
-    )
+    bar = tqdm(total=len(pairs), desc="judging", unit="img", disable=not progress, file=sys.stderr)
     with bar:
-        chunk = 32
-        flat = [(r, m) for r in records for m in r.models]
-        for s in range(0, len(flat), chunk):
-            part = flat[s : s + chunk]
+        chunk = 32 * max(1, workers)
+        for s in range(0, len(pairs), chunk):
+            part = pairs[s : s + chunk]
             arrs = [load_rgb(g.image_file(r, m)) for r, m in part]
             shapes = {a.shape for a in arrs}
             if len(shapes) == 1:
@@ -90,14 +87,19 @@ def _world_keys(g: Gallery, records: Sequence[Record], workers: int, progress: b
     return out
 
 
-def _reward_keys(g: Gallery, records: Sequence[Record], reward, progress: bool) -> dict[int, dict]:
+def _reward_keys(g: Gallery, pairs: Sequence[tuple[Record, str]], reward, progress: bool) -> dict[int, dict]:
     import torch
     from tqdm.auto import tqdm
 
     out: dict[int, dict] = {}
     dev = next((p.device for p in reward.parameters()), torch.device("cpu"))
-    for r in tqdm(records, desc="reward", unit="record", disable=not progress, file=sys.stderr):
-        arrs = {m: load_rgb(g.image_file(r, m)) for m in r.models}
+    per_record: dict[int, tuple[Record, list[str]]] = {}
+    for r, m in pairs:
+        per_record.setdefault(r.index, (r, []))[1].append(m)
+    for r, models in tqdm(
+        per_record.values(), desc="reward", unit="record", disable=not progress, file=sys.stderr
+    ):
+        arrs = {m: load_rgb(g.image_file(r, m)) for m in models}
         groups: dict[tuple, list[str]] = {}
         for m, a in arrs.items():
             groups.setdefault(a.shape, []).append(m)
@@ -107,6 +109,19 @@ def _reward_keys(g: Gallery, records: Sequence[Record], reward, progress: bool) 
                 s = reward(x, [r.prompt] * len(ms)).float().cpu().tolist()
             for m, v in zip(ms, s, strict=True):
                 out.setdefault(r.index, {})[m] = round(float(v), 6)
+    return out
+
+
+def _judged(g: Gallery, records: Sequence[Record], names: list[str]) -> dict[int, dict[str, tuple]]:
+    """World-judge keys stored by an earlier ranking with the same key names (``judged``)."""
+    if g.ranks.get("judged_keys") != names:
+        return {}
+    out: dict[int, dict[str, tuple]] = {}
+    for r in records:
+        stored = g._rank_info(r.index).get("judged", {})
+        for m in r.models:
+            if isinstance(stored.get(m), list) and len(stored[m]) == len(names):
+                out.setdefault(r.index, {})[m] = tuple(stored[m])
     return out
 
 
@@ -124,29 +139,42 @@ def judge_gallery(
     workers: int = 0,
     device: str | None = None,
     progress: bool = False,
+    rejudge: bool = False,
 ) -> JudgeResult:
     records = list(records if records is not None else g.records)
+    pairs = [(r, m) for r in records for m in r.models]
     if judge == "world":
         if tie_break not in ("world-clip", "none"):
             raise GalleryError(f"unknown --tie-break {tie_break!r}; expected world-clip or none")
-        keys = _world_keys(g, records, workers, progress)
-        names = ["passed", "clause_score"]
+        names = ["passed", "clause_score"] + (["world_clip"] if tie_break == "world-clip" else [])
+        reused = {} if rejudge else _judged(g, records, names)
+        todo = [(r, m) for r, m in pairs if m not in reused.get(r.index, {})]
+        keys = _world_keys(g, todo, workers, progress)
         notes = []
+        if reused:
+            n = sum(len(d) for d in reused.values())
+            notes.append(f"{n} image(s) kept the verdicts stored by the last ranking; {len(todo)} judged")
         used = "none"
         if tie_break == "world-clip":
             try:
-                reward = _create_reward("world-clip", device)
+                reward = _create_reward("world-clip", device) if todo else None
             except (LookupError, FileNotFoundError, ImportError, OSError) as e:
                 notes.append(
                     f"world-clip weights missing ({str(e).split(';')[0]}): models equal on the evaluator "
                     "keep the model order in rank and are stored as ties"
                 )
                 used = "model order (world-clip missing): ties"
+                names = names[:2]
+                reused = {i: {m: k[:2] for m, k in d.items()} for i, d in reused.items()}
             else:
-                clip = _reward_keys(g, records, reward, progress)
+                clip = _reward_keys(g, todo, reward, progress) if todo else {}
                 keys = {i: {m: (*k, clip[i][m]) for m, k in d.items()} for i, d in keys.items()}
-                names.append("world_clip")
                 used = "world-clip"
+        for i, d in reused.items():
+            keys.setdefault(i, {}).update(d)
+        g.ranks["judged_keys"] = names
+        for r in records:
+            g._rank_info(r.index, create=True)["judged"] = {m: list(keys[r.index][m]) for m in r.models}
         return JudgeResult(keys, names, used, notes)
     if judge.startswith("reward:") and len(judge) > len("reward:"):
         spec = judge[len("reward:") :]
@@ -154,7 +182,7 @@ def judge_gallery(
             reward = _create_reward(spec, device)
         except (LookupError, FileNotFoundError, ImportError, OSError, ValueError, TypeError) as e:
             raise GalleryError(f"--judge {judge}: {str(e).splitlines()[0]}") from None
-        vals = _reward_keys(g, records, reward, progress)
+        vals = _reward_keys(g, pairs, reward, progress)
         return JudgeResult({i: {m: (v,) for m, v in d.items()} for i, d in vals.items()}, [spec], "none")
     raise GalleryError(f"unknown --judge {judge!r}; expected 'world' or 'reward:NAME' (a registered reward)")
 
@@ -167,9 +195,13 @@ def rank_gallery(
     device: str | None = None,
     progress: bool = False,
     save: bool = True,
+    rejudge: bool = False,
 ) -> dict:
-    """Rank every record by `judge`; writes ``rank`` and the sidecar (when `save`). Returns a summary."""
-    res = judge_gallery(g, judge, tie_break, workers=workers, device=device, progress=progress)
+    """Rank every record by `judge`; writes ``rank`` and the sidecar (when `save`). Returns a summary.
+    The world judge reuses the verdicts an earlier ranking stored (``judged``) unless `rejudge`."""
+    res = judge_gallery(
+        g, judge, tie_break, workers=workers, device=device, progress=progress, rejudge=rejudge
+    )
     n_ties = 0
     for r in g.records:
         keys = res.keys[r.index]

@@ -41,6 +41,12 @@ def auto_command(
     device: Annotated[
         str | None, typer.Option("--device", help="Device of a reward judge (default: auto).")
     ] = None,
+    rejudge: Annotated[
+        bool,
+        typer.Option(
+            "--rejudge", help="world judge: judge every image again (default: reuse stored verdicts)."
+        ),
+    ] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:
     """Rank every record's images by a judge and write the rank lists (ties kept in the sidecar)."""
@@ -50,7 +56,13 @@ def auto_command(
     try:
         g = load_gallery(gallery_dir(gallery))
         s = rank_gallery(
-            g, judge, tie_break, workers=workers, device=device, progress=progress_default(progress)
+            g,
+            judge,
+            tie_break,
+            workers=workers,
+            device=device,
+            progress=progress_default(progress),
+            rejudge=rejudge,
         )
     except GalleryError as e:
         fail(str(e))
