@@ -550,6 +550,16 @@ def test_cli_train_export_and_eval(cli, pairs_file, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "unknown split" in r.stderr
     r = cli("reward", "eval", tmp_path / "nothing", "--pairs", pairs_file)
     assert r.exit_code == 2
+    # a backbone: its zero-shot score (the untrained head scores the backbone's CLIP cosine)
+    r = cli("reward", "eval", f"world-clip:{wc}", "--pairs", pairs_file, "--split", "all")
+    assert r.exit_code == 2 and "give --aspect" in r.stderr
+    zero_args = ["--aspect", "spatial", "--pairs", pairs_file, "--split", "all", "-o", tmp_path / "zero.json"]
+    r = cli("reward", "eval", f"world-clip:{wc}", *zero_args)
+    assert r.exit_code == 0, r.output
+    zero = json.loads((tmp_path / "zero.json").read_text())
+    untrained = CompositionRewardModel(f"world-clip:{wc}", aspect=ASPECT, frozen=True)
+    expect = evaluate_reward_on_pairs(untrained, pairs_file, split=None)
+    assert zero["accuracy"] == pytest.approx(expect["accuracy"]) and zero["pairs"] == report["pairs"]
 
 
 def test_spearman_and_world_report(trained, pairs_file):

@@ -342,7 +342,11 @@ def train_reward_command(
 @app.command("eval")
 def eval_reward_command(
     model: Annotated[
-        str, typer.Argument(help="A shipped name (itercomp-spatial, ...), a model folder or a run folder.")
+        str,
+        typer.Argument(
+            help="A shipped name (itercomp-spatial, ...), a model folder or a run folder; or a backbone "
+            "(world-clip, clip:PATH, ...) with --aspect: its untrained, zero-shot score."
+        ),
     ],
     pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (JSONL).")],
     split: Annotated[str, typer.Option("--split", help="heldout, train or all.")] = "heldout",
@@ -363,13 +367,21 @@ def eval_reward_command(
     if out is not None and out.is_dir():
         _fail(f"{out}: --out must be a file name, and a folder of that name exists")
     aspect = _aspect(aspect) if aspect is not None else None
+    from .composition.backbones import list_backbones
     from .composition.data import PairsFileError
     from .composition.evaluate import evaluate_reward_on_pairs, format_report
     from .composition.model import CompositionRewardModel
     from .world_clip.reward import RewardNotTrainedError
 
     try:
-        reward = CompositionRewardModel(model, device=device)
+        if model.partition(":")[0] in list_backbones():  # an untrained backbone: its zero-shot score
+            if aspect is None:
+                _fail(
+                    f"{model} is a backbone, not a trained model: give --aspect to score its zero-shot pairs"
+                )
+            reward = CompositionRewardModel(model, aspect=aspect, device=device, frozen=True)
+        else:
+            reward = CompositionRewardModel(model, device=device)
         report = evaluate_reward_on_pairs(
             reward, pairs, split=None if split == "all" else split, aspect=aspect, batch_size=batch_size
         )
