@@ -450,6 +450,30 @@ def test_untrained_fusion_head_is_the_clip_score():
             torch.testing.assert_close(model(x, PROMPTS), ref, atol=1e-4, rtol=1e-4)
 
 
+def test_linear_fusion_head(tmp_path):
+    """head_hidden=0: no MLP; it starts at the CLIP score, trains its linear term, saves and loads."""
+    from compalign.rewards.world_clip.reward import WorldCLIPReward
+
+    clip = tiny_world_clip(2)
+    model = CompositionRewardModel(clip, aspect="spatial_relationship", head_hidden=0, freeze_ratio=1.0)
+    assert model.head.mlp is None and model.head.config()["hidden"] == 0
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "head.linear.weight",
+        "head.linear.bias",
+    }
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x, PROMPTS), WorldCLIPReward(clip, scaled=True)(x, PROMPTS), atol=1e-4, rtol=1e-4
+        )
+        model.head.linear.weight.add_(0.01 * torch.randn_like(model.head.linear.weight))
+    model.save_pretrained(tmp_path / "lin")
+    loaded = CompositionRewardModel(tmp_path / "lin")
+    assert loaded.head.mlp is None
+    with torch.no_grad():
+        assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
+
+
 def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
     """ImageReward's BLIP: the new model (ImageReward's MLP head, loaded from the checkpoint) scores
     exactly as ImageReward's raw score; freezing, gradient, save / load, one training epoch."""

@@ -225,6 +225,13 @@ def train_reward_command(
             "--freeze-ratio", help="Fraction of backbone layers frozen from the bottom (default 0.7)."
         ),
     ] = None,
+    head_hidden: Annotated[
+        int | None,
+        typer.Option(
+            "--head-hidden",
+            help="Hidden width of the fusion head's MLP (default 256; 0: linear head, no MLP).",
+        ),
+    ] = None,
     margin: Annotated[
         float | None, typer.Option("--margin", help="Bradley-Terry margin (default 0).")
     ] = None,
@@ -283,6 +290,7 @@ def train_reward_command(
         "batch_size": batch_size,
         "grad_accum_steps": grad_accum,
         "freeze_ratio": freeze_ratio,
+        "head_hidden": head_hidden,
         "margin": margin,
         "mixed_precision": mixed_precision,
         "time_limit_s": time_limit,

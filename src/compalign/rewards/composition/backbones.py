@@ -62,7 +62,8 @@ class FusionHead(torch.nn.Module):
     Initialisation: the linear term reads only the product block, with weight ``init_scale / D``,
     and the MLP's last layer is zero, so the untrained head scores ``init_scale * cos(i, t)``: the
     backbone's own CLIP score (with ``init_scale`` its logit scale). Training refines that ranking
-    instead of starting from noise.
+    instead of starting from noise. ``hidden=0`` drops the MLP: the score stays linear in the fused
+    features, a learned re-weighting of the CLIP score whose image gradient stays close to the CLIP's.
     """
 
     def __init__(self, embed_dim: int, hidden: int = 256, init_scale: float = 10.0, extra: int = 0):
@@ -70,18 +71,22 @@ class FusionHead(torch.nn.Module):
         self.embed_dim, self.hidden, self.extra = int(embed_dim), int(hidden), int(extra)
         d, n = self.embed_dim, 3 * int(embed_dim) + int(extra)  # `extra` features follow the fused ones
         self.linear = torch.nn.Linear(n, 1)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(n, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, 1)
-        )
+        self.mlp = None  # hidden 0: the linear term alone (a learned re-weighting of the CLIP score)
+        if self.hidden > 0:
+            self.mlp = torch.nn.Sequential(
+                torch.nn.Linear(n, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, 1)
+            )
         with torch.no_grad():
             self.linear.weight.zero_()
             self.linear.weight[0, 2 * d :] = float(init_scale) / d
             self.linear.bias.zero_()
-            self.mlp[-1].weight.zero_()
-            self.mlp[-1].bias.zero_()
+            if self.mlp is not None:
+                self.mlp[-1].weight.zero_()
+                self.mlp[-1].bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features) + self.mlp(features)
+        out = self.linear(features)
+        return out if self.mlp is None else out + self.mlp(features)
 
     def config(self) -> dict:
         c = {"type": "fusion", "embed_dim": self.embed_dim, "hidden": self.hidden}
