@@ -70,7 +70,7 @@ def _load_adapters() -> None:
     if "reno" not in _FACTORIES:
         from compalign.noise_optimization.generator import reno_factory
 
-        _FACTORIES["reno"] = reno_factory
+        register_generator("reno", reno_factory)
     try:
         import compalign.generators.diffusers  # noqa: F401
     except ImportError:  # pragma: no cover - diffusers is a core dependency
