@@ -306,6 +306,13 @@ class Gallery:
         if record.initial_rank is None:
             entry.pop("initial_rank_ties", None)
 
+    def judged(self, index: int) -> dict[str, list]:
+        """Verdicts a world-judge ranking stored per model (kept through an expansion)."""
+        return dict(self._rank_info(index).get("judged", {}))
+
+    def set_judged(self, index: int, verdicts: dict[str, list]) -> None:
+        self._rank_info(index, create=True)["judged"] = verdicts
+
     def add_history(self, event: str, **info: Any) -> None:
         self.meta.setdefault("history", []).append(
             {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}

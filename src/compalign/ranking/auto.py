@@ -118,7 +118,7 @@ def _judged(g: Gallery, records: Sequence[Record], names: list[str]) -> dict[int
         return {}
     out: dict[int, dict[str, tuple]] = {}
     for r in records:
-        stored = g._rank_info(r.index).get("judged", {})
+        stored = g.judged(r.index)
         for m in r.models:
             if isinstance(stored.get(m), list) and len(stored[m]) == len(names):
                 out.setdefault(r.index, {})[m] = tuple(stored[m])
@@ -174,7 +174,7 @@ def judge_gallery(
             keys.setdefault(i, {}).update(d)
         g.ranks["judged_keys"] = names
         for r in records:
-            g._rank_info(r.index, create=True)["judged"] = {m: list(keys[r.index][m]) for m in r.models}
+            g.set_judged(r.index, {m: list(keys[r.index][m]) for m in r.models})
         return JudgeResult(keys, names, used, notes)
     if judge.startswith("reward:") and len(judge) > len("reward:"):
         spec = judge[len("reward:") :]
