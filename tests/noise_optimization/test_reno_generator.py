@@ -88,3 +88,7 @@ def test_create_generator_and_gallery_expand(cli, onestep_dir, tmp_path):
     # a bad spec is refused before anything is rendered
     r = cli("gallery", "expand", g, "--add-model", f"reno2=reno:{onestep_dir}")
     assert r.exit_code == 2 and "at least one reward" in r.stderr
+    r = cli("gallery", "expand", g, "--add-model", f"reno2=reno:{onestep_dir},world-clip=1,optimizer=rmsprop")
+    assert r.exit_code == 2 and "optimizer must be one of" in r.stderr
+    r = cli("gallery", "expand", g, "--add-model", "reno2=reno:no-such-model,world-clip=1")
+    assert r.exit_code == 2 and "unknown model" in r.stderr
