@@ -41,6 +41,7 @@ def test_parse_spec():
         (",world-clip=1", "no base given"),
         ("world-onestep,world-clip=1,iterations=many", "iterations='many' is not a int"),
         ("world-onestep,,world-clip=1", "empty item"),
+        ("world-onestep,world-clip=1,iterations=0", "iterations must be >= 1"),
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_reno_spec(bad)

@@ -30,7 +30,7 @@ SETTINGS = {"iterations": int, "lr": float, "grad_clip": float, "reg_weight": fl
 
 
 def parse_reno_spec(text: str) -> tuple[str, list[str], dict]:
-    """``BASE,REWARD=W,...,iterations=N`` -> (base, reward specs, ReNOConfig keyword arguments)."""
+    """``BASE,REWARD=W,...,iterations=N`` -> (base, reward specs, ReNOConfig keyword arguments, checked)."""
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or not parts[0]:
         raise ValueError(f"reno generator {text!r}: expected reno:BASE,REWARD=W[,...] (no base given)")
@@ -49,6 +49,10 @@ def parse_reno_spec(text: str) -> tuple[str, list[str], dict]:
             rewards.append(part)
     if not rewards:
         raise ValueError(f"reno generator {text!r}: give at least one reward (e.g. reno:{base},world-clip=1)")
+    try:
+        ReNOConfig(**settings)  # bad values (optimizer=..., iterations=0) fail at parse time
+    except ValueError as e:
+        raise ValueError(f"reno generator {text!r}: {e}") from e
     return base, rewards, settings
 
 

@@ -63,7 +63,7 @@ class FusionHead(torch.nn.Module):
     and the MLP's last layer is zero, so the untrained head scores ``init_scale * cos(i, t)``: the
     backbone's own CLIP score (with ``init_scale`` its logit scale). Training refines that ranking
     instead of starting from noise. ``hidden=0`` drops the MLP: the score stays linear in the fused
-    features, a learned re-weighting of the CLIP score whose image gradient stays close to the CLIP's.
+    features, a learned re-weighting of the CLIP score.
     """
 
     def __init__(self, embed_dim: int, hidden: int = 256, init_scale: float = 10.0, extra: int = 0):
