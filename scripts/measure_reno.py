@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--categories", nargs="*", default=["single_object", *TARGET])
     ap.add_argument("--per-category", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seed-offset", type=int, default=0, help="Seeds are OFFSET .. OFFSET + seeds - 1.")
     ap.add_argument("--split", default="heldout", help="heldout (report) or train (tune settings).")
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--lr", type=float, default=5.0)
@@ -49,7 +50,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     gen = create_generator(args.model, device=args.device)
     rewards = build_rewards(args.reward or ["world-clip=1"], [], gen.device)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     results = []
     for search in args.searches:
         cfg = ReNOConfig(

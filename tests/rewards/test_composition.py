@@ -474,6 +474,38 @@ def test_linear_fusion_head(tmp_path):
         assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
 
 
+
+def test_fusion_head_without_image_block(tmp_path):
+    """image_block=False: the head never sees the image-only block (changing it changes nothing),
+    starts at the CLIP score, and saves / loads with its config."""
+    from compalign.rewards.world_clip.reward import WorldCLIPReward
+
+    clip = tiny_world_clip(2)
+    model = CompositionRewardModel(clip, aspect="non_spatial_relationship", head_image_block=False)
+    d = model.head.embed_dim
+    assert model.head.config()["image_block"] is False
+    assert model.head.linear.in_features == 2 * d
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x, PROMPTS), WorldCLIPReward(clip, scaled=True)(x, PROMPTS), atol=1e-4, rtol=1e-4
+        )
+        for p in model.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        feats = model.backbone.features(x, PROMPTS)
+        moved = feats.clone()
+        moved[:, :d] = torch.randn_like(moved[:, :d])  # the image-only block
+        torch.testing.assert_close(model.head(moved), model.head(feats))
+        full = FusionHead(d, 8)  # the default head does read that block (the check can fail)
+        for p in full.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        assert not torch.allclose(full(moved), full(feats))
+    model.save_pretrained(tmp_path / "noimg")
+    loaded = CompositionRewardModel(tmp_path / "noimg")
+    assert loaded.head.image_block is False
+    with torch.no_grad():
+        assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
+
 def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
     """ImageReward's BLIP: the new model (ImageReward's MLP head, loaded from the checkpoint) scores
     exactly as ImageReward's raw score; freezing, gradient, save / load, one training epoch."""

@@ -232,6 +232,14 @@ def train_reward_command(
             help="Hidden width of the fusion head's MLP (default 256; 0: linear head, no MLP).",
         ),
     ] = None,
+    head_image_block: Annotated[
+        bool,
+        typer.Option(
+            "--head-image-block/--no-head-image-block",
+            help="Fusion head input: with the image-only block (default), or only the prompt and the "
+            "image-prompt product (no prompt-independent image direction for ReNO to climb).",
+        ),
+    ] = True,
     margin: Annotated[
         float | None, typer.Option("--margin", help="Bradley-Terry margin (default 0).")
     ] = None,
@@ -291,6 +299,7 @@ def train_reward_command(
         "grad_accum_steps": grad_accum,
         "freeze_ratio": freeze_ratio,
         "head_hidden": head_hidden,
+        "head_image_block": head_image_block,
         "margin": margin,
         "mixed_precision": mixed_precision,
         "time_limit_s": time_limit,

@@ -64,12 +64,27 @@ class FusionHead(torch.nn.Module):
     backbone's own CLIP score (with ``init_scale`` its logit scale). Training refines that ranking
     instead of starting from noise. ``hidden=0`` drops the MLP: the score stays linear in the fused
     features, a learned re-weighting of the CLIP score.
+
+    ``image_block=False`` leaves the image-only block ``sqrt(D) i`` out of the head's input: every
+    term that reads the image then reads it through its product with the prompt, so the head
+    cannot learn a prompt-independent image direction ("drawn like the best gallery model") that
+    noise optimisation would climb whatever the prompt.
     """
 
-    def __init__(self, embed_dim: int, hidden: int = 256, init_scale: float = 10.0, extra: int = 0):
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden: int = 256,
+        init_scale: float = 10.0,
+        extra: int = 0,
+        image_block: bool = True,
+    ):
         super().__init__()
         self.embed_dim, self.hidden, self.extra = int(embed_dim), int(hidden), int(extra)
-        d, n = self.embed_dim, 3 * int(embed_dim) + int(extra)  # `extra` features follow the fused ones
+        self.image_block = bool(image_block)
+        self.skip = 0 if self.image_block else self.embed_dim  # input features dropped from the front
+        d = self.embed_dim
+        n = 3 * d + self.extra - self.skip  # `extra` features follow the fused ones
         self.linear = torch.nn.Linear(n, 1)
         self.mlp = None  # hidden 0: the linear term alone (a learned re-weighting of the CLIP score)
         if self.hidden > 0:
@@ -78,19 +93,21 @@ class FusionHead(torch.nn.Module):
             )
         with torch.no_grad():
             self.linear.weight.zero_()
-            self.linear.weight[0, 2 * d :] = float(init_scale) / d
+            self.linear.weight[0, 2 * d - self.skip : 3 * d - self.skip] = float(init_scale) / d
             self.linear.bias.zero_()
             if self.mlp is not None:
                 self.mlp[-1].weight.zero_()
                 self.mlp[-1].bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features[..., self.skip :]  # [B, 3D + extra - skip]
         out = self.linear(features)
         return out if self.mlp is None else out + self.mlp(features)
 
     def config(self) -> dict:
         c = {"type": "fusion", "embed_dim": self.embed_dim, "hidden": self.hidden}
-        return c | ({"extra": self.extra} if self.extra else {})
+        c |= {"extra": self.extra} if self.extra else {}
+        return c | ({"image_block": False} if not self.image_block else {})
 
 
 def fuse(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -106,7 +123,12 @@ def build_head(config: dict) -> torch.nn.Module:
 
     kind = config.get("type")
     if kind == "fusion":
-        return FusionHead(config["embed_dim"], config["hidden"], extra=config.get("extra", 0))
+        return FusionHead(
+            config["embed_dim"],
+            config["hidden"],
+            extra=config.get("extra", 0),
+            image_block=config.get("image_block", True),
+        )
     if kind == "imagereward_mlp":
         return MLPHead(config["input_size"])
     raise ValueError(f"unknown head type {kind!r} (expected fusion or imagereward_mlp)")
@@ -139,7 +161,7 @@ class Backbone(torch.nn.Module):
     def features(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def make_head(self, hidden: int = 256) -> torch.nn.Module:  # pragma: no cover
+    def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:  # pragma: no cover
         raise NotImplementedError
 
     def towers(self) -> dict[str, tuple[list[torch.nn.Module], torch.nn.ModuleList]]:
@@ -192,9 +214,9 @@ class _DualEncoder(Backbone):
     def embed_dim(self) -> int:
         return int(self.clip_model().config.projection_dim)
 
-    def make_head(self, hidden: int = 256) -> torch.nn.Module:
+    def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
         scale = float(self.clip_model().logit_scale.detach().float().exp().clamp(max=100.0))
-        return FusionHead(self.embed_dim, hidden, init_scale=scale)
+        return FusionHead(self.embed_dim, hidden, init_scale=scale, image_block=image_block)
 
     def towers(self):
         clip = self.clip_model()
@@ -339,14 +361,14 @@ class WorldBlipBackbone(WorldCLIPBackbone):
         base = WorldCLIPBackbone.from_spec(source)
         return cls(base.model, source=source or "world-blip")
 
-    def make_head(self, hidden: int = 256) -> torch.nn.Module:
+    def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
         if self._pretrained_head[0] is not None:
             import copy
 
             return copy.deepcopy(self._pretrained_head[0])
         scale = float(self.clip_model().logit_scale.detach().float().exp().clamp(max=100.0))
         width = self.fusion.layers[0].linear1.in_features
-        return FusionHead(self.embed_dim, hidden, init_scale=scale, extra=width)
+        return FusionHead(self.embed_dim, hidden, init_scale=scale, extra=width, image_block=image_block)
 
     def features(self, images, prompts):
         from ..world_clip.model import eos_positions
@@ -469,8 +491,11 @@ class BlipBackbone(Backbone):
     def input_size(self) -> int:
         return int(self.preprocess_config.crop_size[0])
 
-    def make_head(self, hidden: int = 256) -> torch.nn.Module:
+    def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
         from ..real.common import MLPHead
+
+        if not image_block:
+            raise ValueError("a BLIP backbone scores one fused feature (ImageReward's head): no image block to drop")
 
         head = self._head[0]
         if head is None:  # rebuilt from a config: the model loads the head's weights

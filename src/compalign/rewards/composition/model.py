@@ -98,6 +98,8 @@ class CompositionRewardModel(Reward):
             (new models only).
         head: the scoring head (default: the backbone's, `FusionHead` or ImageReward's MLP).
         head_hidden: hidden width of a new `FusionHead`.
+        head_image_block: False: a new `FusionHead` reads the image only through its product with
+            the prompt (no prompt-independent image term).
         freeze_ratio: freeze the lowest fraction of each backbone tower (new models; None: 0).
         device, dtype: where and in which precision the weights live (scores are float32).
         frozen: no parameter requires grad and the model stays in eval mode (default: True when
@@ -115,6 +117,7 @@ class CompositionRewardModel(Reward):
         *,
         head: torch.nn.Module | None = None,
         head_hidden: int = 256,
+        head_image_block: bool = True,
         freeze_ratio: float | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -152,7 +155,7 @@ class CompositionRewardModel(Reward):
             if aspect not in ASPECTS:
                 raise ValueError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
             self.backbone = create_backbone(source)
-            self.head = head if head is not None else self.backbone.make_head(head_hidden)
+            self.head = head if head is not None else self.backbone.make_head(head_hidden, image_block=head_image_block)
             self.config = {
                 "format_version": FORMAT_VERSION,
                 "aspect": aspect,

@@ -83,6 +83,9 @@ class RewardTrainConfig(DictConfig):
     the head only)."""
     head_hidden: int = 256
     """Hidden width of the fusion head (dual-encoder backbones; BLIP uses ImageReward's MLP)."""
+    head_image_block: bool = True
+    """False: the fusion head reads the image only through its product with the prompt, so it
+    has no prompt-independent image direction for noise optimisation to climb."""
     image_size: int | None = None
     """Images are loaded (PIL, shorter side + center crop) at this size; None: the backbone's input
     size (32 px for world-clip), so the model's own preprocessing is nearly the identity."""
@@ -379,6 +382,7 @@ def _build_model(config: RewardTrainConfig, model) -> CompositionRewardModel:
         model if model is not None else config.backbone,
         aspect=config.aspect,
         head_hidden=config.head_hidden,
+        head_image_block=config.head_image_block,
         freeze_ratio=config.freeze_ratio,
     )
 
