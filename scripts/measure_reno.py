@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--seed-offset", type=int, default=0, help="Seeds are OFFSET .. OFFSET + seeds - 1.")
     ap.add_argument("--split", default="heldout", help="heldout (report) or train (tune settings).")
+    ap.add_argument("--prompt-offset", type=int, default=0, help="Skip the first prompts of each suite.")
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--lr", type=float, default=5.0)
     ap.add_argument("--grad-clip", type=float, default=0.1)
@@ -65,6 +66,7 @@ def main() -> None:
         r = evaluate_generator(
             gen, args.categories, args.per_category, seeds, split=args.split,
             batch_size=args.batch_size, workers=args.workers, progress=True, generate=run,
+            offset=args.prompt_offset,
         )  # fmt: skip
         r["model"] = f"{args.model} ({search})"
         r["seconds"] = round(time.perf_counter() - t0, 1)

@@ -151,3 +151,17 @@ def test_truth_agrees_with_layout():
         for p in load_suite(category, "heldout")[:5]:
             scene = parse_prompt(p)
             assert truth(scene, sample_layout(scene, rng)), p
+
+
+def test_suite_items_offset():
+    """`offset` skips the first prompts of each suite (e.g. ReNO comparisons on unused prompts)."""
+    from compalign.world.quality import suite_items
+    from compalign.world.suites import load_suite
+
+    cats = ["spatial", "non_spatial"]
+    got = suite_items(cats, 3, "train", offset=150)
+    assert got == [(c, p) for c in cats for p in load_suite(c, "train")[150:153]]
+    assert suite_items(cats, 2) == suite_items(cats, 2, "heldout", 0)
+    assert suite_items(["spatial"], None, "heldout", offset=95) == [
+        ("spatial", p) for p in load_suite("spatial", "heldout")[95:]
+    ]

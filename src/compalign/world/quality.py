@@ -44,12 +44,15 @@ def judge_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str], work
 
 
 def suite_items(
-    categories: Sequence[str] | None = None, per_category: int | None = None, split: str = "heldout"
+    categories: Sequence[str] | None = None,
+    per_category: int | None = None,
+    split: str = "heldout",
+    offset: int = 0,
 ) -> list[tuple[str, str]]:
-    """`(category, prompt)` for the first `per_category` prompts of each suite."""
+    """`(category, prompt)` for `per_category` prompts of each suite from its `offset`-th on."""
     items = []
     for c in categories or CATEGORIES:
-        prompts = load_suite(c, split)
+        prompts = load_suite(c, split)[offset:]
         items += [(c, p) for p in prompts[: per_category or len(prompts)]]
     return items
 
@@ -87,12 +90,14 @@ def evaluate_generator(
     workers: int = 0,
     progress: bool = True,
     generate: Callable[[list[str], list[int]], torch.Tensor] | None = None,
+    offset: int = 0,
     **settings,
 ) -> dict:
     """Exact-evaluator accuracy of `generator` on the held-out suites (see the module doc).
 
-    `generate(prompts, seeds) -> images` replaces the plain generator call (e.g. ReNO)."""
-    items = [(c, p, s) for c, p in suite_items(categories, per_category, split) for s in seeds]
+    `generate(prompts, seeds) -> images` replaces the plain generator call (e.g. ReNO); `offset`
+    skips the first prompts of each suite."""
+    items = [(c, p, s) for c, p in suite_items(categories, per_category, split, offset) for s in seeds]
     records = []
     bar = tqdm(total=len(items), desc=f"eval {getattr(generator, 'name', '')}", disable=not progress)
     for i in range(0, len(items), batch_size):
