@@ -400,7 +400,7 @@ def test_save_load_registry_and_gradient(trained, tmp_path):
     with torch.no_grad():  # bf16 weights: scores stay float32 and close
         half = create_reward(f"composition:{final}", dtype="bf16")(x, PROMPTS)
     assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=0.3)
-    assert isinstance(model, Reward) and (model.loss_offset, model.default_weight) == (2.0, 1.0)
+    assert isinstance(model, Reward) and (model.loss_offset, model.default_weight) == (2.0, 0.1)
     torch.testing.assert_close(model.loss(x, PROMPTS), 2.0 - ref)
     assert CompositionRewardModel.from_pretrained(final).training is False
     trainable = CompositionRewardModel.from_pretrained(final)
