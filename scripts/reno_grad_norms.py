@@ -34,19 +34,21 @@ def main() -> None:
     for spec in args.specs:
         norms: list[torch.Tensor] = []
 
-        def spy(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+        def spy(grad: torch.Tensor, max_norm: float, norms: list = norms) -> torch.Tensor:
             norms.append(grad.flatten(1).norm(dim=1))  # [B] before clipping
             return clip(grad, max_norm)
 
         reno._clip_per_sample = spy
         try:
-            reno.optimize_noise(gen, prompts, build_rewards([spec], [], gen.device), list(range(len(prompts))), cfg)
+            rewards = build_rewards([spec], [], gen.device)
+            reno.optimize_noise(gen, prompts, rewards, list(range(len(prompts))), cfg)
         finally:
             reno._clip_per_sample = clip
         n = torch.stack(norms)  # [steps, B]
         clipped = (n > cfg.grad_clip).float().mean(dim=1)
         print(
-            f"{spec:50s} median grad norm: step 0 {n[0].median():.4f}, step {len(n) - 1} {n[-1].median():.4f}; "
+            f"{spec:50s} median grad norm: step 0 {n[0].median():.4f}, "
+            f"step {len(n) - 1} {n[-1].median():.4f}; "
             f"clipped (> {cfg.grad_clip}): {100 * clipped[0]:.0f}% -> {100 * clipped[-1]:.0f}%"
         )
 

@@ -74,7 +74,8 @@ def main() -> None:
             if it in keep:
                 kept[f"it{it:02d}"] = images.clone()
 
-        res = optimize_noise(gen, [jobs[j][0] for j in batch], rewards, [jobs[j][1] for j in batch], cfg, grab)
+        prompts_b, seeds_b = [jobs[j][0] for j in batch], [jobs[j][1] for j in batch]
+        res = optimize_noise(gen, prompts_b, rewards, seeds_b, cfg, grab)
         kept["best"] = res.best_images.cpu()
         lines = []
         for tag, imgs in kept.items():

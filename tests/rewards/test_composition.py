@@ -474,7 +474,6 @@ def test_linear_fusion_head(tmp_path):
         assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
 
 
-
 def test_fusion_head_without_image_block(tmp_path):
     """image_block=False: the head never sees the image-only block (changing it changes nothing),
     starts at the CLIP score, and saves / loads with its config."""
@@ -505,6 +504,7 @@ def test_fusion_head_without_image_block(tmp_path):
     assert loaded.head.image_block is False
     with torch.no_grad():
         assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
+
 
 def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
     """ImageReward's BLIP: the new model (ImageReward's MLP head, loaded from the checkpoint) scores
@@ -690,3 +690,15 @@ def test_shipped_models_follow_the_reward_contract(name):
         assert torch.equal(model(img.detach(), prompts), s.detach())
         # the prompt matters: another prompt scores the same images differently
         assert not torch.allclose(model(img.detach(), prompts[::-1]), s.detach())
+
+
+def test_config_diff_counts_missing_fields_as_defaults():
+    """A run started before a config field existed resumes (the field counts as its default);
+    a real change of that field is still refused."""
+    from compalign.rewards.composition.train import RewardTrainConfig, _config_diff
+
+    new = RewardTrainConfig(pairs="p.jsonl").to_dict()
+    old = {k: v for k, v in new.items() if k != "head_image_block"}
+    assert _config_diff(old, new) == []
+    assert _config_diff(old, {**new, "head_image_block": False}) == ["head_image_block"]
+    assert _config_diff(new, {**new, "margin": 0.5}) == ["margin"]

@@ -495,7 +495,9 @@ class BlipBackbone(Backbone):
         from ..real.common import MLPHead
 
         if not image_block:
-            raise ValueError("a BLIP backbone scores one fused feature (ImageReward's head): no image block to drop")
+            raise ValueError(
+                "a BLIP backbone scores one fused feature (ImageReward's head): no image block to drop"
+            )
 
         head = self._head[0]
         if head is None:  # rebuilt from a config: the model loads the head's weights

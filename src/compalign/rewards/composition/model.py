@@ -159,13 +159,16 @@ class CompositionRewardModel(Reward):
             if aspect not in ASPECTS:
                 raise ValueError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
             self.backbone = create_backbone(source)
-            self.head = head if head is not None else self.backbone.make_head(head_hidden, image_block=head_image_block)
+            own_head = head is None  # the backbone's head (BLIP: ImageReward's pretrained MLP)
+            if own_head:
+                head = self.backbone.make_head(head_hidden, image_block=head_image_block)
+            self.head = head
             self.config = {
                 "format_version": FORMAT_VERSION,
                 "aspect": aspect,
                 "backbone": {"kind": self.backbone.kind, "source": self.backbone.source},
                 "head": head_config(self.head),
-                "head_pretrained": bool(head is None and self.backbone.head_is_pretrained),
+                "head_pretrained": bool(own_head and self.backbone.head_is_pretrained),
                 "freeze_ratio": 0.0,
                 "image_size": self.backbone.input_size,
                 "score_mean": 0.0,

@@ -40,7 +40,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -263,8 +263,11 @@ def _param_groups(model: CompositionRewardModel, lr: float, head_lr: float, weig
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:
+    """Fields that differ between two configs (a field missing from one, e.g. a run started before
+    the field existed, counts as its default)."""
+    defaults = {f.name: f.default for f in fields(RewardTrainConfig) if f.default is not MISSING}
     keys = (set(a) | set(b)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
+    return sorted(k for k in keys if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
 
 
 @torch.no_grad()
