@@ -11,9 +11,9 @@ import argparse
 
 import torch
 
-import compalign.noise_optimization.reno as reno
 from compalign.generators import create_generator
 from compalign.noise_optimization.cli import build_rewards
+from compalign.noise_optimization.reno import ReNOConfig, optimize_noise
 from compalign.world.suites import load_suite
 
 
@@ -29,22 +29,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gen = create_generator(args.model)
     prompts = load_suite(args.category, "heldout")[: args.n]
-    clip = reno._clip_per_sample
-    cfg = reno.ReNOConfig(iterations=args.iterations, progress=False)
+    cfg = ReNOConfig(iterations=args.iterations, progress=False)
     for spec in args.specs:
-        norms: list[torch.Tensor] = []
-
-        def spy(grad: torch.Tensor, max_norm: float, norms: list = norms) -> torch.Tensor:
-            norms.append(grad.flatten(1).norm(dim=1))  # [B] before clipping
-            return clip(grad, max_norm)
-
-        reno._clip_per_sample = spy
-        try:
-            rewards = build_rewards([spec], [], gen.device)
-            reno.optimize_noise(gen, prompts, rewards, list(range(len(prompts))), cfg)
-        finally:
-            reno._clip_per_sample = clip
-        n = torch.stack(norms)  # [steps, B]
+        rewards = build_rewards([spec], [], gen.device)
+        res = optimize_noise(gen, prompts, rewards, list(range(len(prompts))), cfg)
+        norms = [h["grad_norm"] for h in res.history if "grad_norm" in h]  # [steps][B], before clipping
+        n = torch.tensor(norms)  # [steps, B]
         clipped = (n > cfg.grad_clip).float().mean(dim=1)
         print(
             f"{spec:50s} median grad norm: step 0 {n[0].median():.4f}, "

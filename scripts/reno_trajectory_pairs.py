@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from compalign.generators import create_generator
+from compalign.io import atomic_write_text
 from compalign.noise_optimization.cli import build_rewards
 from compalign.noise_optimization.reno import ReNOConfig, optimize_noise
 from compalign.world.quality import judge_images
@@ -61,7 +62,10 @@ def main() -> None:
     done = {}
     if done_file.exists():
         for ln in done_file.read_text().splitlines():
-            r = json.loads(ln)
+            try:
+                r = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut by an interruption: its batch runs again
+                continue
             done[(r["job"], r["tag"])] = r
     t0 = time.perf_counter()
     for b0 in range(0, len(jobs), args.batch_size):
@@ -79,7 +83,7 @@ def main() -> None:
         kept["best"] = res.best_images.cpu()
         lines = []
         for tag, imgs in kept.items():
-            verdicts = judge_images(imgs, [jobs[j][0] for j in batch], args.workers)
+            verdicts = judge_images(imgs, prompts_b, args.workers)
             for k, j in enumerate(batch):
                 name = f"images/{j:05d}_{tag}.png"
                 arr = (imgs[k].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -113,7 +117,7 @@ def main() -> None:
                           "better": str(out / better["path"]), "worse": str(out / worse["path"]),
                           "better_model": f"reno-{better['tag']}", "worse_model": f"reno-{worse['tag']}",
                           "split": "train", "decided_by": "evaluator"})  # fmt: skip
-    (out / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    atomic_write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     passed = np.mean([r["passed"] for r in done.values() if r["tag"] == "best"])
     print(f"{len(pairs)} pairs from {len(by_prompt)} prompts; best images passed {100 * passed:.1f}%")
 

@@ -107,6 +107,25 @@ def test_early_stop_and_clipping(onestep):
     tiny = ReNOConfig(iterations=2, lr=1.0, momentum=0.0, grad_clip=1e-3, reg_weight=0.0, progress=False)
     r2 = optimize_noise(onestep, ["a red circle"], [redness()], [0], tiny)
     assert abs(r2.history[1]["loss"][0] - r2.history[0]["loss"][0]) < 0.05
+    # the pre-clip gradient norm is recorded on every iteration followed by a step (not the last)
+    assert "grad_norm" not in r2.history[-1] and r2.history[0]["grad_norm"][0] > 1e-3
+
+
+def test_recorded_grad_norm_is_the_noise_gradient(onestep):
+    """history's grad_norm equals the norm of d(total loss)/d(noise) at the initial noise."""
+    from compalign.generators.base import noise_for_seeds
+    from compalign.noise_optimization.reno import chi_regularizer
+
+    cfg = ReNOConfig(iterations=2, reg_weight=0.01, progress=False)
+    res = optimize_noise(onestep, ["a red circle", "a blue square"], [redness()], [0, 1], cfg)
+    prompts = ["a red circle", "a blue square"]
+    noise = noise_for_seeds([0, 1], onestep.noise_shape(1)[1:]).float().requires_grad_(True)
+    images = onestep.generate_from_noise(noise.to(onestep.dtype), prompts).float()
+    r = redness()
+    total = (r.weight * (r.offset - r.reward(images, prompts)) + 0.01 * chi_regularizer(noise)).sum()
+    (grad,) = torch.autograd.grad(total, noise)
+    expected = grad.flatten(1).norm(dim=1).tolist()
+    assert res.history[0]["grad_norm"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_not_differentiable_generator_is_refused():

@@ -106,7 +106,8 @@ class ReNOResult:
     initial_loss: list[float]
     history: list[dict] = field(default_factory=list)
     """One entry per iteration: ``{"iteration", "loss": [B], "reg": [B], "rewards": {name: [B]},
-    "active": [B]}`` (rewards are scores, higher is better)."""
+    "active": [B]}`` (rewards are scores, higher is better), plus ``"grad_norm": [B]`` (each
+    sample's noise-gradient norm before clipping) on iterations followed by an optimizer step."""
     iterations_run: list[int] = field(default_factory=list)
     """Generator evaluations each sample used (fewer than `iterations` after an early stop)."""
     all_images: list[torch.Tensor] | None = None
@@ -259,6 +260,7 @@ def optimize_noise(
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         g = noise.grad
+        record["grad_norm"] = g.detach().flatten(1).norm(dim=1).float().cpu().tolist()  # before clipping
         if config.grad_clip is not None:
             g = _clip_per_sample(g, config.grad_clip)
         noise.grad = g * active.to(g.device).view(-1, *([1] * (g.ndim - 1)))
