@@ -672,6 +672,8 @@ def test_world_blip_backbone(tmp_path):
     again = CompositionRewardModel(bb, aspect=ASPECT)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x, PROMPTS), ref)
+    with pytest.raises(ValueError, match="brings its trained head"):  # not silently the saved head
+        CompositionRewardModel(bb, aspect=ASPECT, head_image_block=False)
 
 
 @pytest.mark.parametrize("name", ["itercomp-attribute", "itercomp-spatial", "itercomp-nonspatial"])

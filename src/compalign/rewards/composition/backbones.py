@@ -365,6 +365,13 @@ class WorldBlipBackbone(WorldCLIPBackbone):
         if self._pretrained_head[0] is not None:
             import copy
 
+            if image_block != self._pretrained_head[0].image_block:
+                raise ValueError(
+                    f"this world-blip backbone ({self.source}) brings its trained head "
+                    f"(image_block={self._pretrained_head[0].image_block}): a new head with "
+                    f"image_block={image_block} would not be that head"
+                )
+
             return copy.deepcopy(self._pretrained_head[0])
         scale = float(self.clip_model().logit_scale.detach().float().exp().clamp(max=100.0))
         width = self.fusion.layers[0].linear1.in_features
