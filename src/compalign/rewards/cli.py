@@ -237,7 +237,7 @@ def train_reward_command(
         typer.Option(
             "--head-image-block/--no-head-image-block",
             help="Fusion head input: with the image-only block (default), or only the prompt and the "
-            "image-prompt product (no prompt-independent image direction for ReNO to climb).",
+            "image-prompt product (no prompt-independent image term).",
         ),
     ] = True,
     margin: Annotated[

@@ -66,9 +66,9 @@ class FusionHead(torch.nn.Module):
     features, a learned re-weighting of the CLIP score.
 
     ``image_block=False`` leaves the image-only block ``sqrt(D) i`` out of the head's input: every
-    term that reads the image then reads it through its product with the prompt, so the head
-    cannot learn a prompt-independent image direction ("drawn like the best gallery model") that
-    noise optimisation would climb whatever the prompt.
+    term that reads the image then reads it through its product with the prompt, so the head has
+    no prompt-independent image term. (Measured on the world: lower pair accuracy and no better as
+    a ReNO reward; see docs/results/reward_models_world, round 3.)
     """
 
     def __init__(

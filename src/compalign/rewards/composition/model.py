@@ -20,11 +20,11 @@ A model folder (`save_pretrained` / `from_pretrained`)::
 As a reward: ``CompositionRewardModel("itercomp-spatial")`` (a shipped name, a model folder or a
 run folder) or ``create_reward("composition:NAME_OR_FOLDER")``; loaded that way it is frozen (no
 parameter requires grad, eval mode). ReNO's loss is ``2 - score`` (as ImageReward's, whose scores
-are standardised the same way). Its default ReNO weight is 0.1, not ImageReward's 1.0: a standardised
-score moves ~20x more per unit of noise than the world CLIP's cosine, so at weight 1 ReNO's
-gradient clip (0.1) binds on nearly every step (measured with `scripts/reno_grad_norms.py`: 75-81% of
-samples still clipped after 8 steps, against 28% for the world CLIP), and on world-onestep weight 0.1
-gave higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, round 3).
+are standardised the same way). Its default ReNO weight is 0.1, not ImageReward's 1.0: on
+world-onestep a standardised score's noise gradient is 3-5x the world CLIP cosine's, so at weight 1
+ReNO's gradient clip (0.1) binds on nearly every step (measured with `scripts/reno_grad_norms.py`:
+75-81% of samples still clipped after 8 steps, against 28% for the world CLIP), and weight 0.1 gave
+higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, round 3).
 """
 
 from __future__ import annotations

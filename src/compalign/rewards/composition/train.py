@@ -84,8 +84,8 @@ class RewardTrainConfig(DictConfig):
     head_hidden: int = 256
     """Hidden width of the fusion head (dual-encoder backbones; BLIP uses ImageReward's MLP)."""
     head_image_block: bool = True
-    """False: the fusion head reads the image only through its product with the prompt, so it
-    has no prompt-independent image direction for noise optimisation to climb."""
+    """False: the fusion head reads the image only through its product with the prompt (no
+    prompt-independent image term)."""
     image_size: int | None = None
     """Images are loaded (PIL, shorter side + center crop) at this size; None: the backbone's input
     size (32 px for world-clip), so the model's own preprocessing is nearly the identity."""
