@@ -243,6 +243,28 @@ def train_reward_command(
     margin: Annotated[
         float | None, typer.Option("--margin", help="Bradley-Terry margin (default 0).")
     ] = None,
+    contrastive_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--contrastive-weight",
+            help="Add the world CLIP's contrastive objective on the reward's score (clean renders vs. "
+            "other prompts and grammar-edited negatives) with this weight (world-clip backbones; "
+            "default 0: off).",
+        ),
+    ] = None,
+    contrastive_category: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--contrastive-category",
+            help="Scene category of the contrastive renders (repeatable; default: the aspect's).",
+        ),
+    ] = None,
+    pool_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--pool-dir", help="Scene-pool folder for the contrastive renders (default runs/_scene_pool)."
+        ),
+    ] = None,
     mixed_precision: Annotated[
         str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
     ] = None,
@@ -301,6 +323,9 @@ def train_reward_command(
         "head_hidden": head_hidden,
         "head_image_block": head_image_block,
         "margin": margin,
+        "contrastive_weight": contrastive_weight,
+        "contrastive_categories": contrastive_category or None,
+        "pool_dir": str(pool_dir) if pool_dir else None,
         "mixed_precision": mixed_precision,
         "time_limit_s": time_limit,
         "image_size": image_size,

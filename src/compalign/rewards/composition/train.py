@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from ..._config import DictConfig
 from ..world_clip.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints, versions
+from .backbones import fuse
 from .data import PairSet, PairsFileError, read_pairs
 from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
 
@@ -95,6 +96,25 @@ class RewardTrainConfig(DictConfig):
     # ----------------------------------------------------------------------------- loss
     margin: float = 0.0
     """Bradley-Terry margin: loss ``-log sigmoid(s_better - s_worse - margin)`` (raw scores)."""
+    contrastive_weight: float = 0.0
+    """Weight of the world CLIP's own contrastive objective, applied to the reward's raw score and
+    added to the Bradley-Terry loss every step (0 disables; world-clip backbones only). A batch of
+    clean training renders from the scene pool (augmented as the world CLIP's training was) is
+    scored against every prompt of the batch and `contrastive_negatives` grammar-edited prompts per
+    image: cross-entropy of each prompt over the images (the direction noise optimisation moves:
+    prompt fixed, image varied) and of each image over [its prompt, its hard negatives, the other
+    prompts], scenes that mean the same masked. It keeps "what a prompt looks like" in the score
+    while the pairs teach the ranking."""
+    contrastive_batch_size: int = 64
+    """Clean renders per step (per process) in the contrastive term."""
+    contrastive_negatives: int = 3
+    """Hard-negative prompts per render (grammar edits that make the prompt false)."""
+    contrastive_categories: list[str] | None = None
+    """Scene categories the renders are drawn from (None: the aspect's categories)."""
+    contrastive_pool_per_category: int = 1024
+    """Training scenes per category in the pool (built once, shared with the generators' pools)."""
+    pool_dir: str = "runs/_scene_pool"
+    """Folder of scene pools (missing shards are rendered first)."""
 
     # ----------------------------------------------------------------------------- optimisation
     epochs: int = 5
@@ -191,6 +211,19 @@ class RewardTrainConfig(DictConfig):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.contrastive_batch_size < 2 or self.contrastive_negatives < 0:
+            raise ValueError("contrastive_batch_size must be >= 2 and contrastive_negatives >= 0")
+        if self.contrastive_pool_per_category < 1:
+            raise ValueError("contrastive_pool_per_category must be >= 1")
+        if self.contrastive_categories is not None:
+            from compalign.world.suites import CATEGORIES
+
+            self.contrastive_categories = list(self.contrastive_categories)
+            bad = [c for c in self.contrastive_categories if c not in CATEGORIES]
+            if bad or not self.contrastive_categories:
+                raise ValueError(f"unknown contrastive_categories {bad}; expected some of {CATEGORIES}")
 
     @property
     def run_dir(self) -> Path:
@@ -210,6 +243,7 @@ RUNTIME_FIELDS = frozenset(
         "progress",
         "time_limit_s",
         "pairs",
+        "pool_dir",
     }
 )
 
@@ -327,6 +361,81 @@ def evaluate_pair_set(
     }
 
 
+# ------------------------------------------------------------------------------------- contrastive term
+def contrastive_scores(
+    model: CompositionRewardModel, images: torch.Tensor, prompts: list[str], negatives: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores of every image with every prompt, `[B, B]`, and of each image with its own
+    hard negatives, `[B, K]` (`negatives`: K per image, image-major). World-clip backbone: each
+    image and prompt is encoded once and the head reads the fused features of each combination."""
+    bb = model.backbone
+    b = images.shape[0]
+    img = bb.model.encode_pixels(bb.pixels(images))  # [B, D]
+    txt = bb.model.encode_text(list(prompts) + list(negatives))  # [B + B K, D]
+    pos, neg = txt[:b], txt[b:].view(b, -1, txt.shape[-1])  # [B, D], [B, K, D]
+    k = neg.shape[1]
+    p = next(model.head.parameters())
+    f_all = fuse(img[:, None, :].expand(b, b, -1), pos[None, :, :].expand(b, b, -1))  # [B, B, 3D]
+    s_all = model.head(f_all.to(p.device, p.dtype)).squeeze(-1).float()  # [B, B]
+    if k == 0:
+        return s_all, s_all.new_zeros(b, 0)
+    f_neg = fuse(img[:, None, :].expand(b, k, -1), neg)  # [B, K, 3D]
+    return s_all, model.head(f_neg.to(p.device, p.dtype)).squeeze(-1).float()  # [B, K]
+
+
+def contrastive_loss(s_all: torch.Tensor, s_neg: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The world CLIP's objective on reward scores: each prompt's cross-entropy over the batch's
+    images, and each image's over [its prompt, its hard negatives, the other prompts], with scenes
+    of equal key (the same meaning) masked as negatives; `loss` is the mean of the two."""
+    b = s_all.shape[0]
+    dev = s_all.device
+    same = (keys[:, None] == keys[None, :]) & ~torch.eye(b, dtype=torch.bool, device=dev)
+    s_all = s_all.masked_fill(same, -1e4)
+    target = torch.arange(b, device=dev)
+    t2i = F.cross_entropy(s_all.T, target)  # prompt fixed, image varied: what ReNO climbs
+    i2t = F.cross_entropy(torch.cat([s_all, s_neg], dim=1), target)
+    with torch.no_grad():
+        acc = (s_all.T.argmax(1) == target).float().mean()
+        acc_hard = (s_neg < s_all.diagonal()[:, None]).all(1).float().mean() if s_neg.numel() else acc
+    return {"loss": 0.5 * (t2i + i2t), "t2i": t2i, "i2t": i2t, "accuracy": acc, "hard_accuracy": acc_hard}
+
+
+class _ContrastiveBatches:
+    """Clean training renders for the contrastive term: batch `step` of process `rank` is a pure
+    function of ``(seed, rank, step)`` (pool draw, hard negatives, augmentation)."""
+
+    def __init__(self, config: RewardTrainConfig, model: CompositionRewardModel, rank: int, main: bool):
+        from compalign.generators.world.data import ScenePool
+        from compalign.world.suites import list_categories
+
+        from ..world_clip.train import BatchMaker, WorldCLIPTrainConfig
+
+        bb = model.backbone
+        if getattr(bb, "kind", None) != "world-clip":
+            raise ValueError(
+                f"contrastive_weight > 0 needs a world-clip backbone (its contrastive objective); "
+                f"this run's backbone is {getattr(bb, 'kind', type(bb).__name__)}"
+            )
+        self.categories = config.contrastive_categories or list_categories(config.aspect)
+        self.pool = ScenePool(config.pool_dir, self.categories, config.contrastive_pool_per_category)
+        if self.pool.missing() and main:
+            self.pool.build(workers=1, progress=config.progress)
+        while self.pool.missing():  # other processes wait for the main one
+            time.sleep(1.0)
+        seed = _seed_of(config.seed, rank, 0xC0)
+        self.make = BatchMaker(
+            self.pool, bb.model, seed, config.contrastive_batch_size, config.contrastive_negatives
+        )
+        self.aug = WorldCLIPTrainConfig(seed=seed)  # the world CLIP's own augmentation strengths
+
+    def __call__(self, step: int, device: torch.device) -> dict:
+        from ..world_clip.train import augment
+
+        batch = self.make(step)
+        x = batch["images"].to(device).float() / 255.0  # [B, 3, 32, 32]
+        return {**batch, "pixels": augment(x, self.aug, step)}
+
+
 def _augment(x: torch.Tensor, config: RewardTrainConfig, seed: int) -> torch.Tensor:
     from ..world_clip.train import augment
 
@@ -354,11 +463,22 @@ def plot_curves(log_path: str | Path, out_png: str | Path) -> Path | None:
         steps = [r["step"] for r in train]
         ax1.plot(steps, [r["loss"] for r in train], lw=1.2, label="train (mean since the last line)")
         ax2.plot(steps, [r["train_accuracy"] for r in train], lw=1.2, label="train batches")
+        if "contrastive_loss" in train[-1]:
+            c = [r for r in train if "contrastive_loss" in r]
+            ax1.plot(
+                [r["step"] for r in c], [r["contrastive_loss"] for r in c], lw=1.0, label="contrastive term"
+            )
+            ax2.plot(
+                [r["step"] for r in c],
+                [r["contrastive_accuracy"] for r in c],
+                lw=1.0,
+                label="contrastive (prompt -> image)",
+            )
     if evals:
         es = [r["step"] for r in evals]
         ax1.plot(es, [r["heldout_loss"] for r in evals], "o-", label="held-out")
         ax2.plot(es, [r["heldout_accuracy"] for r in evals], "o-", label="held-out pairs")
-    ax1.set(xlabel="step", ylabel="Bradley-Terry loss", title="loss")
+    ax1.set(xlabel="step", ylabel="loss", title="Bradley-Terry loss (and contrastive term)")
     ax2.set(xlabel="step", ylabel="pair accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -464,6 +584,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
     freeze_summary = core.freeze(config.freeze_ratio)
     core.to(device)
     core.train()
+    contrast = _ContrastiveBatches(config, core, rank, main) if config.contrastive_weight > 0 else None
     train_set = PairSet(train_pairs, image_size, progress=config.progress and main)
     held_set = PairSet(held_pairs, image_size, progress=config.progress and main) if held_pairs else None
 
@@ -499,6 +620,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
     best: dict | None = None
     evals: list[dict] = []
     loss_avg = acc_avg = None
+    c_avg: dict[str, float] = {}  # running means of the contrastive term's loss and accuracies
     if ckpt is not None:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         core.load_state_dict(state["model"])
@@ -508,6 +630,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
         step, wall, train_s = state["step"], state["wall_time_s"], state["train_time_s"]
         sessions, best, evals = state["sessions"], state["best"], state["evals"]
         loss_avg, acc_avg = state["loss_avg"], state["acc_avg"]
+        c_avg = state.get("contrastive_avg") or {}
         if main and log_path.exists():  # drop lines logged after the checkpoint
             lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
             keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
@@ -541,6 +664,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
                 "evals": evals,
                 "loss_avg": loss_avg,
                 "acc_avg": acc_avg,
+                "contrastive_avg": c_avg,
                 "config": config.to_dict(),
             }
             _atomic_dir(
@@ -593,6 +717,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
     perm_epoch, perm = -1, None
     sum_loss = torch.zeros((), device=device)
     sum_right = torch.zeros((), device=device)
+    sum_c = torch.zeros(3, device=device)  # contrastive loss, accuracy, hard-negative accuracy
     n_logged = 0
     t_log, s_log = time.perf_counter(), step
     interrupted = False
@@ -626,7 +751,17 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
                             s = ddp_model(x, prompts + prompts, normalized=False, check=False)
                         sb, sw = s[: len(mb)], s[len(mb) :]
                         losses = bt_loss(sb, sw, config.margin)
-                        accelerator.backward(losses.sum() * (world / batch))
+                        loss = losses.sum() * (world / batch)
+                        if contrast is not None and sync:  # once per step, with the last micro-batch
+                            cb = contrast(step, device)
+                            with accelerator.autocast():
+                                s_all, s_neg = contrastive_scores(
+                                    core, cb["pixels"], cb["prompts"], cb["negatives"]
+                                )
+                            c = contrastive_loss(s_all, s_neg, cb["keys"].to(device))
+                            loss = loss + config.contrastive_weight * c["loss"]
+                            sum_c += torch.stack([c["loss"].detach(), c["accuracy"], c["hard_accuracy"]])
+                        accelerator.backward(loss)
                     sum_loss += losses.detach().sum()
                     sum_right += ((sb > sw).float() + 0.5 * (sb == sw).float()).detach().sum()
                 n_logged += batch
@@ -642,9 +777,18 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
                 epoch_end = step % per_epoch == 0
                 if step % config.log_every == 0 or step == end or epoch_end:
                     totals = torch.stack([sum_loss, sum_right])
+                    c_tot = sum_c / max(1, step - s_log)
                     if world > 1:
                         totals = accelerator.reduce(totals, reduction="sum")
+                        c_tot = accelerator.reduce(c_tot, reduction="mean")
                     loss_b, acc_b = (totals / n_logged).tolist()
+                    c_rec = {}
+                    if contrast is not None:
+                        names = ("contrastive_loss", "contrastive_accuracy", "contrastive_hard_accuracy")
+                        c_rec = dict(zip(names, c_tot.tolist(), strict=True))
+                        c_avg = {
+                            k: v if k not in c_avg else 0.9 * c_avg[k] + 0.1 * v for k, v in c_rec.items()
+                        }
                     loss_avg = loss_b if loss_avg is None else 0.9 * loss_avg + 0.1 * loss_b
                     acc_avg = acc_b if acc_avg is None else 0.9 * acc_avg + 0.1 * acc_b
                     now = time.perf_counter()
@@ -661,12 +805,14 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
                             "head_lr": head_lr * lr_mult,
                             "pairs_per_s": (step - s_log) * batch / max(1e-9, now - t_log),
                             "wall_time_s": wall,
+                            **c_rec,
                         }
                     )
                     if config.progress and main:
                         bar.set_postfix(loss=f"{loss_avg:.4f}", acc=f"{acc_avg:.3f}")
                     sum_loss.zero_()
                     sum_right.zero_()
+                    sum_c.zero_()
                     n_logged = 0
                     t_log, s_log = now, step
                 if epoch_end:
@@ -741,6 +887,16 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
         "train_time_s": round(train_s, 2),
         "pairs_per_s": round(step * batch / max(train_s, 1e-9), 1) if step else None,
         "final_loss_avg": loss_avg,
+        "contrastive": None
+        if contrast is None
+        else {
+            "weight": config.contrastive_weight,
+            "categories": contrast.categories,
+            "pool_per_category": config.contrastive_pool_per_category,
+            "batch_size": config.contrastive_batch_size,
+            "negatives": config.contrastive_negatives,
+            "final_avg": c_avg,
+        },
         "hardware": hardware,
         "sessions": sessions,
         "versions": versions(),
