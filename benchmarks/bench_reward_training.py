@@ -1,5 +1,7 @@
 """Composition reward-model training speed: pairs per second with the world-clip backbone, on the
-CPU (and the GPU when there is one), for IterComp's frozen fraction 0.7 and for the head alone.
+CPU (and the GPU when there is one), for IterComp's frozen fraction 0.7 and for the head alone;
+``--contrastive`` adds runs with the contrastive term (``contrastive_weight`` 1, 64 clean renders of
+a 256-scene pool of one category per step, built in the temporary folder first).
 
 A synthetic world pairs file is rendered into a temporary folder (`make_world_pairs`), and the
 real trainer (`train_reward_model`) runs a few epochs; the figure is the median of the per-step
@@ -35,9 +37,23 @@ def backbone():
         return WorldCLIPModel.from_arch(seed=0), False
 
 
-def measure(pairs: Path, out: Path, device: str, freeze: float, batch: int, epochs: int, mp: str, threads):
+def measure(
+    pairs: Path,
+    out: Path,
+    device: str,
+    freeze: float,
+    batch: int,
+    epochs: int,
+    mp: str,
+    threads,
+    contrastive=0.0,
+):
     model, trained = backbone()
     cfg = RewardTrainConfig(
+        contrastive_weight=contrastive,
+        contrastive_categories=["color"],
+        contrastive_pool_per_category=256,
+        pool_dir=str(out.parent / "pool"),
         pairs=str(pairs),
         aspect="attribute_binding",
         output_dir=str(out),
@@ -63,6 +79,7 @@ def measure(pairs: Path, out: Path, device: str, freeze: float, batch: int, epoc
         "threads": rec["hardware"]["torch_threads"],
         "trained_weights": trained,
         "freeze_ratio": freeze,
+        "contrastive_weight": contrastive,
         "trainable_parameters": rec["freeze"]["trainable_parameters"] + rec["freeze"]["head_parameters"],
         "batch": batch,
         "steps": rec["steps"],
@@ -80,6 +97,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", action="append", default=None, help="cpu / cuda (default: both if any)")
     ap.add_argument("--mixed-precision", default="no", help="no / bf16 / fp16 (GPU runs only)")
+    ap.add_argument("--contrastive", action="store_true", help="also measure with the contrastive term")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -95,14 +113,23 @@ def main() -> None:
             variants=variants,
         )
         for device in devices:
-            for freeze in (0.7, 1.0):
+            for freeze, contrastive in [
+                (f, c) for c in ((0.0, 1.0) if args.contrastive else (0.0,)) for f in (0.7, 1.0)
+            ]:
                 mp = args.mixed_precision if device != "cpu" else "no"
-                out = tmp / f"run-{device}-{freeze}"
-                r = measure(pairs, out, device, freeze, args.batch, args.epochs, mp, args.threads)
+                out = tmp / f"run-{device}-{freeze}-{contrastive}"
+                if contrastive:  # the pool is built before timing starts
+                    from compalign.generators.world.data import ScenePool
+
+                    ScenePool(tmp / "pool", ["color"], per_category=256).build(progress=False)
+                r = measure(
+                    pairs, out, device, freeze, args.batch, args.epochs, mp, args.threads, contrastive
+                )
                 results.append(r)
                 where = r["gpu"] or f"{r['cpu']} ({r['threads']} threads)"
                 print(
-                    f"{r['device']:>6}  freeze {freeze:.1f}  batch {r['batch']:>4}  "
+                    f"{r['device']:>6}  freeze {freeze:.1f}  contrastive {contrastive:.0f}  "
+                    f"batch {r['batch']:>4}  "
                     f"{r['pairs_per_s']:>9.1f} pairs/s  ({r['trainable_parameters']:,} trainable parameters; "
                     f"{where})"
                 )

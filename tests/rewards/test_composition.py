@@ -616,6 +616,14 @@ def test_cli_train_export_and_eval(cli, pairs_file, tmp_path, monkeypatch):
     untrained = CompositionRewardModel(f"world-clip:{wc}", aspect=ASPECT, frozen=True)
     expect = evaluate_reward_on_pairs(untrained, pairs_file, split=None)
     assert zero["accuracy"] == pytest.approx(expect["accuracy"]) and zero["pairs"] == report["pairs"]
+    # the contrastive term's options: bad values and backbones are one-line errors
+    bad = ["reward", "train", "--pairs", pairs_file, "--aspect", "spatial", "--output-dir", tmp_path / "bad"]
+    r = cli(*bad, "--contrastive-weight", "-1")
+    assert r.exit_code == 2 and "contrastive_weight must be >= 0" in r.stderr
+    r = cli(*bad, "--contrastive-weight", "1", "--contrastive-category", "nope")
+    assert r.exit_code == 2 and "unknown contrastive_categories" in r.stderr
+    r = cli(*bad, "--backbone", f"world-blip:{wc}", "--contrastive-weight", "1", "--device", "cpu")
+    assert r.exit_code == 2 and "needs a world-clip backbone" in r.stderr
 
 
 def test_spearman_and_world_report(trained, pairs_file):
@@ -771,7 +779,9 @@ def test_training_with_contrastive_term(pairs_file, tmp_path):
     )
     full = train_reward_model(make_config(pairs_file, tmp_path / "a", **kw), tiny_world_clip(1), resume=False)
     rec = json.loads((full / "training.json").read_text())
-    assert rec["contrastive"]["categories"] == ["spatial", "position"] and rec["contrastive"]["weight"] == 10.0
+    assert (
+        rec["contrastive"]["categories"] == ["spatial", "position"] and rec["contrastive"]["weight"] == 10.0
+    )
     log = [json.loads(ln) for ln in (full.parent / "log.jsonl").read_text().splitlines()]
     train_lines = [r for r in log if r["event"] == "train"]
     assert all(
