@@ -34,7 +34,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--aspect", required=True)
-    ap.add_argument("--n", type=int, default=300, help="train prompts per category (the first N)")
+    ap.add_argument(
+        "--n", type=int, default=300, help="prompts per category (the first N after --prompt-offset)"
+    )
+    ap.add_argument(
+        "--split", default="train", choices=["train", "heldout"], help="suite split of the prompts"
+    )
+    ap.add_argument("--prompt-offset", type=int, default=0, help="skip the first prompts of each suite")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seed-offset", type=int, default=1000)
     ap.add_argument("--model", default="world-onestep")
@@ -52,7 +58,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     (out / "images").mkdir(parents=True, exist_ok=True)
     keep = sorted({int(k) for k in args.keep.split(",")} & set(range(args.iterations)))
-    prompts = [p for c in list_categories(args.aspect) for p in load_suite(c, "train")[: args.n]]
+    o = args.prompt_offset
+    prompts = [p for c in list_categories(args.aspect) for p in load_suite(c, args.split)[o : o + args.n]]
     jobs = [(p, args.seed_offset + s) for p in prompts for s in range(args.seeds)]
     gen = create_generator(args.model)
     rewards = build_rewards(args.reward or ["world-clip=1"], [], gen.device)
@@ -116,7 +123,7 @@ def main() -> None:
             pairs.append({"aspect": args.aspect, "index": better["job"], "prompt": prompt,
                           "better": str(out / better["path"]), "worse": str(out / worse["path"]),
                           "better_model": f"reno-{better['tag']}", "worse_model": f"reno-{worse['tag']}",
-                          "split": "train", "decided_by": "evaluator"})  # fmt: skip
+                          "split": args.split, "decided_by": "evaluator"})  # fmt: skip
     atomic_write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     passed = np.mean([r["passed"] for r in done.values() if r["tag"] == "best"])
     print(f"{len(pairs)} pairs from {len(by_prompt)} prompts; best images passed {100 * passed:.1f}%")

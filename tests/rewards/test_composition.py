@@ -684,12 +684,14 @@ def test_world_blip_backbone(tmp_path):
         CompositionRewardModel(bb, aspect=ASPECT, head_image_block=False)
 
 
-@pytest.mark.parametrize("name", ["itercomp-attribute", "itercomp-spatial", "itercomp-nonspatial"])
+@pytest.mark.parametrize(
+    "name", ["itercomp-attribute", "itercomp-spatial", "itercomp-nonspatial", "itercomp-spatial-r4"]
+)
 def test_shipped_models_follow_the_reward_contract(name):
     """The shipped reward models load by name offline and score like any reward: one float per
     image, differentiable in the image, deterministic."""
     model = create_reward(f"composition:{name}", device="cpu")
-    assert model.aspect == SHIPPED[name]
+    assert model.aspect == SHIPPED.get(name, "spatial_relationship")
     img = torch.rand(3, 3, 32, 32, requires_grad=True)
     prompts = [*PROMPTS, "a small red square inside a large blue circle"]
     s = model(img, prompts)
