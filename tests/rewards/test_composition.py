@@ -832,3 +832,30 @@ def test_training_with_contrastive_term(pairs_file, tmp_path):
     ):
         with pytest.raises(ValueError):
             make_config(pairs_file, tmp_path / "x", **bad)
+
+
+def test_contrastive_term_keeps_two_processes_in_sync(pairs_file, tmp_path):
+    """Under accelerate's DDP (2 CPU processes, each with its own pairs and its own renders) the
+    contrastive term's gradient is all-reduced with the Bradley-Terry one: after two steps both
+    processes hold the same weights, and they moved."""
+    from accelerate import debug_launcher
+
+    debug_launcher(_ddp_contrastive_run, args=(str(pairs_file), str(tmp_path)), num_processes=2)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(0)
+    init = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(not torch.equal(a[k], init[k]) for k in a) > len(a) // 2
+
+
+def _ddp_contrastive_run(pairs, out):
+    from accelerate import PartialState
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = CompositionRewardModel(tiny_world_clip(0), aspect=ASPECT)
+    kw = dict(epochs=1, freeze_ratio=0.0, contrastive_weight=1.0, contrastive_batch_size=8)
+    kw |= dict(contrastive_pool_per_category=16, pool_dir=f"{out}/pool")
+    train_reward_model(make_config(pairs, f"{out}/run", **kw), model, resume=False, stop_at_step=2)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(state, f"{out}/rank{PartialState().process_index}.pt")
