@@ -112,16 +112,16 @@ def main() -> None:
             n_heldout=8,
             variants=variants,
         )
+        if args.contrastive:  # the renders' pool is built before any timing starts
+            from compalign.generators.world.data import ScenePool
+
+            ScenePool(tmp / "pool", ["color"], per_category=256).build(progress=False)
         for device in devices:
             for freeze, contrastive in [
                 (f, c) for c in ((0.0, 1.0) if args.contrastive else (0.0,)) for f in (0.7, 1.0)
             ]:
                 mp = args.mixed_precision if device != "cpu" else "no"
                 out = tmp / f"run-{device}-{freeze}-{contrastive}"
-                if contrastive:  # the pool is built before timing starts
-                    from compalign.generators.world.data import ScenePool
-
-                    ScenePool(tmp / "pool", ["color"], per_category=256).build(progress=False)
                 r = measure(
                     pairs, out, device, freeze, args.batch, args.epochs, mp, args.threads, contrastive
                 )

@@ -372,15 +372,13 @@ def contrastive_scores(
     b = images.shape[0]
     img = bb.model.encode_pixels(bb.pixels(images))  # [B, D]
     txt = bb.model.encode_text(list(prompts) + list(negatives))  # [B + B K, D]
-    pos, neg = txt[:b], txt[b:].view(b, -1, txt.shape[-1])  # [B, D], [B, K, D]
-    k = neg.shape[1]
+    k = len(negatives) // b
+    pos, neg = txt[:b], txt[b:].view(b, k, txt.shape[-1])  # [B, D], [B, K, D]
+    cols = torch.cat([pos[None].expand(b, -1, -1), neg], dim=1)  # [B, B + K, D]: image i's prompts
+    f = fuse(img[:, None, :].expand_as(cols), cols)  # [B, B + K, 3D]
     p = next(model.head.parameters())
-    f_all = fuse(img[:, None, :].expand(b, b, -1), pos[None, :, :].expand(b, b, -1))  # [B, B, 3D]
-    s_all = model.head(f_all.to(p.device, p.dtype)).squeeze(-1).float()  # [B, B]
-    if k == 0:
-        return s_all, s_all.new_zeros(b, 0)
-    f_neg = fuse(img[:, None, :].expand(b, k, -1), neg)  # [B, K, 3D]
-    return s_all, model.head(f_neg.to(p.device, p.dtype)).squeeze(-1).float()  # [B, K]
+    s = model.head(f.to(p.device, p.dtype)).squeeze(-1).float()  # [B, B + K]
+    return s[:, :b], s[:, b:]
 
 
 def contrastive_loss(s_all: torch.Tensor, s_neg: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
