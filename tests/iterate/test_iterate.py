@@ -126,6 +126,20 @@ def test_changed_settings_are_refused(done, env, cli):
     assert snapshot(wd) == before
 
 
+def test_feedback_stop_range_reaches_the_refl_run(done, env, cli, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(done[0], wd)
+    before = read(wd / "iter_1" / "base" / "training.json")
+    assert before["config"]["stop_range"] == [0.75, 1.0]
+    r = cli(*iterate_args(env, wd, "--feedback-stop-range", "0,1"))
+    assert r.exit_code == 2 and "stage feedback finished with other settings (stop_range" in r.stderr
+    r = cli(*iterate_args(env, wd, "--feedback-stop-range", "0,1", "--force-stage", "1:feedback"))
+    assert r.exit_code == 0, r.output
+    after = read(wd / "iter_1" / "base" / "training.json")
+    assert after["config"]["stop_range"] == [0, 1] and after["settings"]["stop_indices"] == [0, 1]
+    assert stages_of(wd)["feedback"]["settings"]["stop_range"] == [0, 1]
+
+
 def test_second_iteration_expands_the_gallery(done, env, cli, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(done[0], wd)
@@ -203,6 +217,8 @@ def test_people_mode_waits_then_continues(env, cli, tmp_path):
         (["--eval-per-category", "99", "--reward-heldout-per-category", "5"], "must not overlap"),
         (["--feedback-steps", "0"], "--feedback-steps must be >= 1"),
         (["--seeds-per-prompt", "0"], "--seeds-per-prompt must be >= 1"),
+        (["--feedback-stop-range", "0.5"], "--feedback-stop-range '0.5': expected LO,HI"),
+        (["--feedback-stop-range", "0.5,0.2"], "feedback_stop_range: stop_range fractions must satisfy"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(env, cli, tmp_path, extra, message):

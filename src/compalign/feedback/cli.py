@@ -51,14 +51,14 @@ def _pairs(items: list[str] | None, what: str, need_value: bool = False) -> dict
     return out
 
 
-def _stop_range(text: str) -> list:
+def _stop_range(text: str, option: str = "--stop-range") -> list:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2:
-        raise ValueError(f"--stop-range {text!r}: expected LO,HI (fractions 0.75,1 or indices 30,39)")
+        raise ValueError(f"{option} {text!r}: expected LO,HI (fractions 0.75,1 or indices 30,39)")
     try:
         return [int(p) if p.lstrip("-").isdigit() else float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--stop-range {text!r}: expected two numbers") from None
+        raise ValueError(f"{option} {text!r}: expected two numbers") from None
 
 
 @app.command("train")

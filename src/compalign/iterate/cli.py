@@ -17,6 +17,7 @@ from typer.core import TyperCommand
 
 from compalign._cli import fail as _fail
 
+from ..feedback.cli import _stop_range
 from .config import DEFAULT_GALLERY_MODELS, ESTIMATE, STAGES
 
 WAITING = 3
@@ -126,6 +127,10 @@ def iterate_command(
     feedback_steps: Annotated[int, typer.Option("--feedback-steps")] = 150,
     feedback_batch_size: Annotated[int, typer.Option("--feedback-batch-size")] = 8,
     feedback_lr: Annotated[float | None, typer.Option("--feedback-lr", help="Default: 1e-4 (world).")] = None,
+    feedback_stop_range: Annotated[
+        str | None,
+        typer.Option("--feedback-stop-range", help="ReFL stop range: fractions LO,HI or indices A,B."),
+    ] = None,
     reg_type: Annotated[
         str, typer.Option("--reg-type", help="auto, denoising, distance or none (not advised).")
     ] = "auto",
@@ -198,6 +203,9 @@ def iterate_command(
             reward_batch_size=reward_batch_size, reward_lr=reward_lr, reward_head_lr=reward_head_lr,
             reward_freeze_ratio=reward_freeze_ratio, reward_weights=_weights(reward_weights),
             feedback_steps=feedback_steps, feedback_batch_size=feedback_batch_size, feedback_lr=feedback_lr,
+            feedback_stop_range=(
+                _stop_range(feedback_stop_range, "--feedback-stop-range") if feedback_stop_range else IterateConfig().feedback_stop_range
+            ),
             reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
             pool_per_category=pool_per_category, feedback_checkpoint_every=feedback_checkpoint_every,
             eval_categories=list(eval_categories) if eval_categories else None,
@@ -208,6 +216,9 @@ def iterate_command(
             workers=workers, progress=sys.stderr.isatty() if progress is None else progress,
             force_stages=list(force_stage or []), stop_after=stop_after,
         )  # fmt: skip
+    except ValueError as e:  # a bad option value (the message names it)
+        _fail(str(e))
+    try:
         outcome = run_iterate(config)
     except IterateError as e:
         _fail(str(e))

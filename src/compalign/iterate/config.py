@@ -117,6 +117,9 @@ class IterateConfig(DictConfig):
     """ReFL samples per step."""
     feedback_lr: float | None = None
     """Feedback learning rate (None: the trainer's default, 1e-4 for world models)."""
+    feedback_stop_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    """ReFL stop range (`FeedbackConfig.stop_range`): fractions ``[lo, hi)`` of the sampler's
+    schedule, or two ints as inclusive indices."""
     reg_type: str = "auto"
     """Regulariser against drift: ``auto`` (world: denoising loss on rendered scenes; SD: distance
     to the frozen base), ``denoising``, ``distance``, or ``none`` (not advised)."""
@@ -174,6 +177,12 @@ class IterateConfig(DictConfig):
         self.eval_seeds = [int(s) for s in self.eval_seeds]
         self.force_stages = list(self.force_stages or [])
         self.reward_weights = {str(k): float(v) for k, v in (self.reward_weights or {}).items()}
+        from ..feedback.config import _check_stop_range
+
+        try:
+            self.feedback_stop_range = _check_stop_range(self.feedback_stop_range)
+        except ValueError as e:
+            raise ValueError(f"feedback_stop_range: {e}") from None
         if self.eval_categories is not None:
             self.eval_categories = list(self.eval_categories)
 

@@ -374,7 +374,7 @@ def _check_trainer_configs(c: IterateConfig) -> None:
         FeedbackConfig(
             base=c.base, output_dir="-", rewards={"composition:-": 1.0}, aspects=list(c.aspects),
             max_steps=c.feedback_steps, batch_size=c.feedback_batch_size, learning_rate=c.feedback_lr,
-            reg_type=c.reg_type, reg_weight=c.reg_weight, pool_per_category=c.pool_per_category, seed=c.seed,
+            stop_range=list(c.feedback_stop_range), reg_type=c.reg_type, reg_weight=c.reg_weight, pool_per_category=c.pool_per_category, seed=c.seed,
         )  # fmt: skip
     except ValueError as e:
         raise IterateError(str(e)) from None
@@ -549,6 +549,12 @@ class IterateRun:
                     "reg_weight": c.reg_weight,
                     "pool_per_category": c.pool_per_category,
                     "seed": c.seed,
+                    # recorded only when not the default, so older work folders still match
+                    **(
+                        {"stop_range": c.feedback_stop_range}
+                        if c.feedback_stop_range != IterateConfig().feedback_stop_range
+                        else {}
+                    ),
                 }
             )
         if stage == "evaluate":
@@ -1002,6 +1008,7 @@ class IterateRun:
             max_steps=c.feedback_steps,
             batch_size=c.feedback_batch_size,
             learning_rate=c.feedback_lr,
+            stop_range=list(c.feedback_stop_range),
             reg_type=c.reg_type,
             reg_weight=c.reg_weight,
             pool_dir=str(self.pool_dir().resolve()),
