@@ -204,7 +204,8 @@ def iterate_command(
             reward_freeze_ratio=reward_freeze_ratio, reward_weights=_weights(reward_weights),
             feedback_steps=feedback_steps, feedback_batch_size=feedback_batch_size, feedback_lr=feedback_lr,
             feedback_stop_range=(
-                _stop_range(feedback_stop_range, "--feedback-stop-range") if feedback_stop_range else IterateConfig().feedback_stop_range
+                _stop_range(feedback_stop_range, "--feedback-stop-range")
+                if feedback_stop_range else IterateConfig().feedback_stop_range
             ),
             reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
             pool_per_category=pool_per_category, feedback_checkpoint_every=feedback_checkpoint_every,

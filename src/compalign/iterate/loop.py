@@ -374,7 +374,8 @@ def _check_trainer_configs(c: IterateConfig) -> None:
         FeedbackConfig(
             base=c.base, output_dir="-", rewards={"composition:-": 1.0}, aspects=list(c.aspects),
             max_steps=c.feedback_steps, batch_size=c.feedback_batch_size, learning_rate=c.feedback_lr,
-            stop_range=list(c.feedback_stop_range), reg_type=c.reg_type, reg_weight=c.reg_weight, pool_per_category=c.pool_per_category, seed=c.seed,
+            stop_range=list(c.feedback_stop_range), reg_type=c.reg_type, reg_weight=c.reg_weight,
+            pool_per_category=c.pool_per_category, seed=c.seed,
         )  # fmt: skip
     except ValueError as e:
         raise IterateError(str(e)) from None
