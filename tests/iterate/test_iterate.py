@@ -96,14 +96,42 @@ def test_one_iteration_writes_every_artifact(done):
     assert all(rewards[a]["heldout_pairs"] > 0 and 0 <= rewards[a]["heldout_accuracy"] <= 1 for a in ASPECTS)
     reno = state["reno"]["outputs"]
     assert reno["generator"] == "onestep" and "multi-step" in reno["note"]
+    check = state["evaluate"]["outputs"]["reward_check"]
+    assert check["models"] == ["tinybase", "iter1"] and set(check["aspects"]) == set(ASPECTS)
+    evals = {m: read(it / "eval" / f"{m}.json")["result"]["records"] for m in check["models"]}
+    for a, v in check["aspects"].items():
+        assert v["images"] > 0 and set(v["reward"]) == {"tinybase", "iter1"}
+        # the check's images are the evaluation's first-seed images: the same verdicts
+        for m in check["models"]:
+            recs = [r for r in evals[m] if r["seed"] == check["seed"] and _aspect(r["category"]) == a]
+            assert len(recs) == v["images"] and v["accuracy"][m] == sum(r["passed"] for r in recs) / len(recs)
+        assert v["decided_pairs"] <= v["images"]
+        assert v["agreement"] is None or 0 <= v["agreement"] <= 1
     report = (it / "report.md").read_text()
-    for section in ("Held-out accuracy", "ReNO", "Reward models", "Feedback training", "Stages"):
+    for section in ("Held-out accuracy", "Do the reward models see", "ReNO", "Reward models", "Stages"):
         assert f"## {section}" in report or section in report
     assert "feedback/curves.png" in report and "ReNO runs on onestep" in report
     for png in ("accuracy", "reno", "reward_accuracy", "feedback_rewards"):
         assert (it / "plots" / f"{png}.png").stat().st_size > 1000
     assert "iter_1/report.md" in (wd / "report.md").read_text()
     assert read(it / "summary.json")["base_after"] == "iter1"
+
+
+def _aspect(category: str) -> str:
+    from compalign.world.suites import CATEGORY_ASPECT
+
+    return CATEGORY_ASPECT[category]
+
+
+def test_reward_check_verdict_names_what_happened():
+    from compalign.iterate.report import reward_check_verdict
+
+    assert "exploited" in reward_check_verdict(0.3, -0.05, 0.7)
+    assert "rose together" in reward_check_verdict(0.3, 0.05, 0.8)
+    assert "did not move" in reward_check_verdict(-0.1, 0.05, None)
+    assert "not compositional" in reward_check_verdict(0.2, 0.0, None)
+    assert "near chance (50%)" in reward_check_verdict(0.3, -0.05, 0.5)
+    assert "near chance" not in reward_check_verdict(0.3, -0.05, 0.75)
 
 
 def test_same_command_again_does_nothing_new(done, env, cli):

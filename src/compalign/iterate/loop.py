@@ -1160,6 +1160,58 @@ class IterateRun:
                 "aspects": res["aspects"],
                 "categories": {cat: v["accuracy"] for cat, v in res["categories"].items()},
             }
+        out["reward_check"] = self._reward_check(k)
+        return out
+
+    def _reward_check(self, k: int) -> dict:
+        """Do iteration k's reward models see what feedback training changed?
+
+        The previous and the new base render the held-out evaluation prompts of each aspect (the
+        first evaluation seed: the same images as in the evaluation); each image gets its aspect
+        reward model's score and the exact evaluator's verdict. Per aspect: mean reward and
+        accuracy of both bases, and, over the (prompt, seed) pairs whose verdicts differ, how
+        often the reward prefers the base the evaluator prefers (its pair accuracy on exactly the
+        changes feedback training made)."""
+        import torch
+
+        from ..generators import create_generator
+        from ..rewards.registry import create_reward
+        from ..world.quality import judge_images, suite_items
+        from ..world.suites import list_categories
+
+        c = self.config
+        seed = c.eval_seeds[0]
+        prev_name, prev_spec, _ = self.current_base(k)
+        models = {prev_name: prev_spec, base_name(k): str(self.base_dir(k).resolve())}
+        gens = {n: create_generator(s, device=c.device) for n, s in models.items()}
+        out: dict = {"seed": seed, "models": list(models), "aspects": {}}
+        for aspect in c.aspects:
+            cats = [x for x in list_categories(aspect) if x in c.evaluation_categories()]
+            prompts = [p for _, p in suite_items(cats, c.eval_per_category, "heldout")]
+            if not prompts:
+                continue
+            model = self.abs(self.state.outputs(k, "rewards")[aspect]["model"])
+            reward = create_reward(f"composition:{model}")
+            reward.eval()
+            per: dict = {}
+            for name, gen in gens.items():
+                scores, verdicts = [], []
+                for i in range(0, len(prompts), c.eval_batch_size):
+                    chunk = prompts[i : i + c.eval_batch_size]
+                    with torch.no_grad():
+                        images = gen.generate(chunk, seeds=[seed] * len(chunk)).float()
+                        scores += reward(images.to(next(reward.parameters()).device), chunk).float().tolist()
+                    verdicts += [(bool(ok), float(sc)) for ok, sc in judge_images(images, chunk, c.workers)]
+                per[name] = (scores, verdicts)
+            (r0, v0), (r1, v1) = per[prev_name], per[base_name(k)]
+            decided = [(a > b, x > y) for a, b, x, y in zip(v1, v0, r1, r0, strict=True) if a != b]
+            out["aspects"][aspect] = {
+                "images": len(prompts),
+                "reward": {n: sum(r) / len(r) for n, (r, _) in per.items()},
+                "accuracy": {n: sum(ok for ok, _ in v) / len(v) for n, (_, v) in per.items()},
+                "decided_pairs": len(decided),
+                "agreement": (sum(e == w for e, w in decided) / len(decided)) if decided else None,
+            }
         return out
 
     # ------------------------------------------------------------------ 7. reno

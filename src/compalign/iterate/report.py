@@ -103,6 +103,50 @@ def _feedback_plot(run, k: int, fb: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def reward_check_verdict(reward_delta: float, accuracy_delta: float, agreement: float | None) -> str:
+    """One sentence on whether a reward model saw what feedback training changed (`reward_delta`
+    in the reward's units, `accuracy_delta` a fraction, `agreement` its pair accuracy on the
+    evaluator-decided (previous, new) image pairs)."""
+    if reward_delta <= 0:
+        text = "the reward did not rise on held-out prompts: feedback training did not move this aspect"
+    elif accuracy_delta < 0:
+        text = "the reward rose while accuracy fell: feedback training exploited this reward model"
+    elif accuracy_delta == 0:
+        text = "the reward rose, accuracy did not: the reward's gain is not compositional"
+    else:
+        text = "reward and accuracy rose together"
+    if agreement is not None and agreement <= 0.6:
+        text += f"; on the images that changed verdict the reward is near chance ({100 * agreement:.0f}%)"
+    return text
+
+
+def _reward_check_lines(check: dict | None, k: int) -> list[str]:
+    if not check or not check.get("aspects"):
+        return []
+    prev, new = check["models"]
+    lines = [
+        "### Do the reward models see what feedback training changed?",
+        "",
+        f"Both bases render the held-out evaluation prompts (seed {check['seed']}); each image gets its "
+        f"aspect's reward model (iteration {k}'s, the one feedback training raised) and the exact "
+        "evaluator's verdict. *Agreement*: over the (prompt, seed) pairs whose verdicts differ, how often "
+        "the reward prefers the base the evaluator prefers.",
+        "",
+        f"| aspect | images | reward: {prev} -> {new} | accuracy: {prev} -> {new} | decided pairs "
+        "| agreement | reading |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for a, v in check["aspects"].items():
+        r0, r1 = v["reward"][prev], v["reward"][new]
+        a0, a1 = v["accuracy"][prev], v["accuracy"][new]
+        agree = "-" if v["agreement"] is None else _pct(v["agreement"])
+        lines.append(
+            f"| {a} | {v['images']} | {r0:.3f} -> {r1:.3f} | {_pct(a0)} -> {_pct(a1)} | "
+            f"{v['decided_pairs']} | {agree} | {reward_check_verdict(r1 - r0, a1 - a0, v['agreement'])} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(run, k: int) -> dict:
     """Write iteration k's report and plots; returns the stage's outputs (relative paths)."""
     from ..io import atomic_write_json, atomic_write_text
@@ -161,6 +205,8 @@ def write_report(run, k: int) -> dict:
             f"{_pct(by_name[new]['overall'])}% ({new}): {100 * delta:+.1f} points.",
             "",
         ]
+
+    lines += _reward_check_lines(ev.get("reward_check"), k)
 
     # ------------------------------------------------------------------ ReNO
     lines += ["## Noise optimisation (ReNO)", ""]
