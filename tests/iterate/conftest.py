@@ -105,7 +105,7 @@ def iterate_args(env: dict, workdir, *extra) -> list[str]:
         "--feedback-checkpoint-every", "1",
         "--pool-per-category", "4",
         "--pool-dir", env["pool"],
-        "--eval-categories", "color", "spatial", "non_spatial",
+        "--eval-categories", "color", "spatial", "non_spatial", "single_object",
         "--eval-per-category", "1",
         "--eval-seeds", "0",
         "--reno-model", env["onestep"],

@@ -89,6 +89,8 @@ def test_one_iteration_writes_every_artifact(done):
     assert (it / "feedback" / "curves.png").is_file()
     assert {p.stem for p in (it / "eval").glob("*.json")} == {"good", "bad", "tinybase", "iter1"}
     assert read(it / "eval" / "good.json")["result"]["overall"] == 1.0
+    # single_object (evaluated by default: the reward-hacking check) is reported next to the aspects
+    assert "single_object" in read(it / "eval" / "iter1.json")["result"]["categories"]
     assert read(it / "eval" / "bad.json")["result"]["overall"] == 0.0
     assert (it / "reno" / "plain.json").is_file() and (it / "reno" / "reno.json").is_file()
     state = stages_of(wd)
@@ -114,6 +116,7 @@ def test_one_iteration_writes_every_artifact(done):
     for png in ("accuracy", "reno", "reward_accuracy", "feedback_rewards"):
         assert (it / "plots" / f"{png}.png").stat().st_size > 1000
     assert "iter_1/report.md" in (wd / "report.md").read_text()
+    assert "mean of the aspects" in report and "; single_object " in report
     assert read(it / "summary.json")["base_after"] == "iter1"
 
 
@@ -290,3 +293,12 @@ def test_seeds_per_prompt_repeats_prompts_and_keeps_train_first():
     assert c2 == [c for c in c1[:n1] for _ in range(2)] + [c for c in c1[n1:] for _ in range(2)]
     assert {prompt_split(p) for p in p2[:n2]} == {"train"}
     assert {prompt_split(p) for p in p2[n2:]} == {"heldout"}
+
+
+def test_default_evaluation_adds_single_object_unless_told_not_to():
+    from compalign.iterate.config import IterateConfig
+
+    cats = IterateConfig().evaluation_categories()
+    assert cats[-1] == "single_object" and "spatial" in cats
+    assert "single_object" not in IterateConfig(eval_single_object=False).evaluation_categories()
+    assert IterateConfig(eval_categories=["color"]).evaluation_categories() == ["color"]

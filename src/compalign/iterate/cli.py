@@ -144,6 +144,13 @@ def iterate_command(
         list[str] | None,
         typer.Option("--eval-categories", help="Held-out categories (several) (default: the aspects')."),
     ] = None,
+    eval_single_object: Annotated[
+        bool,
+        typer.Option(
+            "--eval-single-object/--no-eval-single-object",
+            help="With the default categories, also evaluate single_object (reward-hacking check).",
+        ),
+    ] = True,
     eval_per_category: Annotated[int, typer.Option("--eval-per-category")] = 20,
     eval_seeds: Annotated[
         list[int] | None, typer.Option("--eval-seeds", help="Seeds per prompt (several) (default: 0 1).")
@@ -210,6 +217,7 @@ def iterate_command(
             reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
             pool_per_category=pool_per_category, feedback_checkpoint_every=feedback_checkpoint_every,
             eval_categories=list(eval_categories) if eval_categories else None,
+            eval_single_object=eval_single_object,
             eval_per_category=eval_per_category, eval_seeds=list(eval_seeds) if eval_seeds else [0, 1],
             eval_batch_size=eval_batch_size, reno=reno, reno_model=reno_model,
             reno_iterations=reno_iterations,

@@ -135,7 +135,11 @@ class IterateConfig(DictConfig):
 
     # ----------------------------------------------------------------------------- evaluation
     eval_categories: list[str] | None = None
-    """Held-out suite categories evaluated (None: the categories of `aspects`)."""
+    """Held-out suite categories evaluated (None: the categories of `aspects`, plus
+    ``single_object`` with `eval_single_object`)."""
+    eval_single_object: bool = True
+    """With the default `eval_categories`, also evaluate ``single_object``: feedback training must
+    not buy composition with plain objects (reward hacking shows there first)."""
     eval_per_category: int = 20
     """Held-out prompts per category (the first N of each held-out suite)."""
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -196,7 +200,10 @@ class IterateConfig(DictConfig):
         return [c for a in self.aspects for c in list_categories(a)]
 
     def evaluation_categories(self) -> list[str]:
-        return list(self.eval_categories) if self.eval_categories else self.categories_of_aspects()
+        if self.eval_categories:
+            return list(self.eval_categories)
+        extra = ["single_object"] if self.eval_single_object else []
+        return [*self.categories_of_aspects(), *(x for x in extra if x not in self.categories_of_aspects())]
 
     def reno_prompts_per_category(self) -> int:
         return self.reno_per_category or self.eval_per_category

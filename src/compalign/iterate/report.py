@@ -103,6 +103,12 @@ def _feedback_plot(run, k: int, fb: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def aspect_mean(result: dict) -> float | None:
+    """Mean of the aspects' accuracies (the issue's headline figure); None without aspects."""
+    vals = [v for v in (result.get("aspects") or {}).values() if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def reward_check_verdict(reward_delta: float, accuracy_delta: float, agreement: float | None) -> str:
     """One sentence on whether a reward model saw what feedback training changed (`reward_delta`
     in the reward's units, `accuracy_delta` a fraction, `agreement` its pair accuracy on the
@@ -199,12 +205,19 @@ def write_report(run, k: int) -> dict:
     prev_label = run.spec_label(run.current_base(k)[1])
     prev_name = next((m for m in ev["order"] if ev["models"][m]["spec"] == prev_label), prev_name)
     if prev_name in by_name and new in by_name:
-        delta = by_name[new]["overall"] - by_name[prev_name]["overall"]
-        lines += [
-            f"Feedback training moved the base from {_pct(by_name[prev_name]['overall'])}% ({prev_name}) to "
-            f"{_pct(by_name[new]['overall'])}% ({new}): {100 * delta:+.1f} points.",
-            "",
-        ]
+        p, n = by_name[prev_name], by_name[new]
+        delta = n["overall"] - p["overall"]
+        text = (
+            f"Feedback training moved the base from {_pct(p['overall'])}% ({prev_name}) to "
+            f"{_pct(n['overall'])}% ({new}) overall: {100 * delta:+.1f} points"
+        )
+        ma, mb = aspect_mean(p), aspect_mean(n)
+        if ma is not None and mb is not None:
+            text += f"; mean of the aspects {_pct(ma)} -> {_pct(mb)} ({100 * (mb - ma):+.1f})"
+        so_a, so_b = (r["categories"].get("single_object", {}).get("accuracy") for r in (p, n))
+        if so_a is not None and so_b is not None:
+            text += f"; single_object {_pct(so_a)} -> {_pct(so_b)} ({100 * (so_b - so_a):+.1f})"
+        lines += [text + ".", ""]
 
     lines += _reward_check_lines(ev.get("reward_check"), k)
 
@@ -358,12 +371,17 @@ def write_report(run, k: int) -> dict:
     lines += [
         "## Across iterations",
         "",
-        "| iteration | base | overall | " + " | ".join(aspects) + " |",
-        "|---:|---|---:|" + "---:|" * len(aspects),
+        "| iteration | base | overall | mean of the aspects | " + " | ".join(aspects) + " | single_object |",
+        "|---:|---|---:|---:|" + "---:|" * (len(aspects) + 1),
     ]
     for j, name, m in hist:
         cells = [_pct(m["aspects"].get(a)) for a in aspects]
-        lines.append(f"| {j} | {name} | {_pct(m['overall'])} | " + " | ".join(cells) + " |")
+        so = m["categories"].get("single_object")
+        lines.append(
+            f"| {j} | {name} | {_pct(m['overall'])} | {_pct(aspect_mean(m))} | "
+            + " | ".join(cells)
+            + f" | {_pct(so) if so is not None else '-'} |"
+        )
     lines.append("")
     if len(hist) > 1:
         plt = _plt()
