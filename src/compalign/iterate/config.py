@@ -20,15 +20,19 @@ REG_TYPES = ("auto", "denoising", "distance", "none")
 DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr", "world-short")
 
 ESTIMATE = """\
-One iteration with the defaults on the shipped world models, 2-core CPU (per-image / per-step costs
-measured on the models' architectures with one torch thread while other jobs ran; a free machine
-is faster):
-  gallery   5 models x 200 prompts (160 train + 40 held-out)    ~2.5 min render + ~0.7 min judge
-  rewards   3 aspect models x 2 epochs (~1600 train pairs)      ~1 min
-  feedback  150 steps x 8 samples (2-3.5 s a step), regulariser ~5-9 min (+ scene pool ~0.5 min, once)
-  evaluate  6 models x 8 categories x 20 prompts x 2 seeds      ~6 min (later iterations: new base only)
-  reno      world-onestep, 320 images x 20 iterations + plain   ~3 min
-  total                                                         ~19-23 min (iteration 2: ~13-17 min)"""
+One iteration with the defaults on the shipped world models, this 2-core CPU, nothing else running
+(measured 2026-12-05, `compalign iterate --iterations 2 --seed 0`, two threads):
+  gallery   5 models x 199 prompts (159 train + 40 held-out)    132 s render, 73 s judge (rank)
+  rewards   3 aspect models x 2 epochs (~1250 train pairs)      41 s
+  feedback  150 steps x 8 samples + the scene pool (once)        455 s (214 s of training steps)
+  evaluate  6 models x 8 categories x 20 prompts x 2 seeds      284 s (later iterations: new base only)
+  reno      world-onestep, 320 images x 20 iterations + plain   122 s
+  total                                                         1107 s = 18.5 min
+Since then the evaluation adds single_object (+1/8 of evaluate and reno) and the reward check
+(both bases re-render the first seed's images: ~1 min): about 21 min. Later iterations render
+only the new model into the gallery and evaluate only the new base: shorter.
+One thread per process when other jobs share the CPU (two OpenMP threads on a busy core are
+far slower)."""
 
 
 def base_name(k: int) -> str:
