@@ -37,6 +37,10 @@ UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", 
 ResNet 3x3 convolutions."""
 
 
+DEFAULT_STOP_RANGE = (0.75, 1.0)
+"""ReFL's late stop range (IterComp: indices 30..39 of 40)."""
+
+
 @dataclass
 class FeedbackConfig(DictConfig):
     """Everything that defines a feedback-learning run."""
@@ -76,7 +80,7 @@ class FeedbackConfig(DictConfig):
     total_steps: int | None = None
     """Sampler steps of the ReFL schedule (None: the base model's default, e.g. 25 for world-base;
     40 for diffusers models)."""
-    stop_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    stop_range: list[float] = field(default_factory=lambda: list(DEFAULT_STOP_RANGE))
     """Late range the stop index is drawn from, uniformly. Two floats: fractions ``[lo, hi)`` of
     the schedule, index i is allowed when ``lo <= i / total_steps < hi`` (``[0.75, 1.0]`` of 40:
     30..39; at least one index is kept). Two ints: inclusive indices ``[a, b]`` (``[30, 39]``)."""

@@ -18,6 +18,7 @@ from typer.core import TyperCommand
 from compalign._cli import fail as _fail
 
 from ..feedback.cli import _stop_range
+from ..feedback.config import DEFAULT_STOP_RANGE
 from .config import DEFAULT_GALLERY_MODELS, ESTIMATE, STAGES
 
 WAITING = 3
@@ -212,7 +213,7 @@ def iterate_command(
             feedback_steps=feedback_steps, feedback_batch_size=feedback_batch_size, feedback_lr=feedback_lr,
             feedback_stop_range=(
                 _stop_range(feedback_stop_range, "--feedback-stop-range")
-                if feedback_stop_range else IterateConfig().feedback_stop_range
+                if feedback_stop_range else list(DEFAULT_STOP_RANGE)
             ),
             reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
             pool_per_category=pool_per_category, feedback_checkpoint_every=feedback_checkpoint_every,

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from .._config import DictConfig
+from ..feedback.config import DEFAULT_STOP_RANGE
 
 STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno", "report")
 """The stages of one iteration, in order."""
@@ -121,7 +122,7 @@ class IterateConfig(DictConfig):
     """ReFL samples per step."""
     feedback_lr: float | None = None
     """Feedback learning rate (None: the trainer's default, 1e-4 for world models)."""
-    feedback_stop_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    feedback_stop_range: list[float] = field(default_factory=lambda: list(DEFAULT_STOP_RANGE))
     """ReFL stop range (`FeedbackConfig.stop_range`): fractions ``[lo, hi)`` of the sampler's
     schedule, or two ints as inclusive indices."""
     reg_type: str = "auto"
@@ -206,8 +207,10 @@ class IterateConfig(DictConfig):
     def evaluation_categories(self) -> list[str]:
         if self.eval_categories:
             return list(self.eval_categories)
-        extra = ["single_object"] if self.eval_single_object else []
-        return [*self.categories_of_aspects(), *(x for x in extra if x not in self.categories_of_aspects())]
+        cats = self.categories_of_aspects()
+        if self.eval_single_object and "single_object" not in cats:
+            cats.append("single_object")
+        return cats
 
     def reno_prompts_per_category(self) -> int:
         return self.reno_per_category or self.eval_per_category

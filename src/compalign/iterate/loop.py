@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..feedback.config import DEFAULT_STOP_RANGE
 from .config import REG_TYPES, STAGES, TIE_BREAKS, IterateConfig, base_name, parse_stage_ref
 
 STATE_FILE = "state.json"
@@ -553,7 +554,7 @@ class IterateRun:
                     # recorded only when not the default, so older work folders still match
                     **(
                         {"stop_range": c.feedback_stop_range}
-                        if c.feedback_stop_range != IterateConfig().feedback_stop_range
+                        if c.feedback_stop_range != list(DEFAULT_STOP_RANGE)
                         else {}
                     ),
                 }
@@ -1180,13 +1181,13 @@ class IterateRun:
         from ..world.suites import list_categories
 
         c = self.config
-        seed = c.eval_seeds[0]
+        seed, evaluated = c.eval_seeds[0], set(c.evaluation_categories())
         prev_name, prev_spec, _ = self.current_base(k)
         models = {prev_name: prev_spec, base_name(k): str(self.base_dir(k).resolve())}
         gens = {n: create_generator(s, device=c.device) for n, s in models.items()}
         out: dict = {"seed": seed, "models": list(models), "aspects": {}}
         for aspect in c.aspects:
-            cats = [x for x in list_categories(aspect) if x in c.evaluation_categories()]
+            cats = [x for x in list_categories(aspect) if x in evaluated]
             prompts = [p for _, p in suite_items(cats, c.eval_per_category, "heldout")]
             if not prompts:
                 continue
