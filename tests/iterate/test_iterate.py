@@ -98,6 +98,10 @@ def test_one_iteration_writes_every_artifact(done):
     assert all(rewards[a]["heldout_pairs"] > 0 and 0 <= rewards[a]["heldout_accuracy"] <= 1 for a in ASPECTS)
     reno = state["reno"]["outputs"]
     assert reno["generator"] == "onestep" and "multi-step" in reno["note"]
+    # ReNO runs the composition rewards at 0.1 x their feedback weight (the step-size match)
+    assert state["reno"]["settings"]["weights"] == {a: 0.1 for a in ASPECTS}
+    reno_rewards = read(it / "reno" / "reno.json")["key"]["reno"]["rewards"]
+    assert {a: v["weight"] for a, v in reno_rewards.items()} == {a: 0.1 for a in ASPECTS}
     check = state["evaluate"]["outputs"]["reward_check"]
     assert check["models"] == ["tinybase", "iter1"] and set(check["aspects"]) == set(ASPECTS)
     evals = {m: read(it / "eval" / f"{m}.json")["result"]["records"] for m in check["models"]}
@@ -249,6 +253,7 @@ def test_people_mode_waits_then_continues(env, cli, tmp_path):
         (["--feedback-steps", "0"], "--feedback-steps must be >= 1"),
         (["--seeds-per-prompt", "0"], "--seeds-per-prompt must be >= 1"),
         (["--feedback-stop-range", "0.5"], "--feedback-stop-range '0.5': expected LO,HI"),
+        (["--reno-reward-scale", "0"], "--reno-reward-scale must be > 0, got 0.0"),
         (["--feedback-stop-range", "0.5,0.2"], "feedback_stop_range: stop_range fractions must satisfy"),
     ],
 )

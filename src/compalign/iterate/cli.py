@@ -163,6 +163,12 @@ def iterate_command(
     ] = "world-onestep",
     reno_iterations: Annotated[int, typer.Option("--reno-iterations")] = 20,
     reno_lr: Annotated[float, typer.Option("--reno-lr")] = 5.0,
+    reno_reward_scale: Annotated[
+        float,
+        typer.Option(
+            "--reno-reward-scale", help="Factor on the reward weights in ReNO (composition rewards: 0.1)."
+        ),
+    ] = 0.1,
     reno_per_category: Annotated[
         int | None, typer.Option("--reno-per-category", help="Default: --eval-per-category.")
     ] = None,
@@ -222,7 +228,8 @@ def iterate_command(
             eval_per_category=eval_per_category, eval_seeds=list(eval_seeds) if eval_seeds else [0, 1],
             eval_batch_size=eval_batch_size, reno=reno, reno_model=reno_model,
             reno_iterations=reno_iterations,
-            reno_lr=reno_lr, reno_per_category=reno_per_category, device=device, num_threads=threads,
+            reno_lr=reno_lr, reno_reward_scale=reno_reward_scale, reno_per_category=reno_per_category,
+            device=device, num_threads=threads,
             workers=workers, progress=sys.stderr.isatty() if progress is None else progress,
             force_stages=list(force_stage or []), stop_after=stop_after,
         )  # fmt: skip

@@ -162,6 +162,11 @@ class IterateConfig(DictConfig):
     """ReNO iterations per image."""
     reno_lr: float = 5.0
     """ReNO learning rate on the noise."""
+    reno_reward_scale: float = 0.1
+    """Factor on each aspect's `reward_weights` in ReNO. The composition rewards are standardised:
+    their noise gradient is 3-5x the world CLIP's, and at weight 1 ReNO's gradient clip (0.1)
+    binds on nearly every step; 0.1 matches the world CLIP's step size (round 3 of
+    ``docs/results/reward_models_world``)."""
     reno_per_category: int | None = None
     """Held-out prompts per category for ReNO (None: `eval_per_category`; seeds: `eval_seeds`)."""
 
@@ -198,6 +203,10 @@ class IterateConfig(DictConfig):
     # ----------------------------------------------------------------------------- derived
     def weight(self, aspect: str) -> float:
         return self.reward_weights.get(aspect, 1.0)
+
+    def reno_weight(self, aspect: str) -> float:
+        """The aspect reward's weight in ReNO: its feedback weight x `reno_reward_scale`."""
+        return self.weight(aspect) * self.reno_reward_scale
 
     def categories_of_aspects(self) -> list[str]:
         from compalign.world.suites import list_categories

@@ -283,6 +283,7 @@ def validate(config: IterateConfig) -> None:
     )
     need(c.reg_weight >= 0, f"--reg-weight must be >= 0, got {c.reg_weight}")
     need(c.reno_lr > 0, f"--reno-lr must be > 0, got {c.reno_lr}")
+    need(c.reno_reward_scale > 0, f"--reno-reward-scale must be > 0, got {c.reno_reward_scale}")
     for a, w in c.reward_weights.items():
         need(a in c.aspects, f"--reward-weights: {a!r} is not one of the aspects ({', '.join(c.aspects)})")
         need(w == w and abs(w) != float("inf"), f"--reward-weights: weight of {a} is not finite")
@@ -580,7 +581,7 @@ class IterateRun:
                     "per_category": c.reno_prompts_per_category(),
                     "seeds": c.eval_seeds,
                     "categories": c.evaluation_categories(),
-                    "weights": {a: c.weight(a) for a in c.aspects},
+                    "weights": {a: c.reno_weight(a) for a in c.aspects},
                 }
             )
         return {}
@@ -1272,7 +1273,9 @@ class IterateRun:
             "reno": {
                 "iterations": c.reno_iterations,
                 "lr": c.reno_lr,
-                "rewards": {a: {"model": rewards_out[a]["model"], "weight": c.weight(a)} for a in c.aspects},
+                "rewards": {
+                    a: {"model": rewards_out[a]["model"], "weight": c.reno_weight(a)} for a in c.aspects
+                },
             },
         }
         f_reno = out_dir / "reno.json"
@@ -1284,10 +1287,10 @@ class IterateRun:
                 WeightedReward(
                     name=f"composition-{a}",
                     reward=create_reward(f"composition:{reward_models[a]}", device=dev),
-                    weight=c.weight(a),
+                    weight=c.reno_weight(a),
                 )  # fmt: skip
                 for a in c.aspects
-                if c.weight(a) != 0
+                if c.reno_weight(a) != 0
             ]
             rcfg = ReNOConfig(iterations=c.reno_iterations, lr=c.reno_lr, progress=False)
             losses = {"initial": [], "best": []}

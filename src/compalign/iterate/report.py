@@ -247,7 +247,7 @@ def write_report(run, k: int) -> dict:
             reno["note"],
             "",
             f"{c.reno_iterations} ReNO iterations (lr {c.reno_lr}) per image, rewards: "
-            + ", ".join(f"{a} reward model x {c.weight(a)}" for a in c.aspects)
+            + ", ".join(f"{a} reward model x {c.reno_weight(a):g}" for a in c.aspects)
             + f"; {per} held-out prompts per category x {len(c.eval_seeds)} seed(s).",
             "",
             format_table(table),
