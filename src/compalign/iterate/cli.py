@@ -122,7 +122,7 @@ def iterate_command(
     reward_weights: Annotated[
         list[str] | None,
         typer.Option(
-            "--reward-weights", help="ASPECT=WEIGHT (several) for feedback and ReNO (default: 1 each)."
+            "--reward-weights", help="ASPECT=WEIGHT (several) for feedback (x --reno-reward-scale in ReNO)."
         ),
     ] = None,
     feedback_steps: Annotated[int, typer.Option("--feedback-steps")] = 150,

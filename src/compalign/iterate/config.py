@@ -115,7 +115,8 @@ class IterateConfig(DictConfig):
 
     # ----------------------------------------------------------------------------- feedback
     reward_weights: dict[str, float] = field(default_factory=dict)
-    """Weight of each aspect's reward model in feedback training and ReNO (missing: 1.0)."""
+    """Weight of each aspect's reward model in feedback training (missing: 1.0); ReNO scales it by
+    `reno_reward_scale`."""
     feedback_steps: int = 150
     """Optimizer steps of feedback training (ReFL) per iteration."""
     feedback_batch_size: int = 8
