@@ -1,7 +1,7 @@
 """Configuration of ``compalign iterate``: IterComp's loop (gallery -> rank -> pairs -> reward models
 -> feedback training -> evaluation -> report), one or more iterations in one work folder.
 
-The defaults are sized so that one iteration on the shipped world models takes about 20 minutes
+The defaults are sized so that one iteration on the shipped world models takes about 16 minutes
 on a 2-core CPU (see `ESTIMATE`); every size is an option.
 """
 
@@ -22,16 +22,15 @@ DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr",
 
 ESTIMATE = """\
 One iteration with the defaults on the shipped world models, this 2-core CPU, nothing else running
-(measured 2026-12-05, `compalign iterate --iterations 2 --seed 0`, two threads):
-  gallery   5 models x 199 prompts (159 train + 40 held-out)    132 s render, 73 s judge (rank)
-  rewards   3 aspect models x 2 epochs (~1250 train pairs)      41 s
-  feedback  150 steps x 8 samples + the scene pool (once)        455 s (214 s of training steps)
-  evaluate  6 models x 8 categories x 20 prompts x 2 seeds      284 s (later iterations: new base only)
-  reno      world-onestep, 320 images x 20 iterations + plain   122 s
-  total                                                         1107 s = 18.5 min
-Since then the evaluation adds single_object (+1/8 of evaluate and reno) and the reward check
-(both bases re-render the first seed's images: ~1 min): about 21 min. Later iterations render
-only the new model into the gallery and evaluate only the new base: shorter.
+(measured 2026-12-05, `compalign iterate --iterations 1 --seed 0`, two threads, a fresh folder):
+  gallery   5 models x 199 prompts (159 train + 40 held-out)    94 s render, 64 s judge (rank)
+  rewards   3 aspect models x 2 epochs (~1250 train pairs)      36 s
+  feedback  150 steps x 8 samples + the scene pool (once)        350 s
+  evaluate  6 models x 9 categories x 20 prompts x 2 seeds      295 s (with the reward check;
+            + the reward check                                         later iterations: new base only)
+  reno      world-onestep, 360 images x 20 iterations + plain   106 s
+  total                                                         945 s (15 min 51 s wall)
+Later iterations render only the new model into the gallery and evaluate only the new base.
 One thread per process when other jobs share the CPU (two OpenMP threads on a busy core are
 far slower)."""
 
