@@ -1178,7 +1178,7 @@ class IterateRun:
 
         from ..generators import create_generator
         from ..rewards.registry import create_reward
-        from ..world.quality import judge_images, suite_items
+        from ..world.quality import evaluate_generator
         from ..world.suites import list_categories
 
         c = self.config
@@ -1189,26 +1189,32 @@ class IterateRun:
         out: dict = {"seed": seed, "models": list(models), "aspects": {}}
         for aspect in c.aspects:
             cats = [x for x in list_categories(aspect) if x in evaluated]
-            prompts = [p for _, p in suite_items(cats, c.eval_per_category, "heldout")]
-            if not prompts:
+            if not cats:
                 continue
             model = self.abs(self.state.outputs(k, "rewards")[aspect]["model"])
             reward = create_reward(f"composition:{model}")
             reward.eval()
+            dev = next(reward.parameters()).device
             per: dict = {}
             for name, gen in gens.items():
-                scores, verdicts = [], []
-                for i in range(0, len(prompts), c.eval_batch_size):
-                    chunk = prompts[i : i + c.eval_batch_size]
+                scores: list[float] = []
+
+                def generate(prompts, seeds, gen=gen, scores=scores, reward=reward, dev=dev):
+                    # the evaluation's own images, scored by the reward on the way to the evaluator
                     with torch.no_grad():
-                        images = gen.generate(chunk, seeds=[seed] * len(chunk)).float()
-                        scores += reward(images.to(next(reward.parameters()).device), chunk).float().tolist()
-                    verdicts += [(bool(ok), float(sc)) for ok, sc in judge_images(images, chunk, c.workers)]
-                per[name] = (scores, verdicts)
+                        images = gen.generate(prompts, seeds=seeds).float()
+                        scores += reward(images.to(dev), prompts).float().tolist()
+                    return images
+
+                res = evaluate_generator(
+                    gen, cats, c.eval_per_category, [seed], batch_size=c.eval_batch_size,
+                    workers=c.workers, progress=False, generate=generate,
+                )  # fmt: skip
+                per[name] = (scores, [(r["passed"], r["score"]) for r in res["records"]])
             (r0, v0), (r1, v1) = per[prev_name], per[base_name(k)]
             decided = [(a > b, x > y) for a, b, x, y in zip(v1, v0, r1, r0, strict=True) if a != b]
             out["aspects"][aspect] = {
-                "images": len(prompts),
+                "images": len(v0),
                 "reward": {n: sum(r) / len(r) for n, (r, _) in per.items()},
                 "accuracy": {n: sum(ok for ok, _ in v) / len(v) for n, (_, v) in per.items()},
                 "decided_pairs": len(decided),
