@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from compalign.iterate.config import STAGES
@@ -104,6 +105,15 @@ def test_one_iteration_writes_every_artifact(done):
     assert {a: v["weight"] for a, v in reno_rewards.items()} == {a: 0.1 for a in ASPECTS}
     check = state["evaluate"]["outputs"]["reward_check"]
     assert check["models"] == ["tinybase", "iter1"] and set(check["aspects"]) == set(ASPECTS)
+    # every evaluation keeps its first-seed images; the check scores those, it renders nothing
+    assert check["rendered"] == []
+    for m in ("good", "bad", "tinybase", "iter1"):
+        recs = [r for r in read(it / "eval" / f"{m}.json")["result"]["records"] if r["seed"] == check["seed"]]
+        with np.load(it / "eval" / f"{m}.images.npz") as z:
+            assert z["images"].shape == (len(recs), 32, 32, 3) and z["images"].dtype == np.uint8
+            assert z["prompts"].tolist() == [r["prompt"] for r in recs]
+    with np.load(it / "eval" / "good.images.npz") as z:  # exact renders: the images that passed
+        assert z["images"].max() > 0
     evals = {m: read(it / "eval" / f"{m}.json")["result"]["records"] for m in check["models"]}
     for a, v in check["aspects"].items():
         assert v["images"] > 0 and set(v["reward"]) == {"tinybase", "iter1"}
@@ -175,6 +185,32 @@ def test_feedback_stop_range_reaches_the_refl_run(done, env, cli, tmp_path):
     assert stages_of(wd)["feedback"]["settings"]["stop_range"] == [0, 1]
 
 
+def test_reward_check_renders_again_without_stored_images(done, tmp_path):
+    """Without stored evaluation images (work folders from before they were kept) the reward
+    check renders the two bases' images again: the same verdicts, and the same rewards up to the
+    stored images' 8-bit rounding."""
+    from compalign.iterate.config import IterateConfig
+    from compalign.iterate.loop import IterateRun, State
+
+    wd = tmp_path / "wd"
+    shutil.copytree(done[0], wd)
+    stored = stages_of(wd)["evaluate"]["outputs"]["reward_check"]
+    config = IterateConfig.from_dict({**read(wd / "state.json")["config"], "workdir": str(wd)})
+    run = IterateRun(config, log=lambda m: None)
+    run.state = State(wd)
+    rendered = run._reward_check(1)  # no evaluation files given: nothing stored to read
+    assert rendered["rendered"] == ["tinybase", "iter1"]
+    for a in ASPECTS:
+        b, c = stored["aspects"][a], rendered["aspects"][a]
+        assert (b["images"], b["accuracy"], b["decided_pairs"]) == (
+            c["images"],
+            c["accuracy"],
+            c["decided_pairs"],
+        )
+        for m in stored["models"]:
+            assert c["reward"][m] == pytest.approx(b["reward"][m], abs=1e-2)
+
+
 def test_second_iteration_expands_the_gallery(done, env, cli, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(done[0], wd)
@@ -191,6 +227,9 @@ def test_second_iteration_expands_the_gallery(done, env, cli, tmp_path):
     evals = {p.stem: read(p) for p in (it / "eval").glob("*.json")}
     assert set(evals) == {"good", "bad", "tinybase", "iter1", "iter2"}
     assert {n for n, e in evals.items() if "copied_from" in e} == {"good", "bad", "tinybase", "iter1"}
+    # iteration 2's reward check scores iter1's stored images (copied with its evaluation)
+    assert (it / "eval" / "iter1.images.npz").is_file()
+    assert stages_of(wd, 2)["evaluate"]["outputs"]["reward_check"]["rendered"] == []
     assert read(wd / "iter_2" / "base" / "training.json")["base"] == str((wd / "iter_1" / "base").resolve())
     report = (it / "report.md").read_text()
     assert "initial_rank" in report and "![progress](plots/progress.png)" in report

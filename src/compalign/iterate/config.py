@@ -27,7 +27,9 @@ One iteration with the defaults on the shipped world models, this 2-core CPU, no
   rewards   3 aspect models x 2 epochs (~1250 train pairs)      36 s
   feedback  150 steps x 8 samples + the scene pool (once)        350 s
   evaluate  6 models x 9 categories x 20 prompts x 2 seeds      295 s (later iterations: new base only)
-            + the reward check (both bases, the first seed)
+            + the reward check (both bases, the first seed; it rendered
+            them again then, 44.5 s; it now scores the evaluation's
+            stored images, 0.5 s)
   reno      world-onestep, 360 images x 20 iterations + plain   106 s
   total                                                         945 s (15 min 51 s wall)
 Later iterations render only the new model into the gallery and evaluate only the new base.

@@ -41,9 +41,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..feedback.config import DEFAULT_STOP_RANGE
+from ..io import atomic_path
 from .config import REG_TYPES, STAGES, TIE_BREAKS, IterateConfig, base_name, parse_stage_ref
+
+if TYPE_CHECKING:
+    import torch
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".iterate.lock"
@@ -209,6 +214,54 @@ def _fingerprint(spec: str) -> str:
             st = p.stat()
             h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def eval_images_path(eval_file: Path) -> Path:
+    """``eval/<model>.images.npz`` next to ``eval/<model>.json``: the model's evaluation images of
+    the first evaluation seed."""
+    return eval_file.with_name(eval_file.stem + ".images.npz")
+
+
+def _to_uint8(images):
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, H, W, 3]`` uint8 (as the evaluator sees them)."""
+    import numpy as np
+
+    arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return (arr * 255 + 0.5).astype(np.uint8)
+
+
+def _save_eval_images(path: Path, batches: list, records: list[dict]) -> None:
+    import numpy as np
+
+    images = np.concatenate(batches) if batches else np.zeros((0, 1, 1, 3), np.uint8)
+    if len(images) != len(records):
+        raise IterateError(f"{path}: {len(images)} kept images for {len(records)} first-seed records")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy adds no suffix
+        np.savez_compressed(
+            fh,
+            images=images,
+            prompts=np.array([r["prompt"] for r in records]),
+            categories=np.array([r["category"] for r in records]),
+        )
+
+
+def load_eval_images(path: Path, categories: list[str], prompts: list[str]) -> torch.Tensor | None:
+    """The stored evaluation images of (category, prompt) in this order, as ``[B, 3, H, W]`` in
+    [0, 1]; None when the file is missing, unreadable or lacks one of them."""
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(path) as z:
+            images, ps, cs = z["images"], z["prompts"].tolist(), z["categories"].tolist()
+    except (OSError, KeyError, ValueError):
+        return None
+    where = {(c, p): i for i, (c, p) in enumerate(zip(cs, ps, strict=True))}
+    try:
+        idx = [where[(c, p)] for c, p in zip(categories, prompts, strict=True)]
+    except KeyError:
+        return None
+    return torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255
 
 
 def _abs_spec(spec: str) -> str:
@@ -1111,12 +1164,40 @@ class IterateRun:
                     return data["result"], f
         return None
 
-    def _evaluate(self, name: str, spec: str, per_category: int, generate=None, gen=None) -> dict:
+    def _evaluate(
+        self,
+        name: str,
+        spec: str,
+        per_category: int,
+        generate=None,
+        gen=None,
+        keep_images: Path | None = None,
+    ) -> dict:
+        """Evaluate one model; with `keep_images`, its images of the first evaluation seed are
+        written there (`_save_eval_images`: the reward check scores them instead of rendering
+        them again)."""
+        import torch
+
         from ..generators import create_generator
         from ..world.quality import evaluate_generator
 
         c = self.config
         gen = gen or create_generator(spec, device=c.device)
+        first, kept = c.eval_seeds[0], []
+        hook = generate
+        if keep_images is not None:
+
+            def hook(prompts, seeds, inner=generate):
+                if inner is not None:
+                    images = inner(prompts, seeds)
+                else:
+                    with torch.no_grad():
+                        images = gen.generate(prompts, seeds=seeds)
+                keep = [i for i, s in enumerate(seeds) if s == first]
+                if keep:
+                    kept.append(_to_uint8(images[keep]))
+                return images
+
         res = evaluate_generator(
             gen,
             c.evaluation_categories(),
@@ -1125,10 +1206,12 @@ class IterateRun:
             batch_size=c.eval_batch_size,
             workers=c.workers,
             progress=c.progress,
-            generate=generate,
+            generate=hook,
         )
         res["model"] = name
         res["spec"] = self.spec_label(spec)
+        if keep_images is not None:
+            _save_eval_images(keep_images, kept, [r for r in res["records"] if r["seed"] == first])
         return res
 
     def stage_evaluate(self, k: int) -> dict:
@@ -1137,9 +1220,11 @@ class IterateRun:
         c = self.config
         out_dir = self.iter_dir(k) / "eval"
         out: dict = {"models": {}, "order": []}
+        files: dict[str, Path] = {}  # absolute spec -> evaluation file
         for name, spec in self.eval_models(k):
             key = self._eval_key(spec, c.eval_per_category)
             f = out_dir / f"{name}.json"
+            files[_abs_spec(spec)] = f
             hit = self._cached_eval(k, key)
             if hit is not None:
                 res, src = hit
@@ -1147,11 +1232,14 @@ class IterateRun:
                     atomic_write_json(
                         f, {"key": key, "result": {**res, "model": name}, "copied_from": self.rel(src)}
                     )
+                    if eval_images_path(src).is_file():
+                        with atomic_path(eval_images_path(f)) as tmp:
+                            shutil.copyfile(eval_images_path(src), tmp)
                 self.log(f"  {name}: {100 * res['overall']:.1f}% (computed earlier: {self.rel(src)})")
             else:
                 n_img = len(key["categories"]) * c.eval_per_category * len(c.eval_seeds)
                 self.log(f"  {name}: generating and judging {n_img} images")
-                res = self._evaluate(name, spec, c.eval_per_category)
+                res = self._evaluate(name, spec, c.eval_per_category, keep_images=eval_images_path(f))
                 atomic_write_json(f, {"key": key, "result": res})
                 self.log(f"  {name}: {100 * res['overall']:.1f}% of held-out images pass")
             out["order"].append(name)
@@ -1162,18 +1250,20 @@ class IterateRun:
                 "aspects": res["aspects"],
                 "categories": {cat: v["accuracy"] for cat, v in res["categories"].items()},
             }
-        out["reward_check"] = self._reward_check(k)
+        out["reward_check"] = self._reward_check(k, files)
         return out
 
-    def _reward_check(self, k: int) -> dict:
+    def _reward_check(self, k: int, files: dict[str, Path] | None = None) -> dict:
         """Do iteration k's reward models see what feedback training changed?
 
-        The previous and the new base render the held-out evaluation prompts of each aspect (the
-        first evaluation seed: the same images as in the evaluation); each image gets its aspect
-        reward model's score and the exact evaluator's verdict. Per aspect: mean reward and
-        accuracy of both bases, and, over the (prompt, seed) pairs whose verdicts differ, how
-        often the reward prefers the base the evaluator prefers (its pair accuracy on exactly the
-        changes feedback training made)."""
+        The previous and the new base's images of the held-out evaluation prompts of each aspect
+        (the first evaluation seed: the evaluation's own images, read from its
+        ``eval/<model>.images.npz`` when `files` names the evaluation file of the model's spec,
+        rendered again otherwise) each get the aspect reward model's score and the exact
+        evaluator's verdict (from the evaluation's records). Per aspect: mean reward and accuracy
+        of both bases, and, over the (prompt, seed) pairs whose verdicts differ, how often the
+        reward prefers the base the evaluator prefers (its pair accuracy on exactly the changes
+        feedback training made)."""
         import torch
 
         from ..generators import create_generator
@@ -1185,8 +1275,15 @@ class IterateRun:
         seed, evaluated = c.eval_seeds[0], set(c.evaluation_categories())
         prev_name, prev_spec, _ = self.current_base(k)
         models = {prev_name: prev_spec, base_name(k): str(self.base_dir(k).resolve())}
-        gens = {n: create_generator(s, device=c.device) for n, s in models.items()}
-        out: dict = {"seed": seed, "models": list(models), "aspects": {}}
+        files = files or {}
+        records = {}  # name -> the evaluation's first-seed records, when it stored its images
+        for n, spec in models.items():
+            f = files.get(_abs_spec(spec))
+            if f is not None and f.is_file() and eval_images_path(f).is_file():
+                recs = json.loads(f.read_text())["result"]["records"]
+                records[n] = (eval_images_path(f), [r for r in recs if r["seed"] == seed])
+        gens: dict = {}
+        out: dict = {"seed": seed, "models": list(models), "aspects": {}, "rendered": []}
         for aspect in c.aspects:
             cats = [x for x in list_categories(aspect) if x in evaluated]
             if not cats:
@@ -1195,28 +1292,58 @@ class IterateRun:
             reward = create_reward(f"composition:{model}")
             reward.eval()
             dev = next(reward.parameters()).device
-            per: dict = {}
-            for name, gen in gens.items():
-                scores: list[float] = []
 
-                def generate(prompts, seeds, gen=gen, scores=scores, reward=reward, dev=dev):
-                    # the evaluation's own images, scored by the reward on the way to the evaluator
-                    with torch.no_grad():
-                        images = gen.generate(prompts, seeds=seeds).float()
-                        scores += reward(images.to(dev), prompts).float().tolist()
-                    return images
+            def score(images, prompts, reward=reward, dev=dev) -> list[float]:
+                with torch.no_grad():
+                    return reward(images.float().to(dev), prompts).float().tolist()
 
-                res = evaluate_generator(
-                    gen, cats, c.eval_per_category, [seed], batch_size=c.eval_batch_size,
-                    workers=c.workers, progress=False, generate=generate,
-                )  # fmt: skip
-                per[name] = (scores, [(r["passed"], r["score"]) for r in res["records"]])
-            (r0, v0), (r1, v1) = per[prev_name], per[base_name(k)]
+            per: dict = {}  # name -> (reward scores, verdicts (passed, score), prompts)
+            for name, spec in models.items():
+                stored, recs = None, []
+                if name in records:
+                    path, recs = records[name]
+                    # in rendering order: category by category (the aspect's order), then prompts
+                    recs = sorted(
+                        (r for r in recs if r["category"] in cats), key=lambda r: cats.index(r["category"])
+                    )
+                    stored = load_eval_images(
+                        path, [r["category"] for r in recs], [r["prompt"] for r in recs]
+                    )
+                if stored is not None:
+                    prompts = [r["prompt"] for r in recs]
+                    got = [
+                        x
+                        for i in range(0, len(recs), 256)
+                        for x in score(stored[i : i + 256], prompts[i : i + 256])
+                    ]
+                else:  # no stored images (a work folder from before they were kept): render again
+                    if name not in out["rendered"]:
+                        out["rendered"].append(name)
+                    if name not in gens:
+                        gens[name] = create_generator(spec, device=c.device)
+                    got = []
+
+                    def generate(prompts, seeds, gen=gens[name], got=got, score=score):
+                        with torch.no_grad():
+                            images = gen.generate(prompts, seeds=seeds).float()
+                        got += score(images, prompts)
+                        return images
+
+                    recs = evaluate_generator(
+                        gens[name], cats, c.eval_per_category, [seed], batch_size=c.eval_batch_size,
+                        workers=c.workers, progress=False, generate=generate,
+                    )["records"]  # fmt: skip
+                per[name] = (got, [(r["passed"], r["score"]) for r in recs], [r["prompt"] for r in recs])
+            (r0, v0, p0), (r1, v1, p1) = per[prev_name], per[base_name(k)]
+            if p0 != p1:
+                raise IterateError(
+                    f"reward check: the two bases' {aspect} images are not of the same prompts"
+                )
             decided = [(a > b, x > y) for a, b, x, y in zip(v1, v0, r1, r0, strict=True) if a != b]
             out["aspects"][aspect] = {
                 "images": len(v0),
-                "reward": {n: sum(r) / len(r) for n, (r, _) in per.items()},
-                "accuracy": {n: sum(ok for ok, _ in v) / len(v) for n, (_, v) in per.items()},
+                "reward": {n: sum(r) / len(r) for n, (r, _, _) in per.items()},
+                "accuracy": {n: sum(ok for ok, _ in v) / len(v) for n, (_, v, _) in per.items()},
                 "decided_pairs": len(decided),
                 "agreement": (sum(e == w for e, w in decided) / len(decided)) if decided else None,
             }
