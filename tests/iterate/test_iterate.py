@@ -106,7 +106,7 @@ def test_one_iteration_writes_every_artifact(done):
     check = state["evaluate"]["outputs"]["reward_check"]
     assert check["models"] == ["tinybase", "iter1"] and set(check["aspects"]) == set(ASPECTS)
     # every evaluation keeps its first-seed images; the check scores those, it renders nothing
-    assert check["rendered"] == []
+    assert check["rendered"] == [] and set(check["files"]) == {"tinybase", "iter1"}
     for m in ("good", "bad", "tinybase", "iter1"):
         recs = [r for r in read(it / "eval" / f"{m}.json")["result"]["records"] if r["seed"] == check["seed"]]
         with np.load(it / "eval" / f"{m}.images.npz") as z:
@@ -127,7 +127,8 @@ def test_one_iteration_writes_every_artifact(done):
     for section in ("Held-out accuracy", "Do the reward models see", "ReNO", "Reward models", "Stages"):
         assert f"## {section}" in report or section in report
     assert "feedback/curves.png" in report and "ReNO runs on onestep" in report
-    for png in ("accuracy", "reno", "reward_accuracy", "feedback_rewards"):
+    assert "![samples](plots/samples.png)" in report  # both bases' held-out images, side by side
+    for png in ("accuracy", "reno", "reward_accuracy", "feedback_rewards", "samples"):
         assert (it / "plots" / f"{png}.png").stat().st_size > 1000
     assert "iter_1/report.md" in (wd / "report.md").read_text()
     assert "mean of the aspects" in report and "; single_object " in report
@@ -191,6 +192,7 @@ def test_reward_check_renders_again_without_stored_images(done, tmp_path):
     stored images' 8-bit rounding."""
     from compalign.iterate.config import IterateConfig
     from compalign.iterate.loop import IterateRun, State
+    from compalign.iterate.report import sample_grid
 
     wd = tmp_path / "wd"
     shutil.copytree(done[0], wd)
@@ -199,7 +201,8 @@ def test_reward_check_renders_again_without_stored_images(done, tmp_path):
     run = IterateRun(config, log=lambda m: None)
     run.state = State(wd)
     rendered = run._reward_check(1)  # no evaluation files given: nothing stored to read
-    assert rendered["rendered"] == ["tinybase", "iter1"]
+    assert rendered["rendered"] == ["tinybase", "iter1"] and rendered["files"] == {}
+    assert sample_grid(run, rendered, tmp_path / "samples.png") is None  # no stored images to show
     for a in ASPECTS:
         b, c = stored["aspects"][a], rendered["aspects"][a]
         assert (b["images"], b["accuracy"], b["decided_pairs"]) == (

@@ -1284,6 +1284,8 @@ class IterateRun:
                 records[n] = (eval_images_path(f), [r for r in recs if r["seed"] == seed])
         gens: dict = {}
         out: dict = {"seed": seed, "models": list(models), "aspects": {}, "rendered": []}
+        # the evaluation files whose stored images were scored (the report's sample grid shows them)
+        out["files"] = {n: self.rel(files[_abs_spec(models[n])]) for n in records}
         for aspect in c.aspects:
             cats = [x for x in list_categories(aspect) if x in evaluated]
             if not cats:

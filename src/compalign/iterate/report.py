@@ -153,6 +153,75 @@ def _reward_check_lines(check: dict | None, k: int) -> list[str]:
     return [*lines, ""]
 
 
+def sample_grid(run, check: dict | None, path: Path, per_aspect: int = 6) -> Path | None:
+    """The two bases' evaluation images side by side (`check`: the reward check's output, whose
+    ``files`` name the evaluations that stored their first-seed images): per aspect, one row per
+    base, the same held-out prompts in the columns, prompts whose verdict changed first. A green
+    frame passes the exact evaluator, a red one fails. None when the images were not stored."""
+    import numpy as np
+
+    from ..world.suites import CATEGORY_ASPECT
+    from .loop import eval_images_path, load_eval_images
+
+    if not check or len(check.get("files", {})) != 2 or not check.get("aspects"):
+        return None
+    models = check["models"]
+    recs = {}
+    for m in models:
+        res = _read_result(run, check["files"][m])
+        recs[m] = {(r["category"], r["prompt"]): r for r in res["records"] if r["seed"] == check["seed"]}
+    rows = []  # (aspect, [(category, prompt)])
+    for a in check["aspects"]:
+        keys = [key for key in recs[models[0]] if CATEGORY_ASPECT.get(key[0]) == a and key in recs[models[1]]]
+        changed = [key for key in keys if recs[models[0]][key]["passed"] != recs[models[1]][key]["passed"]]
+        rest = [key for key in keys if key not in changed]
+        picked = (changed + rest)[:per_aspect]
+        if picked:
+            rows.append((a, picked))
+    if not rows:
+        return None
+    images = {}
+    for m in models:
+        f = eval_images_path(run.abs(check["files"][m]))
+        for a, picked in rows:
+            x = load_eval_images(f, [c for c, _ in picked], [p for _, p in picked])
+            if x is None:
+                return None
+            images[(m, a)] = x.permute(0, 2, 3, 1).numpy()
+    plt = _plt()
+    ncol = max(len(p) for _, p in rows)
+    fig, axes = plt.subplots(2 * len(rows), ncol, figsize=(1.6 * ncol, 1.75 * 2 * len(rows)), squeeze=False)
+    for i, (a, picked) in enumerate(rows):
+        for j in range(ncol):
+            for r, m in enumerate(models):
+                ax = axes[2 * i + r][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j >= len(picked):
+                    ax.axis("off")
+                    continue
+                ok = recs[m][picked[j]]["passed"]
+                ax.imshow(np.clip(images[(m, a)][j], 0, 1), interpolation="nearest")
+                for side in ax.spines.values():
+                    side.set_edgecolor("#2a2" if ok else "#d22")
+                    side.set_linewidth(3)
+                if r == 0:
+                    ax.set_title(_wrap(picked[j][1]), fontsize=6)
+                if j == 0:
+                    ax.set_ylabel(f"{a}\n{m}", fontsize=7)
+    fig.suptitle(
+        f"held-out samples (seed {check['seed']}): previous base / new base; green passes", fontsize=9
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def write_report(run, k: int) -> dict:
     """Write iteration k's report and plots; returns the stage's outputs (relative paths)."""
     from ..io import atomic_write_json, atomic_write_text
@@ -220,6 +289,16 @@ def write_report(run, k: int) -> dict:
         lines += [text + ".", ""]
 
     lines += _reward_check_lines(ev.get("reward_check"), k)
+    grid = sample_grid(run, ev.get("reward_check"), plots / "samples.png")
+    if grid is not None:
+        made.append(grid)
+        lines += [
+            "The two bases' images of the same held-out prompts (prompts whose verdict changed first; "
+            "green frame: passes the exact evaluator):",
+            "",
+            "![samples](plots/samples.png)",
+            "",
+        ]
 
     # ------------------------------------------------------------------ ReNO
     lines += ["## Noise optimisation (ReNO)", ""]
