@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from compalign.generators import create_generator
+from compalign.generators.generate import to_uint8
 from compalign.generators.world.models import build_training_scheduler
 from compalign.generators.world.train import diffusion_loss
 from compalign.world.quality import evaluate_generator, judge_images
@@ -45,7 +46,7 @@ def sample(gen, out: Path, per_cat: int, n: int) -> dict:
             with torch.no_grad():
                 x = gen.generate(pp, seeds=[s for _, s in chunk], batch_size=128)
             j = judge_images(x, pp)
-            imgs.append((x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+            imgs.append(to_uint8(x))
             prompts += pp
             cats += [c] * len(pp)
             passed += [a for a, _ in j]

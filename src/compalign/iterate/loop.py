@@ -222,14 +222,6 @@ def eval_images_path(eval_file: Path) -> Path:
     return eval_file.with_name(eval_file.stem + ".images.npz")
 
 
-def _to_uint8(images):
-    """``[B, 3, H, W]`` in [0, 1] -> ``[B, H, W, 3]`` uint8 (as the evaluator sees them)."""
-    import numpy as np
-
-    arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return (arr * 255 + 0.5).astype(np.uint8)
-
-
 def _save_eval_images(path: Path, batches: list, records: list[dict]) -> None:
     import numpy as np
 
@@ -1179,6 +1171,7 @@ class IterateRun:
         import torch
 
         from ..generators import create_generator
+        from ..generators.generate import to_uint8
         from ..world.quality import evaluate_generator
 
         c = self.config
@@ -1195,7 +1188,7 @@ class IterateRun:
                         images = gen.generate(prompts, seeds=seeds)
                 keep = [i for i, s in enumerate(seeds) if s == first]
                 if keep:
-                    kept.append(_to_uint8(images[keep]))
+                    kept.append(to_uint8(images[keep]))
                 return images
 
         res = evaluate_generator(
