@@ -16,7 +16,9 @@ Per iteration k (folder ``<workdir>/iter_<k>/``), in order (`STAGES`):
 5. ``feedback`` ReFL training of the current base against the weighted aspect reward models, with
    the regulariser (``feedback/``); the result is ``iter_<k>/base``;
 6. ``evaluate`` held-out exact-evaluator accuracy per category of every gallery model and the new
-   base (``eval/<model>.json``; results of unchanged models are reused from earlier iterations);
+   base (``eval/<model>.json``, and ``eval/<model>.images.npz``: its first-seed images, which the
+   reward check scores and the report shows; results of unchanged models are reused from earlier
+   iterations);
 7. ``reno``     the new base (or, when it is multi-step, `reno_model`) with and without ReNO, the
    aspect reward models as rewards (``reno/``);
 8. ``report``   ``report.md``, ``plots/*.png``, ``summary.json`` (and ``<workdir>/report.md``).
