@@ -23,15 +23,13 @@ DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr",
 ESTIMATE = """\
 One iteration with the defaults on the shipped world models, this 2-core CPU, nothing else running
 (measured 2026-12-05, `compalign iterate --iterations 1 --seed 0`, two threads, a fresh folder):
-  gallery   5 models x 199 prompts (159 train + 40 held-out)    94 s render, 64 s judge (rank)
-  rewards   3 aspect models x 2 epochs (~1250 train pairs)      36 s
-  feedback  150 steps x 8 samples + the scene pool (once)        350 s
-  evaluate  6 models x 9 categories x 20 prompts x 2 seeds      295 s (later iterations: new base only)
-            + the reward check (both bases, the first seed; it rendered
-            them again then, 44.5 s; it now scores the evaluation's
-            stored images, 0.5 s)
-  reno      world-onestep, 360 images x 20 iterations + plain   106 s
-  total                                                         945 s (15 min 51 s wall)
+  gallery   5 models x 199 prompts (159 train + 40 held-out)    80 s render, 59 s judge (rank)
+  rewards   3 aspect models x 2 epochs (~1250 train pairs)      34 s
+  feedback  150 steps x 8 samples + the scene pool (once)        342 s
+  evaluate  6 models x 9 categories x 20 prompts x 2 seeds      269 s (later iterations: new base only)
+            + the reward check (scores the evaluation's stored images)
+  reno      world-onestep, 360 images x 20 iterations + plain   113 s
+  total                                                         899 s (15 min 6 s wall)
 Later iterations render only the new model into the gallery and evaluate only the new base.
 One thread per process when other jobs share the CPU (two OpenMP threads on a busy core are
 far slower)."""
