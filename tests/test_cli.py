@@ -139,3 +139,47 @@ def test_demo(cli, tmp_path):
     assert "overall" in r.stdout
     with Image.open(out / "grid.png") as im:
         assert im.width > 200 and im.height > 200
+
+
+def test_render_out_folder_resumes_or_refuses(cli, tmp_path):
+    out = tmp_path / "r"
+    args = ["world", "render", "-p", "a red circle", "--out", out]
+    assert cli(*args).exit_code == 0
+    assert cli(*args).exit_code == 0  # the same settings: resumed
+    before = files(out)
+    r = cli("world", "render", "-p", "a blue square", "--out", out)
+    assert r.exit_code == 2 and "other settings" in r.stderr and "--overwrite" in r.stderr
+    assert "a blue square" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert files(out) == before  # nothing mixed in
+    r = cli("world", "render", "-p", "a red circle", "--res", "48", "--out", out)
+    assert r.exit_code == 2 and "res: 32 -> 48" in r.stderr
+    r = cli("world", "render", "-p", "a blue square", "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert [e.prompt for e in read_manifest(out).images] == ["a blue square"]
+    assert len(files(out)) == 1
+
+
+def test_render_out_that_cannot_be_a_folder(cli, tmp_path):
+    (tmp_path / "f").write_text("x")
+    for out, needle in ((tmp_path / "f", "existing file"), (tmp_path / "f" / "sub", "not a folder")):
+        r = cli("world", "render", "-p", "a red circle", "--out", out)
+        assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = cli("world", "render", "-p", "a red circle", "--out", tmp_path / "other", "--overwrite")
+    assert r.exit_code == 2 and "other files" in r.stderr
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from compalign.io import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        mode = stat.S_IMODE(atomic_write_bytes(tmp_path / "a.bin", b"x").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert mode == 0o640

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
@@ -19,3 +21,138 @@ def fail(message: object) -> NoReturn:
 def note(message: str) -> None:
     """A progress or status line on stderr (stdout stays for results)."""
     print(message, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# output folders: resume a run with the same settings, refuse one with other settings
+
+RUN_SETTINGS = "run_settings.json"
+"""The settings a command's output folder was made with (written when the run starts)."""
+
+_RUN_FILES = (RUN_SETTINGS, "manifest.json", "results.json")
+"""Files that mark a folder as written by a compalign command (older runs lack `RUN_SETTINGS`)."""
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+_UNSET = "<unset>"
+
+
+def _differences(key: str, old: Any, new: Any) -> list[str]:
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [
+            d
+            for k in keys
+            for d in _differences(f"{key}.{k}" if key else str(k), old.get(k, _UNSET), new.get(k, _UNSET))
+        ]
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{key}: {len(old)} entries -> {len(new)}"]
+        return next(
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            if (d := _differences(f"{key}[{i}]", a, b))
+        )
+    return [f"{key}: {_short(old)} -> {_short(new)}"]
+
+
+def settings_difference(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every setting that differs (lists: their first differing entry)."""
+    return _differences("", old, new)
+
+
+class OutDir:
+    """The output folder of a run, checked before any work (`check_out_dir`), created by `start`."""
+
+    def __init__(self, path: Path, settings: dict, mode: str, option: str):
+        self.path, self.settings, self.mode, self.option = path, settings, mode, option
+
+    @property
+    def resume(self) -> bool:
+        """True when the folder holds a run with the same settings (its finished work is kept)."""
+        return self.mode == "resume"
+
+    def start(self) -> Path:
+        """Create the folder (emptied first with ``--overwrite``) and record the settings in it.
+
+        A folder that cannot be written is a one-line error (exit 2)."""
+        import shutil
+
+        from .io import atomic_write_json
+
+        try:
+            if self.mode == "overwrite":
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / RUN_SETTINGS, self.settings)
+        except OSError as e:
+            fail(f"{self.option} {self.path}: cannot write there ({e.strerror or e})")
+        return self.path
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_out_dir(out: Path, settings: dict, overwrite: bool = False, option: str = "--out") -> OutDir:
+    """Check an output folder before a run writes anything in it; writes nothing.
+
+    - a new or empty folder: a fresh run;
+    - a folder holding a run with the same `settings` (its `RUN_SETTINGS`): resumed;
+    - a folder holding a run with other settings: a one-line error naming the difference and
+      ``--overwrite`` (which replaces that run);
+    - an existing file, a folder of other files, a place that cannot be written: a one-line error.
+
+    `settings` are what decides the outputs (JSON values); call `OutDir.start` to create the folder.
+    """
+    out = Path(out)
+    settings = _jsonable(settings)
+    if out.exists() and not out.is_dir():
+        fail(f"{option} {out} is an existing file; give a folder")
+    anc = _nearest_existing(out)
+    if not anc.is_dir():
+        fail(f"{option} {out}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        fail(f"{option} {out}: cannot write in {anc} (permission denied or read-only)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return OutDir(out, settings, "new", option)
+    record = out / RUN_SETTINGS
+    if record.is_file():
+        import json
+
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if old == settings:
+            return OutDir(out, settings, "resume", option)
+        if overwrite:
+            return OutDir(out, settings, "overwrite", option)
+        diff = settings_difference(old, settings) if isinstance(old, dict) else [f"{RUN_SETTINGS} unreadable"]
+        fail(
+            f"{out} holds a run with other settings ({'; '.join(diff)}); run the same command to resume "
+            f"it, pass --overwrite to replace it, or choose another {option}"
+        )
+    if any((out / f).exists() for f in _RUN_FILES):
+        if overwrite:
+            return OutDir(out, settings, "overwrite", option)
+        fail(
+            f"{out} holds an earlier run whose settings were not recorded; pass --overwrite to replace it, "
+            f"or choose another {option}"
+        )
+    fail(f"{option} {out} is a folder of other files (not a compalign run); choose a new or empty folder")

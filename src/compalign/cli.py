@@ -218,13 +218,13 @@ def _print_table(report: dict, title: str) -> None:
     _console().print(table)
 
 
-def _render(items, out: Path, res: int, seed: int):
+def _render(items, out: Path, res: int, seed: int, layouts=None):
     from .world.batch import RenderError, render_set
 
     if out.exists() and not out.is_dir():
         fail(f"{out}: --out must be a folder, and a file of that name exists")
     try:
-        return render_set(items, out, res=res, seed=seed, progress=_show_progress())
+        return render_set(items, out, res=res, seed=seed, progress=_show_progress(), layouts=layouts)
     except RenderError as e:
         fail(str(e))
     except OSError as e:
@@ -263,9 +263,13 @@ def world_render(
     limit: Annotated[
         int | None, typer.Option(help="At most N prompts per category (or of the prompt list).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
+    ] = False,
 ) -> None:
     """Render suite prompts or your own prompts to PNGs plus a manifest.json."""
-    from .world.batch import plan
+    from ._cli import check_out_dir
+    from .world.batch import RenderError, layouts_for, plan
 
     _check_counts(limit, seed, res)
     if seeds < 1:
@@ -282,8 +286,20 @@ def world_render(
     if not groups:
         fail("nothing to render: give --category, --prompt or --prompts")
     items = plan(groups, seeds)
+    settings = {
+        "command": "world render",
+        "res": res,
+        "seed": seed,
+        "images": [[it.file, it.prompt, it.category] for it in items],
+    }
+    folder = check_out_dir(out, settings, overwrite)
+    try:
+        layouts = layouts_for(items, seed)  # every prompt and layout checked before anything is written
+    except RenderError as e:
+        fail(str(e))
+    folder.start()
     t0 = time.perf_counter()
-    manifest = _render(items, out, res, seed)
+    manifest = _render(items, out, res, seed, layouts)
     _note(f"rendered {len(manifest.images)} images at {res} px to {out} in {time.perf_counter() - t0:.1f} s")
 
 

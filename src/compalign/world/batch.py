@@ -87,11 +87,13 @@ def render_set(
     res: int = 32,
     seed: int = 0,
     progress: bool = True,
+    layouts: Sequence[list[Placed]] | None = None,
 ) -> Manifest:
     """Render items to `out_dir` as PNGs plus `manifest.json` (written last, atomically).
 
     Deterministic: the same items, resolution and seed give byte-identical files. Prompts and
-    layouts are all checked first, so a bad prompt raises `RenderError` with nothing written.
+    layouts are all checked first, so a bad prompt raises `RenderError` with nothing written
+    (`layouts`: those `layouts_for(items, seed)` already returned).
     """
     if res < 16:
         raise RenderError(f"resolution must be at least 16 px, got {res}")
@@ -99,7 +101,8 @@ def render_set(
         raise RenderError(f"seed must be >= 0, got {seed}")
     if not items:
         raise RenderError("no prompts to render")
-    layouts = layouts_for(items, seed, progress)
+    if layouts is None:
+        layouts = layouts_for(items, seed, progress)
     out = Path(out_dir)
     entries = []
     for it, objects in tqdm(
