@@ -254,3 +254,192 @@ def test_serve_and_export_bad_input(cli, gallery_dir, tmp_path):
     assert not (gallery_dir / DB_FILE).exists()
     r = cli("gallery", "check", gallery_dir)
     assert r.exit_code == 0 and json.loads(r.stdout)["records"] == 4
+
+
+# ---------------------------------------------------------------------------- hostile requests
+
+
+def raw_request(srv, data: bytes) -> bytes:
+    """Send raw bytes (headers the http.client would refuse to build) and return the answer."""
+    import socket
+
+    with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "index=--1",
+        "index=%C2%B2",
+        "index=" + "1" * 4400,
+        "index=1e3",
+        "index=+1",
+        "after=--2",
+        "after=%C2%B9",
+    ],
+)
+def test_malformed_query_integers_answer_400(server, query):
+    status, reply = Client(server).get(f"/api/task?annotator=a&{query}")
+    assert status == 400 and "must be an integer" in reply["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 20000 + b"]" * 20000,
+        b'{"annotator": "a", "index": 0, "order": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+        b'{"annotator": "a", "index": ' + b"1" * 4400 + b', "order": ["good", "bad", "bad2"]}',
+        b"\xff\xfe{}",
+    ],
+    ids=["nested-20000", "nested-field", "index-4400-digits", "not-utf8"],
+)
+def test_hostile_bodies_answer_400_and_store_nothing(server, gallery_dir, body):
+    status, reply = Client(server).post("/api/rank", body)
+    assert status == 400 and "error" in reply
+    assert RankingStore(gallery_dir / DB_FILE).count() == 0
+
+
+@pytest.mark.parametrize("length", ["\u00b2".encode("latin-1"), "\u00b2".encode(), b"-1", b"1e2", b"9" * 30])
+def test_malformed_content_length_answers_400(server, gallery_dir, length):
+    body = b'{"annotator": "a", "index": 0, "order": ["good", "bad", "bad2"]}'
+    head = b"POST /api/rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    answer = raw_request(
+        server, head + b"Content-Length: " + length + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    assert RankingStore(gallery_dir / DB_FILE).count() == 0
+
+
+def test_a_hundred_concurrent_saves_without_a_reset(server, gallery_dir):
+    """100 clients connect and save at the same moment (a barrier); every one is answered 200."""
+    n = 100
+    barrier = threading.Barrier(n, timeout=30)
+    results: list = [None] * n
+
+    def work(k):
+        try:
+            barrier.wait()
+            body = {"annotator": f"a{k}", "index": k % 4, "order": ["good", "bad", "bad2"], "ties": []}
+            results[k] = Client(server).post("/api/rank", body)[0]
+        except Exception as e:  # noqa: BLE001 - a reset or timeout is the failure this test looks for
+            results[k] = repr(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [200] * n, [r for r in results if r != 200][:5]
+    assert RankingStore(gallery_dir / DB_FILE).count() == n
+
+
+def test_security_headers_on_every_answer(server):
+    c = Client(server)
+    for path in ("/", "/api/info", "/api/task?annotator=a", "/nothing"):
+        con = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+        con.request("GET", path)
+        r = con.getresponse()
+        r.read()
+        con.close()
+        csp = r.getheader("Content-Security-Policy")
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, path
+        assert "'unsafe-inline'" not in csp and "script-src 'sha256-" in csp
+        assert r.getheader("X-Frame-Options") == "DENY" and r.getheader("X-Content-Type-Options") == "nosniff"
+    # the page's inline script is exactly the one the policy allows
+    import base64
+    import hashlib
+    import re
+
+    from compalign.ranking.page import PAGE
+
+    script = re.search(r"<script>(.*?)</script>", PAGE, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in r.getheader("Content-Security-Policy")
+    assert c.get("/api/info")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "origin,status",
+    [
+        ("http://evil.example", 403),
+        ("null", 403),
+        ("http://127.0.0.1:1", 403),
+        ("https://127.0.0.1:{port}", 403),
+        ("http://127.0.0.1:{port}", 200),
+        (None, 200),
+    ],
+)
+def test_writes_check_the_origin(server, gallery_dir, origin, status):
+    port = server.server_address[1]
+    headers = {"Host": f"127.0.0.1:{port}"}
+    if origin is not None:
+        headers["Origin"] = origin.format(port=port)
+    body = {"annotator": "a", "index": 0, "order": ["good", "bad", "bad2"], "ties": []}
+    got, reply = Client(server).post("/api/rank", body, headers=headers)
+    assert got == status, reply
+    assert RankingStore(gallery_dir / DB_FILE).count() == (1 if status == 200 else 0)
+    if status == 403:
+        assert "cross-origin" in reply["error"]
+
+
+def test_off_loopback_requires_the_token(gallery_dir):
+    """Bound to every address, the server makes a token and refuses any request without it; the
+    link carries it and opening it sets a cookie that the page's later requests carry.
+    (The test talks to it over 127.0.0.1 only.)"""
+    srv = make_server(gallery_dir, "0.0.0.0", 0)
+    serve_in_thread(srv)
+    try:
+        token = srv.token
+        assert token and len(token) >= 24 and srv.link.endswith(f"/?token={token}")
+        other = make_server(gallery_dir, "0.0.0.0", 0)
+        other.server_close()
+        assert other.token != token  # random per server
+        c = Client(srv)
+        c.host = "127.0.0.1"
+        body = {"annotator": "a", "index": 0, "order": ["good", "bad", "bad2"], "ties": []}
+        for path in ("/", "/api/info", "/api/task?annotator=a", "/images/images/good/00000.png"):
+            assert c.get(path)[0] == 403, path
+            assert c.get(path + ("&" if "?" in path else "?") + "token=wrong" + token)[0] == 403
+        assert c.post("/api/rank", body)[0] == 403
+        assert c.post("/api/rank", body, headers={"Authorization": "token nope"})[0] == 403
+        assert RankingStore(gallery_dir / DB_FILE).count() == 0
+        # the link: the page, and a cookie for the rest
+        con = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+        con.request("GET", f"/?token={token}")
+        r = con.getresponse()
+        assert r.status == 200 and b"compalign ranking" in r.read()
+        cookie = r.getheader("Set-Cookie")
+        con.close()
+        assert f"={token}" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        jar = {"Cookie": cookie.split(";")[0]}
+        status, t = c.get("/api/task?annotator=a", headers=jar)
+        assert status == 200 and t["kind"] == "rank"
+        assert c.get(t["images"][0]["url"], headers=jar, raw=True)[0] == 200
+        assert c.post("/api/rank", body, headers=jar)[0] == 200
+        assert c.post("/api/rank", body, headers={"Authorization": f"token {token}"})[0] == 200
+        assert RankingStore(gallery_dir / DB_FILE).count() == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_token_on_loopback_is_optional_and_checked(gallery_dir, cli):
+    srv = make_server(gallery_dir, "127.0.0.1", 0)
+    assert srv.token is None and "token" not in srv.link
+    srv.server_close()
+    srv = make_server(gallery_dir, "127.0.0.1", 0, token="s3cret-token")
+    serve_in_thread(srv)
+    try:
+        c = Client(srv)
+        assert c.get("/api/info")[0] == 403
+        assert c.get("/api/info?token=s3cret-token")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    r = cli("rank", "serve", gallery_dir, "--token", "a b;c")
+    assert r.exit_code == 2 and "--token" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -82,22 +82,33 @@ def serve_command(
     ] = ("127.0.0.1"),
     port: Annotated[int, typer.Option("--port", help="Port (0: any free port).")] = 8765,
     verbose: Annotated[bool, typer.Option("--verbose", help="Log every request.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Secret every request must carry (in the printed link); default: a random one off loopback, "
+            "none on loopback.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the web tool for people to rank the gallery (rankings go to GALLERY/rankings.sqlite)."""
+    """Serve the web tool for people to rank the gallery (rankings go to GALLERY/rankings.sqlite).
+
+    Off loopback (e.g. --host 0.0.0.0) every request needs the token of the printed link."""
     from ..gallery.format import GalleryError
     from .server import LOOPBACK, make_server
 
     if not 0 <= port <= 65535:
         fail(f"--port must be in 0..65535, got {port}")
     try:
-        server = make_server(gallery, host, port, verbose)
+        server = make_server(gallery, host, port, verbose, token=token)
     except GalleryError as e:
         fail(str(e))
-    h, p = server.server_address[:2]
-    shown = f"[{h}]" if ":" in h else h
     if host not in LOOPBACK:
-        note(f"warning: listening on {host}: anyone who can reach this machine can read and rank the gallery")
-    note(f"ranking {len(server.app.g.records)} records at http://{shown}:{p}/  (Ctrl-C stops)")
+        note(
+            f"listening on {host}: anyone who can reach this machine and has the link (it carries the token) "
+            "can read and rank the gallery"
+        )
+    note(f"ranking {len(server.app.g.records)} records at {server.link}  (Ctrl-C stops)")
     sys.stderr.flush()
     try:
         server.serve_forever(poll_interval=0.2)

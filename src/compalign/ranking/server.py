@@ -20,18 +20,33 @@ Bad payloads (not JSON, not an object, a missing or wrong-typed field, an order 
 permutation of the record's models, ties that are not contiguous groups of it, an unknown record
 or job) get a 4xx answer with ``{"error": ...}`` and nothing is stored; a stale compare answer gets
 409. POSTs must be ``application/json`` (a cross-site form cannot send that without CORS, which
-this server never grants), and when bound to a loopback address, requests must name a loopback
-host (no DNS rebinding).
+this server never grants) and, when a browser names an ``Origin``, come from this server's own
+page; when bound to a loopback address, requests must name a loopback host (no DNS rebinding).
+Malformed integers (``index=--1``, ``²``, thousands of digits), bodies nested thousands deep and
+a malformed ``Content-Length`` are 400s.
+
+Off loopback (``--host 0.0.0.0``) every request must carry the server's token, as Jupyter's do:
+``?token=`` (the printed link has it), ``Authorization: token T``, or the cookie that opening the
+link sets. Every answer has a Content-Security-Policy (the page's own inline script and style by
+hash, nothing from elsewhere, ``frame-ancestors 'none'``) and ``X-Frame-Options: DENY``.
+
+Requests run on a fixed pool of worker threads behind a deep listen backlog: 100 clients saving at
+once are all answered (the standard library's backlog of 5 reset most of them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import mimetypes
 import random
+import re
+import secrets
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -45,6 +60,37 @@ from .store import StaleError
 MAX_BODY = 64 * 1024
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# A decimal integer as the query string and Content-Length carry it: ASCII digits only (no "²",
+# no "--1") and at most 18 of them (no 4,400-digit conversions).
+INT_TEXT = re.compile(r"-?[0-9]{1,18}")
+TOKEN_COOKIE = "compalign_rank_token"
+TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~-]{8,200}")
+# The page is one inline script and one inline style; everything else comes from this server.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def _csp() -> str:
+    """Content-Security-Policy of every answer: the page's own inline script and style (by hash),
+    images and API calls from this origin only, no frames, forms, plugins or base URLs."""
+    import base64
+
+    from .page import PAGE
+
+    def digest(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE, re.S)
+        if body is None:  # pragma: no cover - the page always has both
+            return "'none'"
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.group(1).encode()).digest()).decode() + "'"
+
+    return (
+        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+        "img-src 'self'; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
 
 
 class ApiError(Exception):
@@ -67,6 +113,15 @@ def _int(payload: dict, key: str) -> int:
     if not is_int(v):
         raise ApiError(400, f"{key} must be an integer")
     return v
+
+
+def _int_text(key: str, value: str | None) -> int | None:
+    """An optional integer of the query string; None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if not INT_TEXT.fullmatch(value):
+        raise ApiError(400, f"{key} must be an integer")
+    return int(value)
 
 
 def _shuffled(models: list[str], index: int) -> list[str]:
@@ -225,6 +280,9 @@ class Handler(BaseHTTPRequestHandler):
     app: RankingApp  # set on the subclass made by `make_server`
     verbose = False
     loopback_only = True
+    token: str | None = None  # required on every request when set (off loopback)
+    csp = ""
+    timeout = 60  # seconds a silent client may hold a worker
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         if self.verbose:
@@ -234,8 +292,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", self.csp)
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -255,10 +315,44 @@ class Handler(BaseHTTPRequestHandler):
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         return name in LOOPBACK
 
-    def _guard(self, fn) -> None:
+    def _origin_ok(self) -> bool:
+        """A write from a browser names its page's origin: it must be this server as the request
+        addressed it (the Host header, already checked); clients that send no Origin pass."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        return bool(host) and origin.strip().lower() == f"http://{host}"
+
+    def _token_ok(self) -> bool:
+        """Off loopback: the server's token as ``?token=``, ``Authorization: token T`` or the cookie
+        that opening the link sets."""
+        if self.token is None:
+            return True
+        given = []
+        given += parse_qs(urlsplit(self.path).query).get("token", [])[:1]
+        auth = (self.headers.get("Authorization") or "").split(None, 1)
+        if len(auth) == 2 and auth[0].lower() in ("token", "bearer"):
+            given.append(auth[1].strip())
+        try:
+            morsel = SimpleCookie(self.headers.get("Cookie") or "").get(TOKEN_COOKIE)
+        except CookieError:
+            morsel = None
+        if morsel is not None:
+            given.append(morsel.value)
+        want = self.token.encode()
+        return any(hmac.compare_digest(g.encode("utf-8", "replace"), want) for g in given)
+
+    def _guard(self, fn, write: bool = False) -> None:
         try:
             if not self._host_ok():
                 raise ApiError(403, "requests must name a loopback host (localhost / 127.0.0.1)")
+            if not self._token_ok():
+                raise ApiError(
+                    403, "this server needs its token: open the link it printed at start (/?token=...)"
+                )
+            if write and not self._origin_ok():
+                raise ApiError(403, "cross-origin writes are refused (the Origin is not this server)")
             fn()
         except ApiError as e:
             self._json(e.status, {"error": str(e)})
@@ -275,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
         self._guard(self._get)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._guard(self._post)
+        self._guard(self._post, write=True)
 
     def _get(self) -> None:
         from .page import PAGE
@@ -283,7 +377,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         if path in ("/", "/index.html"):
-            self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+            extra = {}
+            if self.token is not None:  # the link's token, kept for the page's API and image requests
+                extra["Set-Cookie"] = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            self._send(200, PAGE.encode(), "text/html; charset=utf-8", extra)
             return
         if path.startswith("/images/"):
             data, ctype = self.app.image(path[len("/images/") :])
@@ -295,16 +392,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/task":
             q = parse_qs(url.query)
             annotator = _annotator((q.get("annotator") or [""])[0])
-
-            def opt_int(key):
-                v = (q.get(key) or [None])[0]
-                if v is None or v == "":
-                    return None
-                if not v.lstrip("-").isdigit():
-                    raise ApiError(400, f"{key} must be an integer")
-                return int(v)
-
-            self._json(200, self.app.task(annotator, opt_int("index"), opt_int("after")))
+            index, after = (_int_text(k, (q.get(k) or [None])[0]) for k in ("index", "after"))
+            self._json(200, self.app.task(annotator, index, after))
             return
         raise ApiError(404, "not found")
 
@@ -313,16 +402,20 @@ class Handler(BaseHTTPRequestHandler):
         if ctype != "application/json":
             raise ApiError(415, "send the payload as application/json")
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             raise ApiError(411, "Content-Length required")
+        if not INT_TEXT.fullmatch(length.strip()) or length.strip().startswith("-"):
+            raise ApiError(400, "Content-Length must be a non-negative decimal integer")
         n = int(length)
         if n > MAX_BODY:
             raise ApiError(413, f"payload larger than {MAX_BODY} bytes")
         raw = self.rfile.read(n)
         try:
             payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except ValueError as e:  # not UTF-8, not JSON, or an integer of more than 4,300 digits
             raise ApiError(400, f"payload is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "payload is nested too deeply") from None
         if not isinstance(payload, dict):
             raise ApiError(400, "payload must be a JSON object")
         return payload
@@ -341,26 +434,60 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class RankingServer(ThreadingHTTPServer):
+    """Requests run on a fixed pool of worker threads; connections beyond it wait in the listen
+    backlog and the pool's queue instead of being reset."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog (the kernel caps it at net.core.somaxconn)
+    workers = 32
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="rank-serve")
+
+    def process_request(self, request, client_address) -> None:
+        self.pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def make_server(
-    gallery: str | Path | Gallery, host: str = "127.0.0.1", port: int = 8765, verbose: bool = False
+    gallery: str | Path | Gallery,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    verbose: bool = False,
+    token: str | None = None,
 ):
-    """A ready (not yet serving) server; ``server.server_address`` has the bound port."""
+    """A ready (not yet serving) server; ``server.server_address`` has the bound port.
+
+    Off loopback every request must carry a token (``server.token``: `token`, or a random one);
+    on loopback only when `token` is given. ``server.link`` is the address to open.
+    """
+    if token is not None and not TOKEN_TEXT.fullmatch(token):
+        raise GalleryError(f"--token must be 8 to 200 of the characters A-Z a-z 0-9 . _ ~ -, got {token!r}")
+    if token is None and host not in LOOPBACK:
+        token = secrets.token_urlsafe(24)
     g = gallery if isinstance(gallery, Gallery) else load_gallery(gallery_dir(gallery))
     app = RankingApp(g)
     handler = type(
         "GalleryHandler",
         (Handler,),
-        {"app": app, "verbose": verbose, "loopback_only": host in LOOPBACK},
+        {"app": app, "verbose": verbose, "loopback_only": host in LOOPBACK, "token": token, "csp": _csp()},
     )
     try:
         server = RankingServer((host, port), handler)
     except OSError as e:
         raise GalleryError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     server.app = app
+    server.token = token
+    h, p = server.server_address[:2]
+    shown = f"[{h}]" if ":" in h else h
+    server.link = f"http://{shown}:{p}/" + (f"?token={quote(token, safe='')}" if token else "")
     return server
 
 
