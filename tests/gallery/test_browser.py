@@ -52,8 +52,11 @@ def browser():
 
 
 def shows(page, prompt: str) -> None:
-    """Wait until the rank view shows `prompt`."""
-    page.wait_for_function("p => document.querySelector('#prompt').textContent === p", arg=prompt)
+    """Wait until the rank view shows `prompt` (a locator wait: the page's Content-Security-Policy
+    forbids the string evaluation that `wait_for_function` polls with)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#prompt")).to_have_text(prompt)
 
 
 @pytest.mark.timeout(120)
@@ -70,6 +73,7 @@ def test_rank_in_a_real_browser(browser, gallery_dir, cli):
     page.set_default_timeout(15000)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
     try:
         page.goto(url)
         page.wait_for_selector("#login:not([hidden])")
@@ -122,10 +126,7 @@ def test_rank_in_a_real_browser(browser, gallery_dir, cli):
         pair = {page.get_attribute("#left", "data-model"), page.get_attribute("#right", "data-model")}
         assert pair == {"bad2", "bad"}
         choose("bad2")
-        page.wait_for_function(
-            "['good'].includes(document.querySelector('#left').dataset.model) || "
-            "['good'].includes(document.querySelector('#right').dataset.model)"
-        )
+        page.wait_for_selector("#left[data-model=good], #right[data-model=good]")
         choose("good")
         shows(page, prompts[3])
         assert page.is_hidden("#compareview")
@@ -143,3 +144,46 @@ def test_rank_in_a_real_browser(browser, gallery_dir, cli):
     ranks = read(gallery_dir / "gallery_ranks.json")
     assert ranks["records"]["0"]["rank_ties"] == [[1, 3]] and ranks["records"]["2"]["rank_ties"] == []
     assert "rank" not in data[3]
+
+
+@pytest.mark.timeout(120)
+def test_markup_in_prompts_and_names_is_shown_as_text(browser, tmp_path):
+    """A prompt and an annotator name made of HTML are displayed literally and never run."""
+    import numpy as np
+
+    from compalign.gallery.format import Gallery, Record, image_path, new_meta
+    from compalign.io import atomic_save_image
+
+    evil = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+    root = tmp_path / "g"
+    records = []
+    for i, prompt in enumerate([evil + " a red cube", "a blue ball"]):
+        for m in ("a", "b"):
+            atomic_save_image(root / image_path(m, i), np.full((8, 8, 3), 40 * i, np.uint8))
+        records.append(Record(i, prompt, {m: image_path(m, i) for m in ("a", "b")}))
+    meta = new_meta(None, [{"name": "a", "spec": None}, {"name": "b", "spec": None}], seed=0, complete=True)
+    g = Gallery(root, records, meta, {"version": 1, "records": {}})
+    g.save()
+    srv = make_server(g.root, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(15000)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"http://127.0.0.1:{srv.server_address[1]}/")
+        page.wait_for_selector("#login:not([hidden])")
+        title = page.title()
+        page.fill("#name", evil)
+        page.click("#start")
+        shows(page, evil + " a red cube")
+        assert page.inner_text("#who") == evil
+        assert page.locator("#prompt img, #prompt script, #who img, #who script").count() == 0
+        page.keyboard.press("s")
+        shows(page, "a blue ball")
+        assert page.title() == title != "pwned" and not errors, errors
+    finally:
+        ctx.close()
+        srv.shutdown()
+        srv.server_close()
