@@ -95,11 +95,21 @@ class OutDir:
         try:
             if self.mode == "overwrite":
                 shutil.rmtree(self.path)
+            self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.path / RUN_SETTINGS, self.settings)
         except OSError as e:
             fail(f"{self.option} {self.path}: cannot write there ({e.strerror or e})")
         return self.path
+
+    def abandon(self) -> None:
+        """Remove what `start` created (for a run refused after it started: nothing is left)."""
+        import shutil
+
+        created = getattr(self, "_created", [])
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+            self._created = []
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -156,3 +166,28 @@ def check_out_dir(out: Path, settings: dict, overwrite: bool = False, option: st
             f"or choose another {option}"
         )
     fail(f"{option} {out} is a folder of other files (not a compalign run); choose a new or empty folder")
+
+
+# --------------------------------------------------------------------------------------------
+# prompts for world models
+
+
+def clip_text(text: str, n: int = 80) -> str:
+    """`text` cut to `n` characters (``...`` marks a cut), for messages about long input."""
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def check_world_prompts(prompts: list[str], model: str = "the world model") -> None:
+    """One-line error (exit 2) naming the first prompt outside the world grammar and its word:
+    world models' tokenizers read only the grammar's words."""
+    from .world.grammar import PromptError, parse_prompt
+
+    for n, p in enumerate(dict.fromkeys(prompts), 1):
+        try:
+            parse_prompt(p)
+        except PromptError as e:
+            reason = str(e).replace(p, clip_text(p)) if len(p) > 80 else str(e)
+            fail(
+                f"prompt {n} ({clip_text(p)!r}) is outside the world grammar, which {model} reads: "
+                f"{clip_text(reason, 300)}; see `compalign world prompts --all`"
+            )
