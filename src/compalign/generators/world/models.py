@@ -5,6 +5,11 @@ A world model is pixel-space diffusion on 32x32 RGB images. The image is folded 
 16x16 input with 12 channels: four times cheaper than running at 32x32, which matters on a CPU.
 The text encoder is a small `CLIPTextModel` (causal, like Stable Diffusion's) or a small
 `T5EncoderModel` (bidirectional, relative positions); both read the word-level world tokenizer.
+
+The denoiser (the pipeline's ``unet`` component) is diffusers' `UNet2DConditionModel`
+(``denoiser="unet"``), optionally with two coordinate input channels (``coord_channels``, which the
+pipeline appends: CoordConv), or `WorldDiT` (``denoiser="dit"``), a PixArt-style transformer on
+the 16x16 grid of folded patches with 2-D sine-cosine position embeddings.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
 TEXT_ENCODERS = ("clip", "t5")
+DENOISERS = ("unet", "dit")
 SAMPLERS = ("ddim", "dpmsolver", "euler")
 
 
@@ -26,8 +32,12 @@ class WorldArch(DictConfig):
 
     _fields_name = "architecture fields"
 
+    denoiser: str = "unet"
+    """`unet` (`UNet2DConditionModel`: the fields below up to `norm_num_groups`, plus
+    `coord_channels`) or `dit` (`WorldDiT`: the `dit_*` fields); both see the folded image."""
     patch_size: int = 2
-    """Pixel-unshuffle factor: the UNet sees `[3*p*p, 32/p, 32/p]` (1 = plain 32x32 pixels)."""
+    """Pixel-unshuffle factor: the UNet sees `[3*p*p, 32/p, 32/p]` (1 = plain 32x32 pixels); the
+    DiT makes one token of each folded pixel (a p x p patch of the image)."""
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     """UNet channels per resolution level (each level after the first halves the resolution)."""
     layers_per_block: int = 1
@@ -38,6 +48,17 @@ class WorldArch(DictConfig):
     """Channels per attention head in the UNet."""
     norm_num_groups: int = 8
     """GroupNorm groups in the UNet; must divide every entry of `block_out_channels`."""
+    coord_channels: bool = False
+    """UNet: the pipeline appends two coordinate channels (x and y in [-1, 1] across the image) to
+    the UNet's input, so its convolutions and attention know where each cell is (CoordConv)."""
+    dit_width: int = 128
+    """DiT: token width."""
+    dit_depth: int = 6
+    """DiT: transformer blocks (self-attention, cross-attention to the text, feed-forward)."""
+    dit_head_dim: int = 32
+    """DiT: channels per attention head (`dit_width` / `dit_head_dim` heads)."""
+    dit_ff_mult: int = 4
+    """DiT: feed-forward width as a multiple of `dit_width`."""
     text_encoder: str = "clip"
     """`clip` (causal `CLIPTextModel`) or `t5` (bidirectional `T5EncoderModel`)."""
     text_hidden_size: int = 64
@@ -79,6 +100,14 @@ class WorldArch(DictConfig):
             )
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide {self.block_out_channels}")
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {DENOISERS}, got {self.denoiser!r}")
+        if self.dit_width % self.dit_head_dim:
+            raise ValueError(
+                f"dit_width {self.dit_width} is not a multiple of dit_head_dim {self.dit_head_dim}"
+            )
+        if self.coord_channels and self.denoiser != "unet":
+            raise ValueError("coord_channels is a UNet option (the DiT has position embeddings)")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if self.sampler not in SAMPLERS:
@@ -86,6 +115,9 @@ class WorldArch(DictConfig):
 
 
 def build_unet(arch: WorldArch):
+    """The denoiser of `arch`: a `UNet2DConditionModel` or a `WorldDiT` (the pipeline's ``unet``)."""
+    if arch.denoiser == "dit":
+        return build_dit(arch)
     from diffusers import UNet2DConditionModel
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in arch.attention_levels)
@@ -93,7 +125,7 @@ def build_unet(arch: WorldArch):
     channels = IMAGE_CHANNELS * arch.patch_size**2
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // arch.patch_size,
-        in_channels=channels,
+        in_channels=channels + (2 if arch.coord_channels else 0),
         out_channels=channels,
         block_out_channels=arch.block_out_channels,
         layers_per_block=arch.layers_per_block,
@@ -103,6 +135,25 @@ def build_unet(arch: WorldArch):
         cross_attention_dim=arch.text_hidden_size,
         attention_head_dim=arch.attention_head_dim,
         norm_num_groups=arch.norm_num_groups,
+        class_embed_type="projection" if arch.pooled_text else None,
+        projection_class_embeddings_input_dim=arch.text_hidden_size if arch.pooled_text else None,
+    )
+
+
+def build_dit(arch: WorldArch):
+    from .dit import WorldDiT
+
+    channels = IMAGE_CHANNELS * arch.patch_size**2
+    return WorldDiT(
+        sample_size=IMAGE_SIZE // arch.patch_size,
+        in_channels=channels,
+        out_channels=channels,
+        patch_size=1,
+        width=arch.dit_width,
+        depth=arch.dit_depth,
+        attention_head_dim=arch.dit_head_dim,
+        ff_mult=arch.dit_ff_mult,
+        cross_attention_dim=arch.text_hidden_size,
         class_embed_type="projection" if arch.pooled_text else None,
         projection_class_embeddings_input_dim=arch.text_hidden_size if arch.pooled_text else None,
     )
@@ -190,12 +241,14 @@ def count_parameters(module) -> int:
 
 
 __all__ = [
+    "DENOISERS",
     "IMAGE_CHANNELS",
     "IMAGE_SIZE",
     "SAMPLERS",
     "TEXT_ENCODERS",
     "WorldArch",
     "build_components",
+    "build_dit",
     "build_sampler",
     "build_text_encoder",
     "build_training_scheduler",

@@ -1,6 +1,7 @@
 """`WorldPipeline`: a diffusers pipeline for the world text-to-image models.
 
-Components: ``unet`` (`UNet2DConditionModel` in folded pixel space), ``text_encoder``
+Components: ``unet`` (the denoiser in folded pixel space: `UNet2DConditionModel`, or `WorldDiT`
+with the same call signature), ``text_encoder``
 (`CLIPTextModel` or `T5EncoderModel`), ``tokenizer`` (word-level fast tokenizer) and
 ``scheduler`` (the sampler). `save_pretrained` / `from_pretrained` give the usual diffusers folder
 (``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``); the sampling
@@ -10,6 +11,10 @@ defaults (`default_steps`, `default_guidance_scale`) and `patch_size` live in
 The initial noise is a `[B, 3, 32, 32]` Gaussian in pixel space (the model folds it itself), so
 the noise shape does not depend on the architecture. `denoise(noise, prompts)` maps noise to
 images in `[0, 1]`; with `enable_grad=True` it is differentiable with respect to the noise.
+
+A denoiser whose config asks for two input channels more than it outputs (``coord_channels`` in
+`WorldArch`) gets two coordinate channels, x and y in `[-1, 1]` across the image, appended to its
+input by `predict`; the saved denoiser config is all that records it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from ..base import noise_for_seeds
 from .models import IMAGE_CHANNELS, IMAGE_SIZE
 from .tokenizer import tokenize
+
+
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """`[B, 2, H, W]`: x (left -1 to right 1) and y (top -1 to bottom 1) of each cell's centre."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+    return grid.unsqueeze(0).expand(b, 2, h, w)
 
 
 def predict_x0(scheduler, model_output: torch.Tensor, sample: torch.Tensor, t) -> torch.Tensor:
@@ -92,11 +106,18 @@ class WorldPipeline(DiffusionPipeline):
         return hidden.to(self.unet.dtype), mask
 
     def predict(self, x, t, text: torch.Tensor, mask: torch.Tensor, unet=None) -> torch.Tensor:
-        """UNet output for folded `x` at timestep(s) `t` given encoded text (pooled text too, when
-        the UNet has a projection class embedding)."""
+        """Denoiser output for folded `x` at timestep(s) `t` given encoded text (pooled text too, when
+        the denoiser has a projection class embedding; coordinate channels when it takes them)."""
         unet = unet if unet is not None else self.unet
+        extra = int(getattr(unet.config, "in_channels", x.shape[1])) - x.shape[1]
+        if extra == 2:
+            x = torch.cat([x, coordinate_channels(x)], dim=1)
+        elif extra:
+            raise ValueError(
+                f"the denoiser takes {x.shape[1] + extra} channels, the folded image has {x.shape[1]}"
+            )
         pooled = None
-        if unet.config.class_embed_type == "projection":
+        if getattr(unet.config, "class_embed_type", None) == "projection":
             w = mask.to(text.dtype).unsqueeze(-1)
             pooled = (text * w).sum(1) / w.sum(1).clamp(min=1)
         return unet(x, t, text, class_labels=pooled, encoder_attention_mask=mask).sample

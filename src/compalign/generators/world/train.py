@@ -351,6 +351,35 @@ def preset_pipeline(config: WorldTrainConfig | str) -> WorldPipeline:
     return _new_pipeline(config)
 
 
+def checkpoint_pipeline(checkpoint: str | Path, ema: bool = True) -> tuple[WorldPipeline, int]:
+    """The pipeline of a diffusion run's checkpoint folder (``<run>/checkpoints/step_*``) and its
+    step: the run's architecture from its ``config.json`` with the checkpoint's EMA weights (the
+    weights a finished run exports; `ema=False` or a run without EMA: the raw weights)."""
+    checkpoint = Path(checkpoint)
+    cfg_path = checkpoint.parent.parent / "config.json"
+    if not (checkpoint / STATE_FILE).is_file() or not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} is not a checkpoint of a run folder ({STATE_FILE}, ../../config.json)"
+        )
+    config = WorldTrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    if config.mode != "diffusion":
+        raise ValueError(
+            f"{checkpoint}: only diffusion runs have a pipeline of their own (mode {config.mode!r})"
+        )
+    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    pipe = _new_pipeline(config)
+    model = _trainable(pipe)
+    model.load_state_dict(state["model"])
+    if ema and state.get("ema") is not None:
+        shadow = state["ema"]["shadow"]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(shadow[name].to(p.dtype))
+    model.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, int(state["step"])
+
+
 def scheduler_config_from(cfg) -> dict:
     keep = ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start", "beta_end")
     return {k: cfg[k] for k in keep if k in cfg}
@@ -749,6 +778,7 @@ def folder_size(path: str | Path) -> int:
 
 __all__ = [
     "EMA",
+    "checkpoint_pipeline",
     "export_model",
     "folder_size",
     "latest_checkpoint",

@@ -1,0 +1,164 @@
+"""The world-model denoiser candidates: UNet, UNet with coordinate channels, DiT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compalign.generators import create_generator
+from compalign.generators.world.config import create_preset, list_presets
+from compalign.generators.world.dit import WorldDiT
+from compalign.generators.world.generator import load_pipeline
+from compalign.generators.world.models import WorldArch, build_text_encoder, build_unet, count_parameters
+from compalign.generators.world.pipeline import coordinate_channels
+from compalign.generators.world.train import checkpoint_pipeline, list_checkpoints, train_world_model
+
+CANDIDATES = {
+    "unet": {},
+    "unet-coord": dict(coord_channels=True),
+    "unet-coord-attn16": dict(coord_channels=True, attention_levels=(True, True)),
+    "dit": dict(denoiser="dit", dit_width=32, dit_depth=2, dit_head_dim=16),
+    "dit-no-pooled": dict(denoiser="dit", dit_width=32, dit_depth=1, dit_head_dim=16, pooled_text=False),
+}
+PROMPTS = ["a red circle to the left of a blue square", "a green triangle"]
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
+    """Random non-zero weights everywhere (zero-initialised layers would hide load mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_candidate_saves_loads_and_generates(name, tmp_path, make_pipeline):
+    pipe = make_pipeline(seed=1, **CANDIDATES[name])
+    _randomize(pipe.unet)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = pipe.denoise(noise, PROMPTS)
+    assert before.shape == (2, 3, 32, 32) and 0 <= before.min() <= before.max() <= 1
+    pipe.save_pretrained(tmp_path / "pipe")
+    cfg = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
+    assert cfg["_class_name"] == type(pipe.unet).__name__
+    loaded = load_pipeline(tmp_path / "pipe")
+    assert type(loaded.unet) is type(pipe.unet)
+    assert torch.equal(loaded.denoise(noise, PROMPTS), before)
+    # the prompt reaches the image
+    assert not torch.equal(pipe.denoise(noise, PROMPTS[::-1]), before)
+
+
+@pytest.mark.parametrize("name", ["unet-coord", "dit"])
+def test_candidate_trains_and_generates_through_the_generator(name, tmp_path, make_config):
+    from compalign.generators.world.models import WorldArch as Arch
+
+    from .conftest import TINY_ARCH
+
+    config = make_config(tmp_path, arch=Arch(**{**TINY_ARCH, **CANDIDATES[name]}), max_steps=2)
+    final = train_world_model(config)
+    assert final is not None
+    record = json.loads((final / "training.json").read_text())
+    assert record["steps"] == 2 and record["config"]["arch"]["denoiser"] == Arch(**CANDIDATES[name]).denoiser
+    log = [json.loads(line) for line in (config.run_dir / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    gen = create_generator(str(config.run_dir), device="cpu")
+    images = gen.generate(PROMPTS, seeds=[0, 1])
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    assert torch.equal(images, gen.generate(PROMPTS, seeds=[0, 1]))
+    # the last checkpoint's EMA pipeline is the exported one; the raw weights differ from it
+    pipe, step = checkpoint_pipeline(list_checkpoints(config.run_dir)[-1])
+    assert step == 2
+    final_state, ema_state = load_pipeline(final).unet.state_dict(), pipe.unet.state_dict()
+    assert all(torch.equal(final_state[k], ema_state[k]) for k in final_state)
+    raw = checkpoint_pipeline(list_checkpoints(config.run_dir)[-1], ema=False)[0].unet.state_dict()
+    assert any(not torch.equal(raw[k], ema_state[k]) for k in raw)
+
+
+def test_coordinate_channels_point_right_and_down():
+    c = coordinate_channels(torch.zeros(3, 12, 4, 8))
+    assert c.shape == (3, 2, 4, 8)
+    x, y = c[0, 0], c[0, 1]
+    assert torch.all(x[:, 1:] > x[:, :-1]) and torch.all(x[1:] == x[:-1])  # x grows to the right
+    assert torch.all(y[1:] > y[:-1]) and torch.all(y[:, 1:] == y[:, :-1])  # y grows downwards
+    assert torch.allclose(x.mean(), torch.tensor(0.0)) and -1 < x.min() and x.max() < 1
+
+
+def test_coord_unet_gets_the_coordinates(make_pipeline):
+    pipe = make_pipeline(seed=2, coord_channels=True)
+    _randomize(pipe.unet, seed=3)
+    assert pipe.unet.config.in_channels == 14 and pipe.unet.config.out_channels == 12
+    x = torch.randn(2, 12, 16, 16, generator=torch.Generator().manual_seed(4))
+    text, mask = pipe.encode_prompt(PROMPTS)
+    w = mask.unsqueeze(-1).float()
+    pooled = (text * w).sum(1) / w.sum(1)
+    t = torch.tensor(500)
+
+    def unet(inp):
+        return pipe.unet(inp, t, text, class_labels=pooled, encoder_attention_mask=mask).sample
+
+    with torch.no_grad():
+        out = pipe.predict(x, t, text, mask)
+        assert torch.allclose(out, unet(torch.cat([x, coordinate_channels(x)], dim=1)), atol=1e-6)
+        assert not torch.allclose(out, unet(torch.cat([x, torch.zeros_like(x[:, :2])], dim=1)), atol=1e-4)
+        with pytest.raises(ValueError, match="channels"):
+            pipe.predict(x[:, :11], t, text, mask)
+
+
+def test_dit_is_not_translation_equivariant_and_checks_its_inputs():
+    torch.manual_seed(0)
+    dit = WorldDiT(sample_size=8, in_channels=12, out_channels=12, width=32, depth=1, attention_head_dim=16,
+                   cross_attention_dim=16, projection_class_embeddings_input_dim=16)  # fmt: skip
+    _randomize(dit)
+    x = torch.randn(1, 12, 8, 8)
+    text, mask = torch.randn(1, 5, 16), torch.ones(1, 5)
+    with torch.no_grad():
+        out = dit(x, 10, text, class_labels=text.mean(1), encoder_attention_mask=mask).sample
+        shifted = dit(
+            x.roll(2, dims=3), 10, text, class_labels=text.mean(1), encoder_attention_mask=mask
+        ).sample
+        batch_t = dit(
+            x, torch.tensor([10]), text, class_labels=text.mean(1), encoder_attention_mask=mask
+        ).sample
+    assert out.shape == x.shape and torch.equal(out, batch_t)
+    # 2-D position embeddings: moving the content does not just move the output
+    assert not torch.allclose(shifted, out.roll(2, dims=3), atol=1e-4)
+    dit.enable_gradient_checkpointing()
+    x.requires_grad_(True)
+    again = dit(x, 10, text, class_labels=text.mean(1), encoder_attention_mask=mask).sample
+    again.square().mean().backward()
+    assert (
+        torch.allclose(again, out, atol=1e-6) and x.grad is not None and dit.proj_out.weight.grad is not None
+    )
+    with pytest.raises(ValueError, match="class_labels"):
+        dit(x, 10, text)
+    with pytest.raises(ValueError, match="attention_head_dim"):
+        WorldDiT(width=30, attention_head_dim=16)
+
+
+def test_bad_denoiser_arch():
+    with pytest.raises(ValueError, match="denoiser"):
+        WorldArch(denoiser="mlp")
+    with pytest.raises(ValueError, match="coord_channels"):
+        WorldArch(denoiser="dit", coord_channels=True)
+    with pytest.raises(ValueError, match="dit_width"):
+        WorldArch(denoiser="dit", dit_width=100, dit_head_dim=32)
+
+
+def test_ab_presets_share_everything_but_the_architecture():
+    names = [n for n in list_presets() if n.startswith("world-ab-")]
+    assert {"world-ab-unet", "world-ab-coord", "world-ab-dit"} <= set(names)
+    base = create_preset("world-base").arch
+    base_params = count_parameters(build_unet(base)) + count_parameters(build_text_encoder(base))
+    configs = {n: create_preset(n) for n in names}
+    same = ("seed", "data_seed", "categories", "batch_size", "learning_rate", "lr_schedule", "warmup_steps",
+            "min_lr_ratio", "pool_per_category", "init_from", "ema_decay", "cond_dropout")  # fmt: skip
+    ref = configs["world-ab-unet"]
+    for name, c in configs.items():
+        assert c.init_from is None and c.mode == "diffusion", name
+        assert all(getattr(c, f) == getattr(ref, f) for f in same), name
+        assert c.keep_checkpoints * c.checkpoint_every >= c.max_steps, name  # every checkpoint stays
+        n = count_parameters(build_unet(c.arch)) + count_parameters(build_text_encoder(c.arch))
+        assert abs(n / base_params - 1) < 0.06, (name, n, base_params)
+    assert configs["world-ab-dit"].arch.denoiser == "dit" and configs["world-ab-coord"].arch.coord_channels
