@@ -162,3 +162,54 @@ def test_ab_presets_share_everything_but_the_architecture():
         n = count_parameters(build_unet(c.arch)) + count_parameters(build_text_encoder(c.arch))
         assert abs(n / base_params - 1) < 0.06, (name, n, base_params)
     assert configs["world-ab-dit"].arch.denoiser == "dit" and configs["world-ab-coord"].arch.coord_channels
+
+
+def _ab_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "ab_world_arch.py"
+    spec = importlib.util.spec_from_file_location("ab_world_arch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_config, capsys):
+    ab = _ab_script()
+    root = tmp_path / "ab"
+    config = make_config(
+        tmp_path, output_dir=str(root / "unet"), max_steps=2, checkpoint_every=1, keep_checkpoints=5
+    )
+    train_world_model(config)
+    ev = ["evaluate", "--root", str(root), "--arms", "unet", "--categories", "single_object", "position",
+          "--per-category", "2", "-n", "1", "--sample-steps", "2"]  # fmt: skip
+    ab.main(ev)
+    files = sorted((root / "eval").rglob("step_*.json"))
+    assert [f.name for f in files] == ["step_0000001.json", "step_0000002.json"]
+    r = json.loads(files[1].read_text())
+    assert r["arm"] == "unet" and r["step"] == 2 and r["sample_steps"] == 2 and r["max_steps"] == 2
+    assert set(r["categories"]) == {"single_object", "position"} and r["categories"]["position"]["n"] == 2
+    assert "spatial_relationship" in r["aspects"]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    capsys.readouterr()
+    ab.main(ev)  # cached: nothing evaluated again
+    assert [f.stat().st_mtime_ns for f in files] == mtimes and "step" not in capsys.readouterr().out
+    ab.main(["plot", "--root", str(root), "--arms", "unet", "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    table = (tmp_path / "curves.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| unet | 1 |") and table[3].startswith("| unet | 2 |")
+
+
+def test_ab_script_rejects_bad_input(tmp_path, capsys):
+    ab = _ab_script()
+    for argv, word in (
+        (["plot", "--arms", "nope"], "world-ab-nope"),
+        (["evaluate", "--categories", "colour"], "'colour'"),
+        (["plot", "--root", str(tmp_path)], "no evaluation results"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            ab.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and word in err and len(err.splitlines()) == 1

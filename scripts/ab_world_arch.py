@@ -1,0 +1,397 @@
+"""A/B study of world-model denoisers: which architecture learns relations from data.
+
+Arms are presets (``world-ab-<arm>``): the same data (scene pool, data seed, categories), batch,
+learning-rate schedule shape and seed, from scratch; only the denoiser differs, each at about
+world-base's parameter count. The arms' step counts give each the same training compute (one
+thread of this CPU, measured by ``bench``), and every arm checkpoints at each tenth of its run.
+
+    python scripts/ab_world_arch.py bench --arms unet coord pos dit   # s/step at batch 64, one thread
+    python scripts/ab_world_arch.py train --parallel 3     # train (or resume) every arm, logs in runs/ab/
+    python scripts/ab_world_arch.py evaluate --watch       # held-out accuracy at each checkpoint
+    python scripts/ab_world_arch.py plot                   # learning curves + table
+
+Evaluation results are cached per checkpoint and keyed by a hash of the evaluator and the suites,
+so running ``evaluate`` again after the evaluator changes re-evaluates every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+ARMS = ("unet", "coord", "dit")
+EXTRA_ARMS = ("pos",)
+EVAL_CATEGORIES = ("single_object", "two_object", "color", "color_attr", "spatial", "position", "non_spatial")
+PANELS = (
+    ("spatial_relationship", "spatial relationship (spatial, position)"),
+    ("non_spatial_relationship", "non-spatial relationship"),
+    ("attribute_binding", "attribute binding (color, color_attr)"),
+    ("two_object", "two_object"),
+    ("single_object", "single_object"),
+)
+BENCH_PROMPTS = [
+    "a red circle to the left of a blue square",
+    "a small green triangle above a yellow star",
+    "a striped purple square touching an orange circle",
+    "two blue circles",
+]
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def preset(arm: str) -> str:
+    return f"world-ab-{arm}"
+
+
+def run_dir(root: Path, arm: str) -> Path:
+    return root / arm
+
+
+def evaluator_key() -> str:
+    """Hash of the code that decides a held-out verdict (evaluator, suites, grammar)."""
+    h = hashlib.sha256()
+    pkg = resources.files("compalign.world")
+    for name in ("evaluator.py", "suites.py", "grammar.py"):
+        h.update((pkg / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from compalign.generators.world.config import create_preset
+    from compalign.generators.world.models import build_training_scheduler, count_parameters
+    from compalign.generators.world.train import _new_pipeline, diffusion_loss
+    from compalign.io import atomic_write_json
+
+    torch.set_num_threads(args.threads)
+    out = {}
+    for arm in args.arms:
+        config = create_preset(preset(arm), batch_size=args.batch, seed=args.seed)
+        pipe = _new_pipeline(config)
+        model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        sched = build_training_scheduler(pipe.scheduler.config)
+        g = torch.Generator().manual_seed(args.seed)
+        batch = {
+            "images": torch.rand(args.batch, 3, 32, 32, generator=g) * 2 - 1,
+            "prompts": [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(args.batch)],
+        }
+        train_s = []
+        for s in range(args.steps + 1):  # the first step warms up
+            t0 = time.perf_counter()
+            loss = diffusion_loss(config, model, pipe, sched, batch, s)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            train_s.append(time.perf_counter() - t0)
+        model.eval()
+        text, mask = pipe.encode_prompt(batch["prompts"])
+        x = pipe.fold(batch["images"])
+        infer_s = []
+        with torch.no_grad():
+            for _ in range(args.steps + 1):
+                t0 = time.perf_counter()
+                pipe.predict(x, torch.tensor(500), text, mask)
+                infer_s.append(time.perf_counter() - t0)
+        med = sorted(train_s[1:])[len(train_s[1:]) // 2]
+        inf = sorted(infer_s[1:])[len(infer_s[1:]) // 2]
+        out[arm] = {
+            "preset": preset(arm),
+            "params_denoiser": count_parameters(pipe.unet),
+            "params_text_encoder": count_parameters(pipe.text_encoder),
+            "s_per_step": med,
+            "steps_per_s": 1 / med,
+            "train_step_s": train_s[1:],
+            "ms_per_image_forward": 1000 * inf / args.batch,
+            "batch_size": args.batch,
+            "threads": args.threads,
+            "max_steps": config.max_steps,
+            "planned_s": config.max_steps * med,
+        }
+        print(
+            f"{arm:6s} {preset(arm):16s} denoiser {out[arm]['params_denoiser'] / 1e6:.3f}M + text "
+            f"{out[arm]['params_text_encoder'] / 1e6:.3f}M  {med:.2f} s/step ({1 / med:.2f} steps/s)  "
+            f"inference {out[arm]['ms_per_image_forward']:.1f} ms/image-forward  "
+            f"preset {config.max_steps} steps = {config.max_steps * med / 60:.0f} min",
+            flush=True,
+        )
+    meta = {"load_avg": os.getloadavg(), "cpu": _cpu_name(), "torch": torch.__version__}
+    atomic_write_json(args.root / "bench.json", {"arms": out, **meta})
+    print(f"wrote {args.root / 'bench.json'} (load average {meta['load_avg'][0]:.1f})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+# ------------------------------------------------------------------------------------- train
+def train_command(args: argparse.Namespace, arm: str) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-c",
+        "from compalign.cli import main; main()",
+        "world",
+        "train",
+        "--preset",
+        preset(arm),
+    ]
+    cmd += ["-o", str(run_dir(args.root, arm)), "--threads", "1", "--workers", "1", "--no-progress"]
+    cmd += ["--seed", str(args.seed), "--set", f"pool_dir={args.pool_dir}"]
+    return cmd
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Build the scene pool once, then train (or resume) the arms, `parallel` at a time."""
+    from compalign.generators.world.config import create_preset
+    from compalign.generators.world.data import ScenePool
+
+    args.root.mkdir(parents=True, exist_ok=True)
+    c = create_preset(preset(args.arms[0]))
+    pool = ScenePool(Path(args.pool_dir), c.categories, c.pool_per_category, c.pool_shard_size, c.data_seed)
+    print(f"scene pool {pool.dir}: {len(pool.missing())} shards to build", flush=True)
+    pool.build(workers=args.pool_workers, progress=False)
+    pending, running = list(args.arms), {}
+
+    def stop(signum, frame):
+        for p in running.values():
+            p.send_signal(signal.SIGTERM)  # each run checkpoints and exits
+
+    signal.signal(signal.SIGTERM, stop)
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            arm = pending.pop(0)
+            log = (args.root / f"{arm}.out").open("a")
+            cmd = train_command(args, arm)
+            print(f"start {arm}: {' '.join(cmd)} (log {args.root / f'{arm}.out'})", flush=True)
+            running[arm] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            print(f"{arm} pid {running[arm].pid}", flush=True)
+        time.sleep(5)
+        for arm, p in list(running.items()):
+            if p.poll() is not None:
+                print(f"{arm} exited with {p.returncode}", flush=True)
+                del running[arm]
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def result_path(args: argparse.Namespace, arm: str, step: int) -> Path:
+    return args.root / "eval" / evaluator_key() / arm / f"step_{step:07d}.json"
+
+
+def evaluate_checkpoint(args: argparse.Namespace, arm: str, ckpt: Path) -> dict | None:
+    import torch
+
+    from compalign.generators.world.generator import WorldGenerator
+    from compalign.generators.world.train import checkpoint_pipeline
+    from compalign.io import atomic_write_json
+    from compalign.world.quality import evaluate_generator
+
+    step = int(ckpt.name.split("_")[1])
+    path = result_path(args, arm, step)
+    if path.exists():
+        return None
+    t0 = time.perf_counter()
+    pipe, step = checkpoint_pipeline(ckpt)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    gen = WorldGenerator(pipe, name=f"{arm}@{step}", device="cpu")
+    seeds = list(range(args.seed, args.seed + args.n))
+    settings = {"num_inference_steps": args.sample_steps} if args.sample_steps else {}
+    res = evaluate_generator(gen, list(args.categories), args.per_category, seeds, progress=False, **settings)
+    res.update(
+        arm=arm,
+        preset=preset(arm),
+        step=step,
+        max_steps=state["config"]["max_steps"],
+        train_wall_time_s=state["wall_time_s"],
+        evaluator_key=evaluator_key(),
+        sample_steps=args.sample_steps or int(pipe.config.default_steps),
+        guidance_scale=float(pipe.config.default_guidance_scale),
+        eval_s=time.perf_counter() - t0,
+    )
+    atomic_write_json(path, res)
+    asp = res["aspects"]
+    print(
+        f"{arm} step {step}: overall {100 * res['overall']:.1f}, "
+        + ", ".join(f"{k} {100 * v:.1f}" for k, v in asp.items())
+        + f" ({res['eval_s']:.0f} s)",
+        flush=True,
+    )
+    return res
+
+
+def finished(args: argparse.Namespace, arm: str) -> bool:
+    return (run_dir(args.root, arm) / "final" / "model_index.json").is_file()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from compalign.generators.world.train import list_checkpoints
+
+    torch.set_num_threads(args.threads)
+    while True:
+        todo = [(arm, c) for arm in args.arms for c in list_checkpoints(run_dir(args.root, arm))]
+        todo = [(a, c) for a, c in todo if not result_path(args, a, int(c.name.split("_")[1])).exists()]
+        todo.sort(key=lambda ac: int(ac[1].name.split("_")[1]))  # earliest steps first, all arms
+        for arm, ckpt in todo:
+            try:
+                evaluate_checkpoint(args, arm, ckpt)
+            except FileNotFoundError:  # deleted while we looked (keep_checkpoints)
+                continue
+        if not args.watch:
+            break
+        if not todo:
+            if all(finished(args, a) for a in args.arms):
+                break
+            time.sleep(60)
+
+
+# ------------------------------------------------------------------------------------- plot
+def load_results(args: argparse.Namespace) -> dict[str, list[dict]]:
+    out = {}
+    for arm in args.arms:
+        folder = args.root / "eval" / (args.evaluator_key or evaluator_key()) / arm
+        rs = [json.loads(p.read_text()) for p in sorted(folder.glob("step_*.json"))]
+        if rs:
+            out[arm] = sorted(rs, key=lambda r: r["step"])
+    return out
+
+
+def panel_value(r: dict, key: str) -> float | None:
+    if key in r["aspects"]:
+        return 100 * r["aspects"][key]
+    if key in r["categories"]:
+        return 100 * r["categories"][key]["accuracy"]
+    return None
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compalign.io import atomic_path, atomic_write_text
+
+    results = load_results(args)
+    if not results:
+        fail(f"no evaluation results under {args.root / 'eval'} for arms {', '.join(args.arms)}")
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6), sharey=True)
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
+        for arm, rs in results.items():
+            pts = [(r["step"], panel_value(r, key)) for r in rs if panel_value(r, key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{arm} ({preset(arm)})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps (batch 64, log scale)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("held-out accuracy (%)")
+    axes[0].legend(fontsize=8)
+    r0 = next(iter(results.values()))[0]
+    fig.suptitle(
+        f"world denoiser A/B at equal one-thread CPU compute: held-out, {r0['per_category']} prompts x "
+        f"{len(r0['seeds'])} seeds per category, {r0['sample_steps']} sampling steps "
+        f"(evaluator {r0['evaluator_key']})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out, suffix=args.out.suffix) as tmp:
+        fig.savefig(tmp, dpi=110, format=args.out.suffix.lstrip(".") or "png")
+    lines = [
+        "| arm | step | wall (min) | " + " | ".join(k for k, _ in PANELS) + " |",
+        "|---|---:|---:|" + "---:|" * len(PANELS),
+    ]
+    for arm, rs in results.items():
+        for r in rs:
+            cells = [f"{v:.1f}" if (v := panel_value(r, k)) is not None else "" for k, _ in PANELS]
+            lines.append(
+                f"| {arm} | {r['step']} | {r['train_wall_time_s'] / 60:.0f} | " + " | ".join(cells) + " |"
+            )
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--root", type=Path, default=Path("runs/ab"), help="Folder of the arms' runs and results."
+    )
+    common.add_argument(
+        "--arms", nargs="+", default=list(ARMS), help=f"Arms (presets world-ab-ARM): {ARMS + EXTRA_ARMS}."
+    )
+    common.add_argument(
+        "--seed", type=int, default=0, help="Training seed (train); first noise seed (evaluate); bench data."
+    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    b = add("bench", "s/step of each arm at batch 64 on one thread, and parameters.")
+    b.add_argument("--steps", type=int, default=4)
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--threads", type=int, default=1)
+    t = add("train", "Train or resume the arms (background-safe; SIGTERM checkpoints).")
+    t.add_argument("--parallel", type=int, default=3, help="Arms trained at once (one thread each).")
+    t.add_argument(
+        "--pool-dir", default="runs/_scene_pool", help="Scene pool folder (shared with other runs)."
+    )
+    t.add_argument("--pool-workers", type=int, default=1, help="Processes building missing pool shards.")
+    e = add("evaluate", "Held-out accuracy of every checkpoint not yet evaluated.")
+    e.add_argument("--per-category", type=int, default=25)
+    e.add_argument("-n", type=int, default=2, help="Seeds per prompt (--seed, --seed+1, ...).")
+    e.add_argument("--categories", nargs="+", default=list(EVAL_CATEGORIES))
+    e.add_argument("--sample-steps", type=int, default=None, help="Sampling steps (default: the model's).")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument(
+        "--watch", action="store_true", help="Keep evaluating new checkpoints until every arm is done."
+    )
+    pl = add("plot", "Learning curves (one panel per aspect, one line per arm) and a table.")
+    pl.add_argument("--out", type=Path, default=Path("runs/ab/learning_curves.png"))
+    pl.add_argument(
+        "--evaluator-key", default=None, help="Results of another evaluator version (a key under eval/)."
+    )
+    args = p.parse_args(argv)
+
+    from compalign.generators.world.config import list_presets
+
+    bad = [a for a in args.arms if preset(a) not in list_presets()]
+    if bad:
+        fail(f"--arms: no preset world-ab-{bad[0]}; expected some of {', '.join(ARMS + EXTRA_ARMS)}")
+    if args.command == "evaluate":
+        from compalign.world.suites import CATEGORIES
+
+        wrong = [c for c in args.categories if c not in CATEGORIES]
+        if wrong:
+            fail(f"--categories: unknown category {wrong[0]!r}; expected some of {', '.join(CATEGORIES)}")
+        if args.per_category < 1 or args.n < 1:
+            fail("--per-category and -n must be at least 1")
+    {"bench": cmd_bench, "train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
