@@ -503,13 +503,14 @@ def test_gradient_checkpointing_toggles(prefix, onestep):
             assert gen.denoiser.is_gradient_checkpointing is on
             assert (
                 gen.pipe.vae.is_gradient_checkpointing is on
-                and gen.settings()["gradient_checkpointing"] is on
+                and gen.settings()["gradient_checkpointing"] == ("on" if on else "off")
+                and gen.settings()["checkpointed"] == (["denoiser", "vae"] if on else [])
             )
             z = gen.sample_noise(1, seed=1).float().requires_grad_(True)
             gen.generate_from_noise(z, PROMPTS[:1]).square().mean().backward()
             grads.append(z.grad)
     finally:
-        gen.set_gradient_checkpointing(True)
+        gen.set_gradient_checkpointing("auto")
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 

@@ -185,8 +185,9 @@ def test_runner_writes_results_and_resumes(tmp_path, onestep):
         assert (out / name).is_file(), name
     assert (out / "00001" / "samples" / "0001.png").is_file()
     assert (out / INITIAL_DIR / "00001" / "samples" / "0001.png").is_file()
-    assert len(list((out / "00000" / "samples" / "0000.iters").glob("*.png"))) == 3
-    log = json.loads((out / "00000" / "samples" / "0000.json").read_text())
+    assert len(list((out / "_iters" / "00000" / "samples" / "0000").glob("*.png"))) == 3
+    assert sorted(p.name for p in (out / "00000" / "samples").iterdir()) == ["0000.png", "0001.png"]
+    log = json.loads((out / "_logs" / "00000" / "samples" / "0000.json").read_text())
     assert len(log["rewards"]["redness"]) == 3 and log["prompt"] == "a red circle"
     # resume: a finished run does no work again (a deleted item is redone alone)
     (out / "00001" / "samples" / "0001.png").unlink()
@@ -222,3 +223,189 @@ def test_cli_reno_end_to_end(tmp_path, onestep):
     assert res.exit_code == 2 and "exactly one of" in res.output
     res = runner.invoke(app, ["reno", "x", "--reward", "world-clip=abc", "--model", str(tmp_path / "gen")])
     assert res.exit_code == 2 and "not a number" in res.output
+
+
+@pytest.fixture(scope="module")
+def onestep_dir(tmp_path_factory, onestep):
+    path = tmp_path_factory.mktemp("onestep") / "gen"
+    onestep.pipe.save_pretrained(path)
+    return path
+
+
+def reno_cli(*args):
+    from typer.testing import CliRunner
+
+    from compalign.cli import app
+
+    return CliRunner().invoke(app, ["reno", *[str(a) for a in args]])
+
+
+def test_cli_reno_writes_manifests_that_world_eval_reads(tmp_path, onestep_dir):
+    import stat
+
+    from typer.testing import CliRunner
+
+    from compalign.cli import app
+
+    out = tmp_path / "r"
+    args = ["a red circle", "a blue square above a green cross", "--model", onestep_dir, "--iterations", "2"]
+    res = reno_cli(*args, "--out", out, "--no-progress", "--batch-size", "1")
+    assert res.exit_code == 0, res.output
+    for folder in (out, out / INITIAL_DIR):
+        m = json.loads((folder / "manifest.json").read_text())
+        assert [e["prompt"] for e in m["images"]] == ["a red circle", "a blue square above a green cross"]
+        assert all((folder / e["file"]).is_file() for e in m["images"])
+        r = CliRunner().invoke(app, ["world", "eval", str(folder)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((folder / "eval.json").read_text())["overall"]["n"] == 2
+    results = json.loads((out / "results.json").read_text())
+    run = results["run"]
+    assert run["gradient_checkpointing"] == "auto" and run["dtype"] == "float32" and run["compile"] is False
+    assert (run["height"], run["width"]) == (32, 32) and run["generator"]["checkpointed"] == []
+    # the exact evaluator judged every image, before and after; the grid shows it
+    assert results["evaluation"]["n"] == 2 and all("passed" in x for x in results["items"])
+    assert stat.S_IMODE((out / "before_after.png").stat().st_mode) == 0o666 & ~_umask()
+    # the same command again resumes (nothing to do); other settings are refused in one line
+    assert reno_cli(*args, "--out", out, "--no-progress").exit_code == 0
+    for extra, needle in (
+        (["--iterations", "3"], "config.iterations: 2 -> 3"),
+        (["--reward", "world-clip=2"], "rewards"),
+        (["--seed", "5"], "images[0]"),
+    ):
+        r = reno_cli(*args[:-2], *(extra if extra[0] == "--iterations" else ["--iterations", "2", *extra]),
+                     "--out", out, "--no-progress")  # fmt: skip
+        assert r.exit_code == 2 and needle in r.output and "--overwrite" in r.output, r.output
+    r = reno_cli(*args[:-2], "--iterations", "3", "--out", out, "--no-progress", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert {x["iterations_run"] for x in json.loads((out / "results.json").read_text())["items"]} == {3}
+
+
+def _umask() -> int:
+    from compalign.io import current_umask
+
+    return current_umask()
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["--limit", "-2"], "--limit must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--dtype", "fp8"], "--dtype"),
+        (["--gradient-checkpointing", "sometimes"], "--gradient-checkpointing"),
+        (["--height", "64"], "renders at 32 px"),
+        (["--offload", "model"], "--offload is for diffusers"),
+    ],
+)
+def test_cli_reno_bad_options_write_nothing(tmp_path, onestep_dir, extra, needle):
+    out = tmp_path / "o"
+    r = reno_cli("a red circle", "--model", onestep_dir, "--out", out, *extra)
+    assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "prompt, needle",
+    [
+        ("a purple dog", "'dog'"),
+        ("a red circle \U0001f600", "\U0001f600"),
+        ("x" * 100_000, "outside the world"),
+    ],
+)
+def test_cli_reno_world_model_refuses_prompts_outside_the_grammar(tmp_path, onestep_dir, prompt, needle):
+    out = tmp_path / "o"
+    r = reno_cli(prompt, "--model", onestep_dir, "--out", out)
+    assert r.exit_code == 2 and needle in r.output and len(r.output) < 1000, r.output[:300]
+    assert not out.exists()
+
+
+def test_cli_reno_out_is_a_file_or_unwritable(tmp_path, onestep_dir):
+    import os
+
+    (tmp_path / "f").write_text("x")
+    for out, needle in ((tmp_path / "f", "existing file"), (tmp_path / "f" / "sub", "not a folder")):
+        r = reno_cli("a red circle", "--model", onestep_dir, "--out", out)
+        assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        r = reno_cli("a red circle", "--model", onestep_dir, "--out", ro / "o")
+        assert r.exit_code == 2 and "cannot write" in r.output
+
+
+def test_cli_reno_t2i_compbench_layout(tmp_path, onestep_dir):
+    pf = tmp_path / "color_val.txt"
+    pf.write_text("a red circle\na blue square\n")
+    out = tmp_path / "t"
+    r = reno_cli("--t2i-compbench", pf, "--num-seeds", "2", "--model", onestep_dir, "--iterations", "1",
+                 "--out", out, "--no-progress")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (out / "samples").iterdir())
+    # only images in samples/, named <prompt>_<k>; the evaluation scripts sort by k and cut at "_"
+    assert names == [f"a blue square_{k:06d}.png" for k in (2, 3)] + [
+        f"a red circle_{k:06d}.png" for k in (0, 1)
+    ]
+    order = sorted(names, key=lambda x: int(x.split("_")[-1].split(".")[0]))
+    assert [n.split("_")[0] for n in order] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert (out / "manifest.json").is_file()
+    bad = tmp_path / "bad_val.txt"
+    bad.write_text("a red_circle\n")
+    r = reno_cli("--t2i-compbench", bad, "--model", onestep_dir, "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "'_'" in r.output
+
+
+def test_progress_counts_iterations_times_images(tmp_path, onestep, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update
+    items = build_task("prompt", ["a red circle", "a blue square", "a green cross"], [0])
+    cfg = ReNOConfig(iterations=3, lr=1.0)
+    run_task(onestep, [redness()], items, tmp_path / "p", cfg, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    # a batch of 2, then a batch of 1: the bar moves every iteration, not once a batch
+    assert all(f"{n}/9" in err for n in (2, 4, 6, 7, 8, 9)), err
+
+
+def test_plan_checkpointing_takes_the_largest_saver_first():
+    from compalign.noise_optimization.memory import plan_checkpointing
+
+    per_image = {"denoiser": 100, "vae": 300, "other": 50}  # 450 bytes an image, 1800 for 4
+    assert plan_checkpointing(per_image, 4, 10_000, ["denoiser", "vae"]) == []
+    assert plan_checkpointing(per_image, 4, 2000, ["denoiser", "vae"]) == ["vae"]  # 1800 > 1200
+    assert plan_checkpointing(per_image, 4, 1000, ["denoiser", "vae"]) == ["vae", "denoiser"]
+    assert plan_checkpointing(per_image, 4, None, ["denoiser", "vae"]) == []  # unknown: off
+
+
+def test_auto_checkpointing_follows_free_memory_and_keeps_the_maths(onestep):
+    from compalign.noise_optimization.memory import resolve_auto, saved_bytes
+
+    noise = onestep.sample_noise(2, seed=0).float()
+    prompts = ["a red circle", "a blue square"]
+    per_image = saved_bytes(onestep, [redness()], prompts[:1], noise[:1])
+    assert per_image["denoiser"] > 0 and set(per_image) == {"denoiser", "other"}
+    onestep.set_gradient_checkpointing("auto")
+    try:
+        assert resolve_auto(onestep, [redness()], prompts, noise, free=10**15) == []
+        assert resolve_auto(onestep, [redness()], prompts, noise, free=1) == ["denoiser"]
+        assert onestep.checkpointed == ("denoiser",) and onestep.pipe.unet.is_gradient_checkpointing
+        cfg = ReNOConfig(iterations=3, lr=1.0, progress=False)
+        runs = {}
+        for mode in ("on", "off"):
+            onestep.set_gradient_checkpointing(mode)
+            runs[mode] = optimize_noise(onestep, prompts, [redness()], [0, 1], cfg)
+        assert runs["on"].checkpointed == ["denoiser"] and runs["off"].checkpointed == []
+        assert runs["on"].history[-1]["loss"] == pytest.approx(runs["off"].history[-1]["loss"], abs=1e-5)
+    finally:
+        onestep.set_gradient_checkpointing("off")
+
+
+def test_compiled_generator_and_reward_give_the_same_run():
+    """`--compile`: torch.compile of the generator's modules and the rewards (dynamo; the eager
+    backend here, to stay fast) changes nothing in the maths."""
+    gen = WorldGenerator(tiny_pipeline(seed=1, steps=1), name="tiny-compiled", device="cpu")
+    cfg = ReNOConfig(iterations=2, lr=1.0, progress=False)
+    plain = optimize_noise(gen, ["a red circle"], [redness()], [0], cfg)
+    gen.compile(backend="eager")
+    reward = redness()
+    reward.reward.compile(backend="eager")
+    compiled = optimize_noise(gen, ["a red circle"], [reward], [0], cfg)
+    assert gen.compiled and compiled.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], abs=1e-6)

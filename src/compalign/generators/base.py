@@ -85,6 +85,59 @@ class Generator(ABC):
         """Default sampling settings (steps, guidance, ...), for records."""
         return {}
 
+    # ------------------------------------------------------------------ memory and speed
+    checkpoint_mode: str = "off"
+    """Gradient checkpointing: ``on`` (every component of `checkpoint_modules`), ``off``, or
+    ``auto`` (noise optimisation checkpoints only the components the free memory requires)."""
+    checkpointed: tuple[str, ...] = ()
+    """The components checkpointed now."""
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """Components that can recompute their activations in the backward pass, by name (largest
+        first, e.g. ``denoiser``, ``vae``). Only the differentiable path matters."""
+        return {}
+
+    def set_gradient_checkpointing(self, mode: bool | str | Sequence[str] = True) -> None:
+        """``True``/``"on"``: checkpoint every component; ``False``/``"off"``: none; ``"auto"``: none
+        until noise optimisation decides from the free memory; a list of component names: those."""
+        modules = self.checkpoint_modules()
+        if mode is True or mode == "on":
+            self.checkpoint_mode, names = "on", list(modules)
+        elif mode is False or mode is None or mode == "off":
+            self.checkpoint_mode, names = "off", []
+        elif mode == "auto":
+            self.checkpoint_mode, names = "auto", []
+        elif isinstance(mode, str):
+            raise ValueError(f"gradient checkpointing must be auto, on or off, got {mode!r}")
+        else:
+            names = list(mode)
+            unknown = [n for n in names if n not in modules]
+            if unknown:
+                raise ValueError(f"no component {unknown[0]!r} to checkpoint; known: {', '.join(modules)}")
+        self._checkpoint(names)
+
+    def _checkpoint(self, names: Sequence[str]) -> None:
+        done = []
+        for name, m in self.checkpoint_modules().items():
+            if not getattr(m, "_supports_gradient_checkpointing", False):
+                continue
+            if name in names:
+                m.enable_gradient_checkpointing()
+                done.append(name)
+            else:
+                m.disable_gradient_checkpointing()
+        self.checkpointed = tuple(done)
+
+    def compile(self, **options) -> None:
+        """`torch.compile` the modules that run on every generation (in place; `options` go to
+        `torch.compile`, e.g. ``backend``, ``mode``)."""
+        for m in self.checkpoint_modules().values():
+            target = getattr(m, "decoder", None) if hasattr(m, "decode") else m  # a VAE: its decoder
+            (target if isinstance(target, torch.nn.Module) else m).compile(**options)
+        self.compiled = True
+
+    compiled: bool = False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"
 

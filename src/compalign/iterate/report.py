@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..plots import frame, pyplot, save_figure, wrap
 from .config import STAGES, base_name
 
 
@@ -22,24 +23,11 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def grouped_bars(series: dict[str, dict[str, float]], groups: list[str], path: Path, title: str, ylabel: str):
@@ -202,9 +190,7 @@ def sample_grid(run, check: dict | None, path: Path, per_aspect: int = 6) -> Pat
                     continue
                 ok = recs[m][picked[j]]["passed"]
                 ax.imshow(np.clip(images[(m, a)][j], 0, 1), interpolation="nearest")
-                for side in ax.spines.values():
-                    side.set_edgecolor("#2a2" if ok else "#d22")
-                    side.set_linewidth(3)
+                frame(ax, ok)
                 if r == 0:
                     ax.set_title(_wrap(picked[j][1]), fontsize=6)
                 if j == 0:
@@ -217,9 +203,7 @@ def sample_grid(run, check: dict | None, path: Path, per_aspect: int = 6) -> Pat
 
 
 def _wrap(text: str, width: int = 22) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
+    return wrap(text, width)
 
 
 def write_report(run, k: int) -> dict:

@@ -49,6 +49,67 @@ def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_sca
     return out
 
 
+GC_MODES = ("auto", "on", "off")
+OFFLOAD_CHOICES = ("none", "model", "sequential")
+
+
+def generator_options(
+    dtype: str | None,
+    offload: str | None,
+    height: int | None,
+    width: int | None,
+    gradient_checkpointing: str | None = None,
+) -> dict:
+    """Check the memory and size options of a command; the keyword arguments for `create_generator`
+    (diffusers adapters) that were given. A bad value is a one-line error."""
+    kw: dict = {}
+    if dtype is not None:
+        from compalign.generators.diffusers.common import parse_dtype
+
+        try:
+            kw["dtype"] = parse_dtype(dtype)
+        except ValueError as e:
+            _fail(f"--dtype: {e}")
+    if offload is not None:
+        if offload not in OFFLOAD_CHOICES:
+            _fail(f"--offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
+        if offload != "none":
+            kw["offload"] = offload
+    for name, v in (("height", height), ("width", width)):
+        if v is not None:
+            if v < 8:
+                _fail(f"--{name} must be at least 8 px, got {v}")
+            kw[name] = v
+    if gradient_checkpointing is not None and gradient_checkpointing not in GC_MODES:
+        _fail(
+            f"--gradient-checkpointing must be one of {', '.join(GC_MODES)}, got {gradient_checkpointing!r}"
+        )
+    return kw
+
+
+def load_generator(model: str, device: str | None, options: dict, gradient_checkpointing: str | None = None):
+    """`create_generator` with the command's options; an option a model cannot take is a one-line error."""
+    from compalign.generators import create_generator
+    from compalign.generators.registry import ModelNotTrainedError
+    from compalign.generators.world.generator import WorldGenerator
+
+    try:
+        gen = create_generator(model, device=device, **options)
+    except TypeError as e:
+        _fail(f"model {model}: {e}")
+    except (KeyError, FileNotFoundError, ValueError, ModelNotTrainedError, OSError) as e:
+        _fail(e.args[0] if e.args else str(e))
+    if isinstance(gen, WorldGenerator):
+        if "offload" in options:
+            _fail(f"--offload is for diffusers models; {model} is a world model (it fits any device)")
+        for k in ("height", "width"):
+            if k in options and options[k] != gen.resolution:
+                _fail(f"--{k} {options[k]}: world model {model} renders at {gen.resolution} px only")
+    if gradient_checkpointing is not None:
+        gen.set_gradient_checkpointing(gradient_checkpointing)
+    return gen
+
+
 def reno_command(
     prompt: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to optimise (quote each).")] = None,
     prompts_file: Annotated[
@@ -57,11 +118,12 @@ def reno_command(
     suite: Annotated[str | None, typer.Option("--suite", help="World suite (color, spatial, ...).")] = None,
     split: Annotated[str, typer.Option("--split", help="Suite split: heldout or train.")] = "heldout",
     geneval: Annotated[
-        Path | None, typer.Option("--geneval", help="GenEval evaluation_metadata.jsonl.")
+        Path | None, typer.Option("--geneval", help="GenEval evaluation_metadata.jsonl (GenEval's layout).")
     ] = None,
     parti: Annotated[Path | None, typer.Option("--parti", help="PartiPrompts.tsv.")] = None,
     t2i_compbench: Annotated[
-        Path | None, typer.Option("--t2i-compbench", help="T2I-CompBench prompt file (*_val.txt).")
+        Path | None,
+        typer.Option("--t2i-compbench", help="T2I-CompBench prompt file (*_val.txt); its samples/ layout."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use the first N prompts only.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Generator (one/two-step).")] = "world-onestep",
@@ -99,7 +161,7 @@ def reno_command(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images optimised together.")] = 16,
     save_iterations: Annotated[
-        bool, typer.Option("--save-iterations", help="Keep every iteration's image.")
+        bool, typer.Option("--save-iterations", help="Keep every iteration's image (in _iters/).")
     ] = False,
     evaluate: Annotated[
         bool,
@@ -108,13 +170,36 @@ def reno_command(
         ),
     ] = True,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")
+    ] = None,
+    offload: Annotated[
+        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        str,
+        typer.Option(
+            "--gradient-checkpointing", help="auto (only what the free memory requires), on or off."
+        ),
+    ] = "auto",
+    height: Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")] = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the generator and the rewards.")
+    ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
-    """Optimise the initial noise of a one-step generator against weighted rewards (ReNO)."""
+    """Optimise the initial noise of a one-step generator against weighted rewards (ReNO).
+
+    Writes the best and the initial images with their manifests (`compalign world eval OUT` scores
+    them), per-image logs, results.json, rewards.png and a labelled before_after.png."""
     import torch
 
-    from compalign.generators import create_generator
+    from compalign._cli import check_out_dir, check_world_prompts
     from compalign.generators.world.generator import WorldGenerator
 
     from .reno import ReNOConfig
@@ -126,7 +211,7 @@ def reno_command(
         for k, v in [
             ("prompt", prompt or None),
             ("file", prompts_file),
-            ("file", t2i_compbench),
+            ("t2i-compbench", t2i_compbench),
             ("suite", suite),
             ("geneval", geneval),
             ("parti", parti),
@@ -135,7 +220,16 @@ def reno_command(
     ]
     if len(sources) != 1:
         _fail("give exactly one of: PROMPT..., --prompts, --t2i-compbench, --suite, --geneval, --parti")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    if num_seeds < 1:
+        _fail(f"--num-seeds must be >= 1, got {num_seeds}")
+    if any(s < 0 for s in seed or []):
+        _fail(f"--seed must be >= 0, got {min(seed or [0])}")
     seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
+    options = generator_options(dtype, offload, height, width, gradient_checkpointing)
     try:
         config = ReNOConfig(
             iterations=iterations, lr=lr, optimizer=optimizer, grad_clip=grad_clip or None,
@@ -143,60 +237,92 @@ def reno_command(
             early_stop_loss=stop_loss, progress=progress,
         )  # fmt: skip
         items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
+        specs = [parse_reward_spec(r) for r in reward or []]
     except (TaskError, ValueError) as e:
         _fail(e)
+    settings = {
+        "command": "reno",
+        "model": model,
+        "source": [sources[0][0], str(sources[0][1]) if sources[0][0] != "prompt" else None],
+        "images": [[it.out, it.prompt, it.seed] for it in items],
+        "config": {k: v for k, v in config.__dict__.items() if k != "progress"},
+        "rewards": [list(x) for x in specs] or None,
+        "benchmark_rewards": list(benchmark_reward or []),
+        "dtype": dtype,
+        "height": height,
+        "width": width,
+    }
+    folder = check_out_dir(out, settings, overwrite)
     torch.manual_seed(seeds[0])
-    try:
-        gen = create_generator(model, device=device)
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    gen = load_generator(model, device, options, gradient_checkpointing)
     is_world = isinstance(gen, WorldGenerator)
-    specs = reward or (WORLD_DEFAULT_REWARDS if is_world else REAL_DEFAULT_REWARDS)
+    if is_world:
+        check_world_prompts([it.prompt for it in items], f"world model {model}")
+    specs_text = reward or (WORLD_DEFAULT_REWARDS if is_world else REAL_DEFAULT_REWARDS)
     try:
-        rewards = build_rewards(specs, benchmark_reward or [], gen.device)
+        rewards = build_rewards(specs_text, benchmark_reward or [], gen.device)
     except (LookupError, ValueError, OSError, RuntimeError) as e:
         _fail(e)
     if not any(r.optimize for r in rewards):
         _fail("no reward to optimise: give at least one --reward NAME=WEIGHT with a non-zero weight")
+    if compile_:
+        gen.compile()
+        for r in rewards:
+            r.reward.compile()
+    folder.start()
+    run_info = {
+        "model": model,
+        "device": str(gen.device),
+        "dtype": str(gen.dtype).removeprefix("torch."),
+        "offload": offload or "none",
+        "gradient_checkpointing": gradient_checkpointing,
+        "height": int(getattr(gen, "height", gen.resolution)),
+        "width": int(getattr(gen, "width", gen.resolution)),
+        "compile": compile_,
+        "batch_size": batch_size,
+        "seeds": seeds,
+        "resumed": folder.resume,
+    }
+    judge = world_judge if (evaluate and is_world) else None
     try:
-        summary = run_task(gen, rewards, items, out, config, batch_size, save_iterations, progress)
+        summary = run_task(
+            gen,
+            rewards,
+            items,
+            out,
+            config,
+            batch_size,
+            save_iterations,
+            progress,
+            judge=judge,
+            run_info=run_info,
+        )
     except ValueError as e:
         _fail(e)
     for name, m in summary.get("mean", {}).items():
         print(f"{name}: initial {m['initial']:.4f} -> best {m['best']:.4f}")
-    if evaluate and is_world:
-        report = evaluate_outputs(out, items)
-        if report:
-            print(
-                f"exact evaluator: initial {100 * report['initial']:.1f}% -> best {100 * report['best']:.1f}%"
-            )
-    print(f"wrote {len(items)} images to {out} (results.json, rewards.png, before_after.png)")
+    report = summary.get("evaluation")
+    if report:
+        from compalign.io import atomic_write_json
+
+        atomic_write_json(out / "evaluation.json", report)
+        print(f"exact evaluator: initial {100 * report['initial']:.1f}% -> best {100 * report['best']:.1f}%")
+    print(
+        f"wrote {len(items)} images to {out} (manifest.json, _initial/, results.json, rewards.png, "
+        "before_after.png)"
+    )
 
 
-def evaluate_outputs(out: Path, items) -> dict | None:
-    """Exact-evaluator accuracy of the initial and best images of a world run (None: not world
-    prompts). Writes ``evaluation.json``."""
-    import numpy as np
-    from PIL import Image
-
-    from compalign.io import atomic_write_json
+def world_judge(image, prompt: str) -> dict | None:
+    """The exact evaluator's verdict on one image (None: the prompt is outside the grammar)."""
     from compalign.world.evaluator import evaluate
     from compalign.world.grammar import PromptError
 
-    from .runner import INITIAL_DIR
-
-    counts = {"initial": 0, "best": 0}
-    for it in items:
-        for key, path in (("best", out / it.out), ("initial", out / INITIAL_DIR / it.out)):
-            try:
-                img = np.asarray(Image.open(path).convert("RGB"))
-                counts[key] += evaluate(img, it.prompt).passed
-            except PromptError:
-                return None
-    n = max(1, len(items))
-    report = {"initial": counts["initial"] / n, "best": counts["best"] / n, "n": len(items)}
-    atomic_write_json(out / "evaluation.json", report)
-    return report
+    try:
+        v = evaluate(image, prompt)
+    except PromptError:
+        return None
+    return {"passed": bool(v.passed), "score": float(v.score)}
 
 
 def register(app: typer.Typer) -> None:

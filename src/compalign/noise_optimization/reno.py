@@ -112,6 +112,8 @@ class ReNOResult:
     """Generator evaluations each sample used (fewer than `iterations` after an early stop)."""
     all_images: list[torch.Tensor] | None = None
     best_noise: torch.Tensor | None = None
+    checkpointed: list[str] = field(default_factory=list)
+    """Generator components that recomputed their activations in the backward pass."""
 
     def reward_at_best(self, name: str) -> list[float]:
         return [self.history[it]["rewards"][name][b] for b, it in enumerate(self.best_iteration)]
@@ -176,6 +178,10 @@ def optimize_noise(
     noise = noise_for_seeds(seeds, shape).to(device=device, dtype=torch.float32)
     noise.requires_grad_(config.search == "reno")
     optimizer = _make_optimizer(config, [noise]) if config.search == "reno" else None
+    if config.search == "reno" and getattr(generator, "checkpoint_mode", "off") == "auto":
+        from .memory import resolve_auto
+
+        resolve_auto(generator, optimized, prompts, noise)
 
     best_loss = torch.full((b,), math.inf)
     best_iter = [0] * b
@@ -282,4 +288,5 @@ def optimize_noise(
         iterations_run=iterations_run,
         all_images=all_images,
         best_noise=best_noise,
+        checkpointed=list(getattr(generator, "checkpointed", ())),
     )

@@ -10,7 +10,10 @@ output folder. Sources:
 - ``geneval``: GenEval's ``evaluation_metadata.jsonl`` (one JSON object a line with at least
   ``prompt``); output in GenEval's layout ``<index:05d>/metadata.jsonl`` +
   ``<index:05d>/samples/<seed:04d>.png``;
-- ``parti``: Parti-prompts ``PartiPrompts.tsv`` (a ``Prompt`` column; ``Category`` kept).
+- ``parti``: Parti-prompts ``PartiPrompts.tsv`` (a ``Prompt`` column; ``Category`` kept);
+- ``t2i-compbench``: a T2I-CompBench prompt file (``*_val.txt``, one prompt a line); output in its
+  layout ``samples/<prompt>_<k:06d>.png`` (k counts every image of the run), which its evaluation
+  scripts read unchanged (they take the prompt from the file name, before the first ``_``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("prompt", "file", "suite", "geneval", "parti")
+KINDS = ("prompt", "file", "suite", "geneval", "parti", "t2i-compbench")
 
 
 class TaskError(ValueError):
@@ -105,6 +108,12 @@ def build_task(
     """The items of a task (see the module doc); `limit` keeps the first prompts only."""
     if kind not in KINDS:
         raise TaskError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if limit is not None and limit < 1:
+        raise TaskError(f"limit must be >= 1, got {limit}")
+    if not seeds:
+        raise TaskError("no seeds")
+    if kind == "t2i-compbench":
+        return _t2i_compbench(Path(source), _read_lines(Path(source))[:limit], seeds)
     if kind == "prompt":
         prompts = [source] if isinstance(source, str) else list(source)
         return _plain(prompts[:limit], seeds)
@@ -135,6 +144,22 @@ def build_task(
         )  # fmt: skip
         for i, r in enumerate(rows)
         for s in seeds
+    ]
+
+
+def _t2i_compbench(path: Path, prompts: list[str], seeds: list[int]) -> list[TaskItem]:
+    for n, p in enumerate(prompts, 1):
+        bad = next((c for c in ("/", "_", "\\", "\0") if c in p), None)
+        if bad is not None:
+            raise TaskError(
+                f"{path}: prompt {n} contains {bad!r}, which T2I-CompBench's file names cannot hold"
+            )
+        if len(f"{p}_000000.png".encode()) > 255:
+            raise TaskError(f"{path}: prompt {n} is too long for a file name ({len(p.encode())} bytes)")
+    return [
+        TaskItem(p, s, f"samples/{p}_{i * len(seeds) + k:06d}.png", {"index": i})
+        for i, p in enumerate(prompts)
+        for k, s in enumerate(seeds)
     ]
 
 

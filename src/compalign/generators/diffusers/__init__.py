@@ -24,8 +24,9 @@ Common options (keyword arguments of `create_generator`): ``dtype`` (fp32 / fp16
 new prompt, multi-step ones use diffusers' model offload; ``"sequential"``: diffusers' sequential
 offload), hub options (``cache_dir``, ``revision``, ``variant``, ``local_files_only``), ``vae``
 (a replacement VAE, e.g. ``madebyollin/sdxl-vae-fp16-fix``). One-step only: ``timestep``,
-``vae_dtype`` (default: float32 where the VAE needs it), ``gradient_checkpointing`` (default on,
-denoiser and VAE decoder).
+``vae_dtype`` (default: float32 where the VAE needs it), ``gradient_checkpointing`` (denoiser and
+VAE decoder: ``"on"``, ``"off"``, or the default ``"auto"``: noise optimisation checkpoints only the
+components the free memory requires, see `compalign.noise_optimization.memory`).
 """
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ class OneStepGenerator(DiffusersGenerator):
         batch_size: int = 4,
         timestep: int | None = None,
         vae_dtype: torch.dtype | str | None = None,
-        gradient_checkpointing: bool = True,
+        gradient_checkpointing: bool | str = "auto",
         max_cached_prompts: int = 512,
     ):
         super().__init__(
@@ -409,12 +409,14 @@ class OneStepGenerator(DiffusersGenerator):
             return torch.float32
         return self.dtype
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Gradient checkpointing in the denoiser and the VAE decoder (recompute in backward)."""
-        for m in (self.denoiser, self.pipe.vae):
-            if getattr(m, "_supports_gradient_checkpointing", False):
-                m.enable_gradient_checkpointing() if enabled else m.disable_gradient_checkpointing()
-        self.gradient_checkpointing = bool(enabled)
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """The denoiser and the VAE (its decoder recomputes in backward)."""
+        return {"denoiser": self.denoiser, "vae": self.pipe.vae}
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """True while some component is checkpointed."""
+        return bool(self.checkpointed)
 
     # ------------------------------------------------------------------ prompts
     @contextmanager
@@ -542,7 +544,8 @@ class OneStepGenerator(DiffusersGenerator):
             **super().settings(),
             "timestep": self.timestep,
             "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
-            "gradient_checkpointing": self.gradient_checkpointing,
+            "gradient_checkpointing": self.checkpoint_mode,
+            "checkpointed": list(self.checkpointed),
         }
 
 

@@ -97,7 +97,13 @@ class WorldGenerator(Generator):
             "num_inference_steps": int(c.default_steps),
             "guidance_scale": float(c.default_guidance_scale),
             "scheduler": type(self.pipe.scheduler).__name__,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "gradient_checkpointing": self.checkpoint_mode,
+            "checkpointed": list(self.checkpointed),
         }
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        return {"denoiser": self.pipe.unet}
 
     def generate(
         self,
