@@ -1,91 +1,225 @@
-"""Measure the exact evaluator on held-out prompts: clean, perturbed and wrong renders.
+"""Measure the exact evaluator on held-out prompts: two renderers, clean / perturbed / wrong, and an
+adversarial set.
 
-    python benchmarks/world_evaluator.py --res 32 --per-category 100 --seed 0
+    python benchmarks/world_evaluator.py --res 32 64 --per-category 100 --adversarial 40 --seed 0
 
-Prints a Markdown table per category:
+Per renderer, resolution and category (the first `--per-category` held-out prompts of the suite):
 - clean: fraction of clean renders accepted (target >= 99%)
-- perturbed: fraction accepted after Gaussian noise sigma 0.1, blur radius 1, shift and colour
-  jitter (target >= 95%)
-- wrong: fraction rejected among renders of a corrupted scene (colours swapped, relation reversed,
-  count off by one, shape swapped) that truly contradicts the prompt (target >= 99%)
-It also reports the stripe-score calibration used for STRIPE_MIN.
+- perturbed: fraction accepted after the world's perturbation (shift up to 1 px, Gaussian blur sigma
+  1 px, brightness and gain jitter, Gaussian noise sigma 0.1); for the second renderer half of
+  these renders also draw every object 1 px larger (target >= 95%)
+- wrong: fraction rejected among renders of a scene that truly contradicts the prompt (target
+  >= 99%). World renderer: colours swapped, relation reversed, count off by one, shape swapped.
+  Second renderer: the same kinds plus near-threshold ones (touching / on top of with a 2-4 px gap,
+  next to at a 0.26-0.32 gap, just outside the container, counts off by one with two objects
+  2-3 px apart, sizes just across a class boundary).
+
+The world renderer is `compalign.world.render`; the second renderer is independently written
+(`tests/world/second_renderer.py`, which states the meanings it encodes). Adversarial images
+(uniform canvases, blurred colour noise, pixel noise, blurred and overlapping blobs, off-grammar
+shapes) are scored against every prompt of every suite, train and held-out (targets: uniform
+canvases and pixel noise pass no prompt, blurred colour noise <= 0.5% of single_object prompts);
+true scenes among 8-10 distractors count as accepted or not.
+
+Prints Markdown tables and writes every figure, the failing cases, the command, the seed and the
+machine to `--json` (default benchmarks/evaluator_world.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import platform
+import sys
 import time
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from compalign.world.evaluator import check, find_objects
-from compalign.world.grammar import parse_prompt
-from compalign.world.layout import sample_layout
-from compalign.world.perturb import CORRUPTIONS, perturb, wrong_layout
-from compalign.world.render import render
-from compalign.world.suites import CATEGORIES, load_suite
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.world import figures  # noqa: E402
+from tests.world import second_renderer as sr  # noqa: E402
+
+from compalign.io import atomic_write_json  # noqa: E402
+from compalign.world.suites import CATEGORIES  # noqa: E402
+
+MAX_PER_CATEGORY = 100  # held-out prompts per category in the shipped suites
 
 
-def measure(category: str, res: int, n: int, seed: int) -> dict:
-    rng = np.random.default_rng([seed, CATEGORIES.index(category), res])
-    clean = pert = wrong = wrong_n = 0
-    failures = []
-    prompts = load_suite(category, "heldout")[:n]
-    for prompt in prompts:
-        scene = parse_prompt(prompt)
-        image = render(sample_layout(scene, rng), res)
-        v = check(scene, find_objects(image), prompt)
-        clean += v.passed
-        if not v.passed:
-            failures.append(("clean", prompt))
-        v = check(scene, find_objects(perturb(image, rng)), prompt)
-        pert += v.passed
-        if not v.passed:
-            failures.append(("perturbed", prompt))
-        for kind in CORRUPTIONS:
-            objects = wrong_layout(scene, kind, rng)
-            if objects is None:
-                continue
-            wrong_n += 1
-            v = check(scene, find_objects(render(objects, res)), prompt)
-            wrong += not v.passed
-            if v.passed:
-                failures.append((f"wrong:{kind}", prompt))
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"error: {message}\n")
+
+
+def machine() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores}-core {platform.machine()} CPU, torch {version('torch')}, numpy {np.__version__}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--res", type=int, nargs="+", default=[32, 64], help="resolutions (px), e.g. 32 64")
+    ap.add_argument(
+        "--per-category", type=int, default=MAX_PER_CATEGORY, help="held-out prompts per category"
+    )
+    ap.add_argument("--adversarial", type=int, default=40, help="images per adversarial kind (0: none)")
+    ap.add_argument("--renderers", nargs="+", default=list(figures.RENDERERS), help="world and/or second")
+    ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), help="suite categories")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "evaluator_world.json"), help="output file")
+    args = ap.parse_args(argv)
+    for r in args.res:
+        if r < 16:
+            ap.error(f"--res: resolution must be at least 16 px, got {r}")
+    if not 1 <= args.per_category <= MAX_PER_CATEGORY:
+        ap.error(f"--per-category: expected 1..{MAX_PER_CATEGORY}, got {args.per_category}")
+    if args.adversarial < 0:
+        ap.error(f"--adversarial: expected >= 0, got {args.adversarial}")
+    for name in args.renderers:
+        if name not in figures.RENDERERS:
+            ap.error(f"--renderers: unknown renderer {name!r}; expected {' or '.join(figures.RENDERERS)}")
+    for name in args.categories:
+        if name not in CATEGORIES:
+            ap.error(f"--categories: unknown category {name!r}; expected one of {', '.join(CATEGORIES)}")
+    return args
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def category_table(renderer: str, res: int, rows: list[dict]) -> str:
+    lines = [
+        f"| category ({renderer} renderer, {res} px) | n | clean accepted | perturbed accepted "
+        "| wrong rejected (n) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['category']} | {r['n']} | {_pct(r['clean_accept'])} | {_pct(r['perturbed_accept'])} "
+            f"| {_pct(r['wrong_reject'])} ({r['wrong_n']}) |"
+        )
+    n, wn = sum(r["n"] for r in rows), sum(r["wrong_n"] for r in rows)
+    keys = ("clean_accept", "perturbed_accept", "wrong_reject")
+    clean, pert, wrong = (figures.pooled(rows, k) for k in keys)
+    lines.append(f"| **all** | {n} | {_pct(clean)} | {_pct(pert)} | {_pct(wrong)} ({wn}) |")
+    return "\n".join(lines)
+
+
+def wrong_kind_table(res: int, rows: list[dict]) -> str:
+    tally: dict[str, list[int]] = {}
+    for r in rows:
+        for kind, (rej, n) in r["wrong_by_kind"].items():
+            t = tally.setdefault(kind, [0, 0])
+            t[0] += rej
+            t[1] += n
+    grown = [sum(r["perturbed_grown"][k] for r in rows) for k in (0, 1)]
+    lines = [f"| wrong kind (second renderer, {res} px) | n | rejected |", "|---|---|---|"]
+    for kind in sr.WRONG_KINDS:
+        if kind in tally:
+            rej, n = tally[kind]
+            lines.append(f"| {kind} | {n} | {_pct(rej / n)} |")
+    lines.append(f"\nPerturbed renders drawn 1 px larger: {grown[0]}/{grown[1]} accepted.")
+    return "\n".join(lines)
+
+
+def adversarial_table(res: int, adv: dict) -> str:
+    lines = [
+        f"| adversarial ({res} px) | images | pass >= 1 prompt | prompts passed | single_object passed "
+        "| objects found |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in sr.ADVERSARIAL_KINDS:
+        if kind not in adv or kind == "many_distractors":
+            continue
+        a = adv[kind]
+        lines.append(
+            f"| {kind} | {a['n']} | {a['passing_images']} | {a['prompt_pass_fraction']:.2%} "
+            f"| {a['single_object_pass_fraction']:.2%} | {a['objects_found']:.1f} |"
+        )
+    if "many_distractors" in adv:
+        a = adv["many_distractors"]
+        lines.append(
+            f"\nTrue scenes among 8-10 distractors: {a['accepted']}/{a['n']} accepted "
+            f"({_pct(a['accepted_fraction'])}; {a['skipped']} without room)."
+        )
+    return "\n".join(lines)
+
+
+def _entry(r: dict) -> dict:
     return {
-        "category": category,
-        "n": len(prompts),
-        "clean_accept": clean / len(prompts),
-        "perturbed_accept": pert / len(prompts),
-        "wrong_reject": wrong / max(1, wrong_n),
-        "wrong_n": wrong_n,
-        "failures": failures,
+        "n": r["n"],
+        "clean": r["clean_accept"],
+        "perturbed": r["perturbed_accept"],
+        "wrong": r["wrong_reject"],
+        "wrong_n": r["wrong_n"],
+        "wrong_by_kind": {k: {"rejected": v[0], "n": v[1]} for k, v in r["wrong_by_kind"].items()},
+        "perturbed_grown": {"accepted": r["perturbed_grown"][0], "n": r["perturbed_grown"][1]},
+        "skipped": r["skipped"],
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--res", type=int, default=32)
-    ap.add_argument("--per-category", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write the full results (with failures) here")
-    args = ap.parse_args()
-    t0 = time.time()
-    rows = []
-    print(f"| category ({args.res} px) | n | clean accepted | perturbed accepted | wrong rejected (n) |")
-    print("|---|---|---|---|---|")
-    for category in CATEGORIES:
-        r = measure(category, args.res, args.per_category, args.seed)
-        rows.append(r)
-        print(
-            f"| {category} | {r['n']} | {r['clean_accept']:.1%} | {r['perturbed_accept']:.1%} "
-            f"| {r['wrong_reject']:.1%} ({r['wrong_n']}) |",
-            flush=True,
-        )
-    print(f"\n{time.time() - t0:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    n_adv = sum(figures.adversarial_counts(args.adversarial).values()) if args.adversarial else 0
+    total = len(args.res) * (len(args.renderers) * len(args.categories) * args.per_category + n_adv)
+    result: dict = {
+        "command": "python benchmarks/world_evaluator.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed,
+        "per_category": args.per_category,
+        "res": args.res,
+        "machine": machine(),
+        "figures": {},
+        "pooled": {},
+        "adversarial": {},
+        "seconds_per_image": {},
+        "failures": [],
+    }
+    t_start = time.time()
+    bar = tqdm(total=total, desc="evaluator figures", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    tables = []
+    for res in args.res:
+        for renderer in args.renderers:
+            rows = []
+            for category in args.categories:
+                bar.set_postfix_str(f"{renderer} {res}px {category}")
+                rows.append(
+                    figures.measure(renderer, category, res, args.per_category, args.seed, tick=bar.update)
+                )
+            seconds = sum(r["eval_seconds"] for r in rows) / max(1, sum(r["images"] for r in rows))
+            result["figures"].setdefault(renderer, {})[str(res)] = {r["category"]: _entry(r) for r in rows}
+            result["pooled"].setdefault(renderer, {})[str(res)] = {
+                k: figures.pooled(rows, k) for k in ("clean_accept", "perturbed_accept", "wrong_reject")
+            }
+            result["seconds_per_image"].setdefault(renderer, {})[str(res)] = seconds
+            result["failures"] += [f for r in rows for f in r["failures"]]
+            tables.append(category_table(renderer, res, rows))
+            if renderer == "second":
+                tables.append(wrong_kind_table(res, rows))
+            tables.append(
+                f"Evaluator time: {seconds * 1000:.1f} ms per image ({renderer} renderer, {res} px)."
+            )
+            tqdm.write("\n\n".join(tables[-3 if renderer == "second" else -2 :]) + "\n", file=sys.stdout)
+        if args.adversarial:
+            bar.set_postfix_str(f"adversarial {res}px")
+            adv = figures.measure_adversarial(res, args.adversarial, args.seed, tick=bar.update)
+            seconds = adv.pop("_eval_seconds") / max(1, adv.pop("_images"))
+            result["adversarial"][str(res)] = adv
+            result["seconds_per_image"].setdefault("adversarial", {})[str(res)] = seconds
+            tables.append(adversarial_table(res, adv))
+            tqdm.write(
+                tables[-1] + f"\n\nAdversarial: {seconds * 1000:.1f} ms per image (evaluator + scoring).\n"
+            )
+    bar.close()
+    result["wall_seconds"] = time.time() - t_start
+    print(f"{result['wall_seconds']:.0f} s in all; {len(result['failures'])} failing cases in {args.json}")
+    atomic_write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":
