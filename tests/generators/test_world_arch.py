@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,6 +76,16 @@ def test_candidate_trains_and_generates_through_the_generator(name, tmp_path, ma
     assert all(torch.equal(final_state[k], ema_state[k]) for k in final_state)
     raw = checkpoint_pipeline(list_checkpoints(config.run_dir)[-1], ema=False)[0].unet.state_dict()
     assert any(not torch.equal(raw[k], ema_state[k]) for k in raw)
+    if name != "dit":
+        return
+    # a fresh process loads the saved WorldDiT by its config alone
+    code = (
+        "import sys, torch; from compalign.generators import create_generator; "
+        "g = create_generator(sys.argv[1], device='cpu'); "
+        "print(type(g.pipe.unet).__name__, g.pipe.unet.config.in_channels)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(final)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [type(gen.pipe.unet).__name__, str(gen.pipe.unet.config.in_channels)]
 
 
 def test_coordinate_channels_point_right_and_down():

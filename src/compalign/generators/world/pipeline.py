@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from ..base import noise_for_seeds
+from . import dit as _dit  # noqa: F401  (imported, so from_pretrained can load a saved WorldDiT)
 from .models import IMAGE_CHANNELS, IMAGE_SIZE
 from .tokenizer import tokenize
 
