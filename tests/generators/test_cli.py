@@ -96,3 +96,55 @@ def test_listings():
     r = run("world", "models", "--json")
     assert r.exit_code == 0
     assert {"world-base", "world-onestep"} <= {m["name"] for m in json.loads(r.output)}
+
+
+def main_cli(*args):
+    from compalign.cli import app as main_app
+
+    return CliRunner().invoke(main_app, [str(a) for a in args])
+
+
+def test_generate_writes_what_world_eval_reads_and_a_labelled_grid(tmp_path, tiny_saved):
+    import stat
+
+    from compalign.io import current_umask
+
+    out = tmp_path / "g"
+    args = ["generate", "a red circle", "a blue square", "-m", tiny_saved, "-n", 2, "--steps", 1]
+    r = run(*args, "-o", out)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == 1 and manifest["run"]["dtype"] == "float32"
+    assert (manifest["run"]["height"], manifest["run"]["width"]) == (32, 32)
+    r = main_cli("world", "eval", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "eval.json").read_text())["overall"]["n"] == 4
+    assert stat.S_IMODE((out / "grid.png").stat().st_mode) == 0o666 & ~current_umask()
+    # the grid is labelled: far wider than the 2 x 2 bare 32 px images it used to hold
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size[1] > 2 * 4 * 32 + 40
+    assert run(*args, "-o", out).exit_code == 0  # same settings: done again in place
+    r = run("generate", "a green cross", "-m", tiny_saved, "-o", out)
+    assert r.exit_code == 2 and "other settings" in r.output and "--overwrite" in r.output
+    assert json.loads((out / "manifest.json").read_text())["images"][0]["prompt"] == "a red circle"
+    r = run("generate", "a green cross", "-m", tiny_saved, "-o", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["p000_s0.png"]
+
+
+def test_generate_refuses_what_a_world_model_cannot_do(tmp_path, tiny_saved):
+    out = tmp_path / "o"
+    for extra, needle in (
+        (["a purple dog"], "'dog'"),
+        (["a red circle \U0001f600"], "\U0001f600"),
+        (["a red circle", "--height", "64"], "renders at 32 px"),
+        (["a red circle", "--steps", "0"], "--steps"),
+        (["a red circle", "--dtype", "int8"], "--dtype"),
+    ):
+        r = run("generate", *extra, "-m", tiny_saved, "-o", out)
+        assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    r = run("generate", "a red circle", "-m", tiny_saved, "-o", tmp_path / "file")
+    assert r.exit_code == 2 and "existing file" in r.output

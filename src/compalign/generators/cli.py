@@ -36,22 +36,42 @@ def generate_command(
         int, typer.Option("--num-seeds", "-n", help="Seeds per prompt: each --seed S gives S..S+n-1.")
     ] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
+    ] = False,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (model default).")] = None,
     guidance: Annotated[
         float | None, typer.Option("--guidance", help="Guidance scale (model default).")
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
-    grid_scale: Annotated[int, typer.Option("--grid-scale", help="Grid upscaling factor.")] = 4,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")
+    ] = None,
+    offload: Annotated[
+        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
+    ] = None,
+    height: Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the generator.")] = False,
+    grid_scale: Annotated[int, typer.Option("--grid-scale", help="Grid cell size (4: 1.7 in).")] = 4,
 ) -> None:
-    """Generate images for prompts x seeds; writes PNGs, manifest.json and grid.png."""
+    """Generate images for prompts x seeds; writes PNGs, manifest.json (`compalign world eval OUT`
+    reads it) and a labelled grid.png."""
+    from compalign._cli import check_out_dir, check_world_prompts
+    from compalign.world.batch import verdict
+
     from .generate import generate_images, read_prompts
-    from .registry import ModelNotTrainedError
+    from .options import generator_options, load_generator
+    from .world.generator import WorldGenerator
 
     prompts = list(prompt or [])
     if prompts_file is not None:
         if not prompts_file.is_file():
             _fail(f"prompt file {prompts_file} does not exist")
-        prompts += read_prompts(prompts_file)
+        try:
+            prompts += read_prompts(prompts_file)
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"{prompts_file}: cannot read prompts ({e})")
     if not prompts:
         _fail("no prompts: give PROMPT arguments or --prompts FILE")
     if num_seeds < 1:
@@ -59,32 +79,57 @@ def generate_command(
     seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
     if any(s < 0 for s in seeds):
         _fail("seeds must be >= 0")
-    if out.exists() and not out.is_dir():
-        _fail(f"--out {out} exists and is not a folder")
-    if model.startswith("world") or Path(model).exists():
-        from compalign.world.grammar import PromptError, parse_prompt
-
-        for p in prompts:
-            try:
-                parse_prompt(p)
-            except PromptError as e:
-                _note(f"warning: {e} (world models only know the world grammar)")
+    if steps is not None and steps < 1:
+        _fail(f"--steps must be >= 1, got {steps}")
+    if grid_scale < 1:
+        _fail(f"--grid-scale must be >= 1, got {grid_scale}")
+    options = generator_options(dtype, offload, height, width)
+    settings = {
+        "command": "generate",
+        "model": model,
+        "prompts": prompts,
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+        "dtype": dtype,
+        "height": height,
+        "width": width,
+    }
+    folder = check_out_dir(out, settings, overwrite)
+    gen = load_generator(model, device, options)
+    is_world = isinstance(gen, WorldGenerator)
+    if is_world:
+        check_world_prompts(prompts, f"world model {model}")
+    if compile_:
+        gen.compile()
+    folder.start()
     try:
         manifest = generate_images(
             prompts,
-            model=model,
+            model=gen,
             seeds=seeds,
             out_dir=out,
-            device=device,
             grid_scale=grid_scale,
+            judge=verdict if is_world else None,
             num_inference_steps=steps,
             guidance_scale=guidance,
         )
-    except (ModelNotTrainedError, KeyError, FileNotFoundError) as e:
-        _fail(e.args[0] if e.args else str(e))
+    except ValueError as e:
+        _fail(e)
+    from compalign.io import atomic_write_json
+
+    manifest["run"] = {
+        "device": str(gen.device),
+        "dtype": str(gen.dtype).removeprefix("torch."),
+        "offload": offload or "none",
+        "height": int(getattr(gen, "height", gen.resolution)),
+        "width": int(getattr(gen, "width", gen.resolution)),
+        "compile": compile_,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
     n = len(manifest["images"])
     grid = f", grid {out / manifest['grid']}" if manifest["grid"] else ""
-    _note(f"wrote {n} image{'s' * (n != 1)} to {out}{grid}")
+    _note(f"wrote {n} image{'s' * (n != 1)} and manifest.json to {out}{grid}")
 
 
 # ----------------------------------------------------------------------------------- world train

@@ -1,20 +1,19 @@
 """Generate images for prompts x seeds with any generator and write them to a folder.
 
 Layout of `out_dir`: one PNG per (prompt, seed) at the model's resolution
-(``p000_s0.png``: prompt 0, seed 0), ``manifest.json`` (model, settings, and per image its prompt,
-seed and file) and, when there is more than one image, ``grid.png`` (a row per prompt, a column
-per seed, upscaled with nearest-neighbour by `grid_scale`).
+(``p000_s0.png``: prompt 0, seed 0), ``manifest.json`` (the image-set manifest that
+``compalign world eval`` reads, plus the model and its settings) and, when there is more than one
+image, ``grid.png``: a row per prompt and a column per seed (up to 16 x 8), each image labelled with
+its prompt and seed, in a green / red frame where the exact evaluator judged it (`judge`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .base import Generator
 from .registry import create_generator
@@ -47,6 +46,9 @@ def make_grid(images: np.ndarray, rows: int, cols: int, scale: int = 4, pad: int
     return grid
 
 
+GRID_ROWS, GRID_COLS = 16, 8
+
+
 def generate_images(
     prompts: Sequence[str],
     model: str | Generator = "world-base",
@@ -56,13 +58,18 @@ def generate_images(
     grid: bool = True,
     grid_scale: int = 4,
     batch_size: int = 64,
+    judge=None,
     **settings,
 ) -> dict:
     """Generate every (prompt, seed) pair and write the images; returns the manifest.
 
     `settings` go to `Generator.generate` (``num_inference_steps``, ``guidance_scale``; None values
-    mean the model's defaults).
+    mean the model's defaults). `judge(image, prompt) -> {"passed", "score"} | None` frames the
+    grid's images (world prompts: `compalign.world.batch.verdict`).
     """
+    from ..io import atomic_save_image, atomic_write_json
+    from ..world.io import MANIFEST_VERSION
+
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts:
         raise ValueError("no prompts")
@@ -79,17 +86,49 @@ def generate_images(
     entries = []
     for k, (p, s) in enumerate(zip(flat_prompts, flat_seeds, strict=True)):
         name = f"p{k // len(seeds):03d}_s{s}.png"
-        Image.fromarray(arr[k]).save(out / name)
-        entries.append({"prompt": p, "seed": s, "file": name})
+        atomic_save_image(out / name, arr[k])
+        entries.append({"file": name, "prompt": p, "category": None, "seed": s})
     manifest = {
+        "version": MANIFEST_VERSION,
+        "resolution": int(arr.shape[1]),
         "model": gen.name,
         "settings": {**gen.settings(), **settings},
-        "resolution": int(arr.shape[1]),
         "images": entries,
         "grid": None,
     }
     if grid and len(entries) > 1:
-        Image.fromarray(make_grid(arr, len(prompts), len(seeds), grid_scale)).save(out / "grid.png")
+        save_labelled_grid(arr, prompts, seeds, out / "grid.png", gen.name, judge, grid_scale)
         manifest["grid"] = "grid.png"
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def save_labelled_grid(
+    arr: np.ndarray,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    path: Path,
+    model: str,
+    judge=None,
+    scale: int = 4,
+) -> Path:
+    """`arr` `[len(prompts) * len(seeds), H, W, 3]` (prompt-major) as a grid: a row per prompt, a
+    column per seed (the first 16 x 8), captioned, framed by `judge`'s verdicts; `scale` sets the
+    size of a cell (4: 1.7 inches at 100 dpi)."""
+    from ..plots import Cell, image_grid, wrap
+
+    rows = []
+    for i, p in enumerate(prompts[:GRID_ROWS]):
+        row = []
+        for j, s in enumerate(seeds[:GRID_COLS]):
+            img = arr[i * len(seeds) + j]
+            v = judge(img, p) if judge is not None else None
+            title = wrap(p, 24, 3) if j == 0 else None
+            caption = f"seed {s}" + (f"  {'pass' if v['passed'] else 'fail'} {v['score']:.2f}" if v else "")
+            row.append(Cell(img, title, caption, v["passed"] if v else None))
+        rows.append(row)
+    n_p, n_s = min(len(prompts), GRID_ROWS), min(len(seeds), GRID_COLS)
+    title = f"{model}: {n_p} of {len(prompts)} prompts x {n_s} of {len(seeds)} seeds"
+    if judge is not None:
+        title += "; green frame: passes the exact evaluator, red: fails"
+    return image_grid(rows, path, title, cell_inches=0.425 * max(1, scale))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from compalign._cli import fail as _fail
+from compalign.generators.options import generator_options, load_generator
 
 WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
@@ -47,67 +48,6 @@ def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_sca
         reward = create_reward(name, device=device, **kw)
         out.append(WeightedReward(name=name, reward=reward, weight=weight, optimize=optimize and weight != 0))
     return out
-
-
-GC_MODES = ("auto", "on", "off")
-OFFLOAD_CHOICES = ("none", "model", "sequential")
-
-
-def generator_options(
-    dtype: str | None,
-    offload: str | None,
-    height: int | None,
-    width: int | None,
-    gradient_checkpointing: str | None = None,
-) -> dict:
-    """Check the memory and size options of a command; the keyword arguments for `create_generator`
-    (diffusers adapters) that were given. A bad value is a one-line error."""
-    kw: dict = {}
-    if dtype is not None:
-        from compalign.generators.diffusers.common import parse_dtype
-
-        try:
-            kw["dtype"] = parse_dtype(dtype)
-        except ValueError as e:
-            _fail(f"--dtype: {e}")
-    if offload is not None:
-        if offload not in OFFLOAD_CHOICES:
-            _fail(f"--offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
-        if offload != "none":
-            kw["offload"] = offload
-    for name, v in (("height", height), ("width", width)):
-        if v is not None:
-            if v < 8:
-                _fail(f"--{name} must be at least 8 px, got {v}")
-            kw[name] = v
-    if gradient_checkpointing is not None and gradient_checkpointing not in GC_MODES:
-        _fail(
-            f"--gradient-checkpointing must be one of {', '.join(GC_MODES)}, got {gradient_checkpointing!r}"
-        )
-    return kw
-
-
-def load_generator(model: str, device: str | None, options: dict, gradient_checkpointing: str | None = None):
-    """`create_generator` with the command's options; an option a model cannot take is a one-line error."""
-    from compalign.generators import create_generator
-    from compalign.generators.registry import ModelNotTrainedError
-    from compalign.generators.world.generator import WorldGenerator
-
-    try:
-        gen = create_generator(model, device=device, **options)
-    except TypeError as e:
-        _fail(f"model {model}: {e}")
-    except (KeyError, FileNotFoundError, ValueError, ModelNotTrainedError, OSError) as e:
-        _fail(e.args[0] if e.args else str(e))
-    if isinstance(gen, WorldGenerator):
-        if "offload" in options:
-            _fail(f"--offload is for diffusers models; {model} is a world model (it fits any device)")
-        for k in ("height", "width"):
-            if k in options and options[k] != gen.resolution:
-                _fail(f"--{k} {options[k]}: world model {model} renders at {gen.resolution} px only")
-    if gradient_checkpointing is not None:
-        gen.set_gradient_checkpointing(gradient_checkpointing)
-    return gen
 
 
 def reno_command(
@@ -201,6 +141,7 @@ def reno_command(
 
     from compalign._cli import check_out_dir, check_world_prompts
     from compalign.generators.world.generator import WorldGenerator
+    from compalign.world.batch import verdict
 
     from .reno import ReNOConfig
     from .runner import run_task
@@ -283,7 +224,7 @@ def reno_command(
         "seeds": seeds,
         "resumed": folder.resume,
     }
-    judge = world_judge if (evaluate and is_world) else None
+    judge = verdict if (evaluate and is_world) else None
     try:
         summary = run_task(
             gen,
@@ -311,18 +252,6 @@ def reno_command(
         f"wrote {len(items)} images to {out} (manifest.json, _initial/, results.json, rewards.png, "
         "before_after.png)"
     )
-
-
-def world_judge(image, prompt: str) -> dict | None:
-    """The exact evaluator's verdict on one image (None: the prompt is outside the grammar)."""
-    from compalign.world.evaluator import evaluate
-    from compalign.world.grammar import PromptError
-
-    try:
-        v = evaluate(image, prompt)
-    except PromptError:
-        return None
-    return {"passed": bool(v.passed), "score": float(v.score)}
 
 
 def register(app: typer.Typer) -> None:

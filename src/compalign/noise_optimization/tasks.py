@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import atomic_write_text
+
 KINDS = ("prompt", "file", "suite", "geneval", "parti", "t2i-compbench")
 
 
@@ -171,6 +173,4 @@ def write_geneval_metadata(items: list[TaskItem], out_dir: Path) -> None:
         if i in seen or "metadata" not in it.meta:
             continue
         seen.add(i)
-        d = out_dir / f"{i:05d}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "metadata.jsonl").write_text(json.dumps(it.meta["metadata"]) + "\n")
+        atomic_write_text(out_dir / f"{i:05d}" / "metadata.jsonl", json.dumps(it.meta["metadata"]) + "\n")

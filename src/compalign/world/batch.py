@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io import atomic_save_image, atomic_write_json
-from .evaluator import check, find_objects
+from .evaluator import check, evaluate, find_objects
 from .grammar import PromptError, Scene, parse_prompt
 from .io import MANIFEST_VERSION, ImageEntry, ImageSet, Manifest, validate_dir, write_manifest
 from .layout import LayoutError, sample_layout
@@ -186,6 +186,16 @@ def evaluate_dir(
     path = Path(out) if out is not None else image_set.directory / EVAL_NAME
     atomic_write_json(path, report)
     return EvalRun(report, path, image_set)
+
+
+def verdict(image, prompt: str) -> dict[str, Any] | None:
+    """``{"passed", "score"}`` of the exact evaluator on one image (None: the prompt is outside the
+    grammar, nothing to judge). For grids and logs of stages that write images."""
+    try:
+        v = evaluate(image, prompt)
+    except PromptError:
+        return None
+    return {"passed": bool(v.passed), "score": float(v.score)}
 
 
 # --------------------------------------------------------------------------------------------
