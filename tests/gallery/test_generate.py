@@ -265,3 +265,31 @@ def test_torchrun_two_processes_cli(tiny_models, tmp_path):
     g = load_gallery(out)
     assert len(g.records) == 3 and g.models == ["a", "b"] and g.meta["complete"]
     assert stderr.count("gallery of 3 records") == 1  # only the main process reports
+
+
+def test_generate_dtype_and_offload_options(cli, tiny_models, tmp_path):
+    """--dtype reaches every model and is part of the settings a resume must match; --offload
+    reaches diffusers models (a no-op on the CPU); bad values are one line."""
+    pytest.importorskip("diffusers")
+    from tests.generators.test_diffusers_adapters import build_sd
+
+    sd = tmp_path / "tiny-sd"
+    build_sd().save_pretrained(sd)
+    out = tmp_path / "g"
+    prompts = write_prompts(tmp_path / "p.txt", PROMPTS[:1])
+    models = ["--models", f"sd:{sd}", f"w={tiny_models[0]}"]
+    args = ["gallery", "generate", "--aspect", "attribute_binding", *models,
+            "--prompts", prompts, "--resolution", "32", "--steps", "1", "--out", out]  # fmt: skip
+    r = cli(*args, "--dtype", "bf16", "--offload", "model")
+    assert r.exit_code == 0, r.output
+    meta = read(out / "gallery_meta.json")
+    assert meta["settings"]["dtype"] == "bf16"
+    assert (
+        meta["models"][0]["settings"]["dtype"] == "bfloat16"
+        and meta["models"][0]["settings"]["offload"] == "model"
+    )
+    r = cli(*args, "--dtype", "fp32")
+    assert r.exit_code == 2 and "settings" in r.output
+    for bad, needle in ((["--dtype", "fp8"], "--dtype"), (["--offload", "disk"], "--offload")):
+        r = cli(*args[:-1], tmp_path / "new", *bad)
+        assert r.exit_code == 2 and needle in r.output and not (tmp_path / "new").exists()

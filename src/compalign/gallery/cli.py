@@ -96,16 +96,26 @@ def generate_command(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per generator call.")] = 16,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (default: auto).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: each model's).")
+    ] = None,
+    offload: Annotated[
+        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
+    ] = None,
     progress: ProgressOpt = None,
 ) -> None:
     """Render the same prompts with several models under the same settings (resumable; shards over
-    processes under torchrun / accelerate launch)."""
+    processes under torchrun / accelerate launch). --resolution sets diffusers models' height and
+    width."""
     from ..world.suites import ASPECTS, SPLITS
     from .format import GalleryError
     from .generate import generate_gallery, suite_prompts
 
     if aspect not in ASPECTS:
         fail(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
+    from ..generators.options import generator_options
+
+    generator_options(dtype, offload, None, None)  # one-line errors for bad values
     if per_category is not None and per_category < 1:
         fail(f"--per-category must be >= 1, got {per_category}")
     categories = None
@@ -137,6 +147,8 @@ def generate_command(
             batch_size=batch_size,
             device=device,
             progress=progress_default(progress),
+            dtype=dtype,
+            offload=None if offload in (None, "none") else offload,
         )
     except GalleryError as e:
         fail(str(e))

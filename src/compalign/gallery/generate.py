@@ -185,6 +185,8 @@ def render_models(
     progress: bool = False,
     on_batch: Callable[[], None] | None = None,
     state=None,
+    dtype: str | None = None,
+    offload: str | None = None,
 ) -> dict[str, dict]:
     """Render the missing images of this process's share; returns per model what was learnt
     (native resolution, generator settings) for the models this process loaded."""
@@ -220,6 +222,12 @@ def render_models(
             kw: dict[str, Any] = {}
             if resolution and m.spec.partition(":")[0] in adapters:
                 kw.update(height=resolution, width=resolution)
+            if dtype is not None:
+                from ..generators.diffusers.common import parse_dtype
+
+                kw["dtype"] = parse_dtype(dtype)
+            if offload is not None and m.spec.partition(":")[0] in adapters:
+                kw["offload"] = offload
             try:
                 gen = create_generator(m.spec, device=device, **kw)
             except (LookupError, FileNotFoundError, ValueError, OSError) as e:
@@ -299,6 +307,8 @@ def generate_gallery(
     batch_size: int = 16,
     device: str | None = None,
     progress: bool = False,
+    dtype: str | None = None,
+    offload: str | None = None,
 ) -> Gallery | None:
     """Render (or resume) a gallery; returns it on the main process, None on the others.
 
@@ -336,6 +346,8 @@ def generate_gallery(
     records = [Record(i, p, {m: image_path(m, i) for m in names}) for i, p in enumerate(prompts)]
     seeds = {r.index: seed + r.index for r in records}
     settings = {"resolution": resolution, "steps": steps, "guidance": guidance}
+    if dtype is not None:  # recorded only when given: galleries made before it resume as they were
+        settings["dtype"] = dtype
     meta = new_meta(
         aspect,
         [m.to_meta() for m in specs],
@@ -379,6 +391,8 @@ def generate_gallery(
         progress=progress,
         on_batch=(lambda: write_manifest(root, records, names)) if main else None,
         state=state,
+        dtype=dtype,
+        offload=offload,
     )
     state.wait_for_everyone()
     if not main:
