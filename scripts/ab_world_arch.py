@@ -204,8 +204,7 @@ def evaluate_checkpoint(args: argparse.Namespace, arm: str, ckpt: Path) -> dict 
     from compalign.io import atomic_write_json
     from compalign.world.quality import evaluate_generator
 
-    step = int(ckpt.name.split("_")[1])
-    path = result_path(args, arm, step)
+    path = result_path(args, arm, step_of(ckpt))
     if path.exists():
         return None
     t0 = time.perf_counter()
@@ -237,6 +236,23 @@ def evaluate_checkpoint(args: argparse.Namespace, arm: str, ckpt: Path) -> dict 
     return res
 
 
+def step_of(ckpt: Path) -> int:
+    return int(ckpt.name.split("_")[1])
+
+
+def run_config(args: argparse.Namespace, arm: str) -> dict:
+    return json.loads((run_dir(args.root, arm) / "config.json").read_text())
+
+
+def wanted(args: argparse.Namespace, arm: str, ckpt: Path) -> bool:
+    """Every `args.every`-th regular checkpoint, and the last step of the run."""
+    c = run_config(args, arm)
+    step = step_of(ckpt)
+    return step == c["max_steps"] or (
+        step % c["checkpoint_every"] == 0 and (step // c["checkpoint_every"]) % args.every == 0
+    )
+
+
 def finished(args: argparse.Namespace, arm: str) -> bool:
     return (run_dir(args.root, arm) / "final" / "model_index.json").is_file()
 
@@ -249,8 +265,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     while True:
         todo = [(arm, c) for arm in args.arms for c in list_checkpoints(run_dir(args.root, arm))]
-        todo = [(a, c) for a, c in todo if not result_path(args, a, int(c.name.split("_")[1])).exists()]
-        todo.sort(key=lambda ac: int(ac[1].name.split("_")[1]))  # earliest steps first, all arms
+        todo = [
+            (a, c) for a, c in todo if wanted(args, a, c) and not result_path(args, a, step_of(c)).exists()
+        ]
+        todo.sort(key=lambda ac: step_of(ac[1]) / run_config(args, ac[0])["max_steps"])  # earliest first
         for arm, ckpt in todo:
             try:
                 evaluate_checkpoint(args, arm, ckpt)
@@ -368,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--sample-steps", type=int, default=None, help="Sampling steps (default: the model's).")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument(
+        "--every", type=int, default=1, help="Only every k-th checkpoint of a run (and its last step)."
+    )
+    e.add_argument(
         "--watch", action="store_true", help="Keep evaluating new checkpoints until every arm is done."
     )
     pl = add("plot", "Learning curves (one panel per aspect, one line per arm) and a table.")
@@ -388,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
         wrong = [c for c in args.categories if c not in CATEGORIES]
         if wrong:
             fail(f"--categories: unknown category {wrong[0]!r}; expected some of {', '.join(CATEGORIES)}")
-        if args.per_category < 1 or args.n < 1:
-            fail("--per-category and -n must be at least 1")
+        if args.per_category < 1 or args.n < 1 or args.every < 1:
+            fail("--per-category, -n and --every must be at least 1")
     {"bench": cmd_bench, "train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}[args.command](args)
 
 

@@ -191,26 +191,27 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     ab = _ab_script()
     root = tmp_path / "ab"
     config = make_config(
-        tmp_path, output_dir=str(root / "unet"), max_steps=2, checkpoint_every=1, keep_checkpoints=5
+        tmp_path, output_dir=str(root / "unet"), max_steps=3, checkpoint_every=1, keep_checkpoints=5
     )
     train_world_model(config)
     ev = ["evaluate", "--root", str(root), "--arms", "unet", "--categories", "single_object", "position",
           "--per-category", "2", "-n", "1", "--sample-steps", "2"]  # fmt: skip
-    ab.main(ev)
+    ab.main([*ev, "--every", "2"])  # the 2nd checkpoint and the last step
     files = sorted((root / "eval").rglob("step_*.json"))
-    assert [f.name for f in files] == ["step_0000001.json", "step_0000002.json"]
+    assert [f.name for f in files] == ["step_0000002.json", "step_0000003.json"]
     r = json.loads(files[1].read_text())
-    assert r["arm"] == "unet" and r["step"] == 2 and r["sample_steps"] == 2 and r["max_steps"] == 2
+    assert r["arm"] == "unet" and r["step"] == 3 and r["sample_steps"] == 2 and r["max_steps"] == 3
     assert set(r["categories"]) == {"single_object", "position"} and r["categories"]["position"]["n"] == 2
     assert "spatial_relationship" in r["aspects"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     capsys.readouterr()
-    ab.main(ev)  # cached: nothing evaluated again
-    assert [f.stat().st_mtime_ns for f in files] == mtimes and "step" not in capsys.readouterr().out
+    ab.main(ev)  # only the missing checkpoint is evaluated
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert capsys.readouterr().out.startswith("unet step 1:")
     ab.main(["plot", "--root", str(root), "--arms", "unet", "--out", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 1000
     table = (tmp_path / "curves.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith("| unet | 1 |") and table[3].startswith("| unet | 2 |")
+    assert [row.split("|")[2].strip() for row in table[2:]] == ["1", "2", "3"]
 
 
 def test_ab_script_rejects_bad_input(tmp_path, capsys):
