@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -7,6 +8,18 @@ import pytest
 from typer.testing import CliRunner
 
 from compalign.cli import app
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never write into the user's cache (scene pools): one cache folder for the session."""
+    old = os.environ.get("COMPALIGN_CACHE")
+    os.environ["COMPALIGN_CACHE"] = str(tmp_path_factory.mktemp("compalign-cache"))
+    yield
+    if old is None:
+        os.environ.pop("COMPALIGN_CACHE", None)
+    else:
+        os.environ["COMPALIGN_CACHE"] = old
 
 
 class Cli:

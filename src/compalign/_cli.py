@@ -182,7 +182,11 @@ def check_world_prompts(prompts: list[str], model: str = "the world model") -> N
     world models' tokenizers read only the grammar's words."""
     from .world.grammar import PromptError, parse_prompt
 
-    for n, p in enumerate(dict.fromkeys(prompts), 1):
+    seen: set[str] = set()
+    for n, p in enumerate(prompts, 1):
+        if p in seen:
+            continue
+        seen.add(p)
         try:
             parse_prompt(p)
         except PromptError as e:

@@ -356,7 +356,15 @@ def test_cli_reno_t2i_compbench_layout(tmp_path, onestep_dir):
 
 
 def test_progress_counts_iterations_times_images(tmp_path, onestep, capsys, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update
+    import tqdm.auto
+
+    from compalign.noise_optimization import runner
+
+    class EveryUpdate(tqdm.auto.tqdm):  # draws every update, however fast
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "mininterval": 0, "miniters": 1})
+
+    monkeypatch.setattr(runner, "tqdm", EveryUpdate)
     items = build_task("prompt", ["a red circle", "a blue square", "a green cross"], [0])
     cfg = ReNOConfig(iterations=3, lr=1.0)
     run_task(onestep, [redness()], items, tmp_path / "p", cfg, batch_size=2, progress=True)

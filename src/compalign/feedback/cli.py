@@ -149,6 +149,13 @@ def train_command(
         str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
     ] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    pool_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--pool-dir",
+            help="Scene pool of the denoising regulariser (default: the per-user cache, $COMPALIGN_CACHE).",
+        ),
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming.")] = False,
     export: Annotated[
         str | None, typer.Option("--export", help="When done, ship the model in the package as NAME (world).")
@@ -174,7 +181,7 @@ def train_command(
             lora_alpha=lora_alpha, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=lr, warmup_steps=warmup, max_grad_norm=grad_clip, mixed_precision=mixed_precision,
             ema_decay=ema, seed=seed, checkpoint_every=checkpoint_every, num_threads=threads, device=device,
-            progress=progress, time_limit_s=time_limit,
+            progress=progress, time_limit_s=time_limit, pool_dir=str(pool_dir) if pool_dir else None,
         )  # fmt: skip
     except (ValueError, KeyError) as e:
         _fail(e)

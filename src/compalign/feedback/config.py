@@ -105,8 +105,8 @@ class FeedbackConfig(DictConfig):
     cond_dropout: float = 0.1
     """``denoising``: probability of the empty prompt (keeps classifier-free guidance working)."""
     pool_dir: str | None = None
-    """``denoising``: folder of scene pools (default ``_scene_pool`` next to the run folder, the
-    one world-model training runs share)."""
+    """``denoising``: folder of scene pools (default: the per-user cache,
+    `compalign.cache.scene_pool_dir`, the one world-model training runs share)."""
     pool_per_category: int = 1024
     """``denoising``: rendered scenes per category in the pool."""
     pool_shard_size: int = 256
@@ -246,7 +246,9 @@ class FeedbackConfig(DictConfig):
 
     @property
     def pool_root(self) -> Path:
-        return Path(self.pool_dir) if self.pool_dir else self.run_dir.parent / "_scene_pool"
+        from compalign.cache import scene_pool_dir
+
+        return Path(self.pool_dir) if self.pool_dir else scene_pool_dir()
 
     @property
     def lora(self) -> bool:

@@ -137,7 +137,8 @@ def iterate_command(
     ] = "auto",
     reg_weight: Annotated[float, typer.Option("--reg-weight")] = 1.0,
     pool_dir: Annotated[
-        Path | None, typer.Option("--pool-dir", help="Scene pool (default: WORKDIR/_scene_pool).")
+        Path | None,
+        typer.Option("--pool-dir", help="Scene pool (default: the per-user cache, $COMPALIGN_CACHE)."),
     ] = None,
     pool_per_category: Annotated[int, typer.Option("--pool-per-category")] = 1024,
     feedback_checkpoint_every: Annotated[int, typer.Option("--feedback-checkpoint-every")] = 50,

@@ -131,8 +131,8 @@ class IterateConfig(DictConfig):
     reg_weight: float = 1.0
     """Weight of the regulariser."""
     pool_dir: str | None = None
-    """Scene pool of the denoising regulariser (None: ``<workdir>/_scene_pool``, shared by the
-    iterations)."""
+    """Scene pool of the denoising regulariser (None: the per-user cache,
+    `compalign.cache.scene_pool_dir`, shared by the iterations and every other run)."""
     pool_per_category: int = 1024
     """Rendered scenes per category in the scene pool."""
     feedback_checkpoint_every: int = 50

@@ -512,7 +512,9 @@ class IterateRun:
         return p if p.is_absolute() else (self.root / p).resolve()
 
     def pool_dir(self) -> Path:
-        return Path(self.config.pool_dir) if self.config.pool_dir else self.root / "_scene_pool"
+        from ..cache import scene_pool_dir
+
+        return Path(self.config.pool_dir) if self.config.pool_dir else scene_pool_dir()
 
     def current_base(self, k: int) -> tuple[str, str, str]:
         """(name, spec to load, spec as recorded) of the base fine-tuned in iteration k."""

@@ -262,7 +262,8 @@ def train_reward_command(
     pool_dir: Annotated[
         Path | None,
         typer.Option(
-            "--pool-dir", help="Scene-pool folder for the contrastive renders (default runs/_scene_pool)."
+            "--pool-dir",
+            help="Scene-pool folder for the contrastive renders (default: the per-user cache).",
         ),
     ] = None,
     mixed_precision: Annotated[

@@ -56,7 +56,8 @@ class WorldTrainConfig(DictConfig):
     pool_shard_size: int = 256
     """``pool``: scenes per pool file (the unit of parallel, resumable building)."""
     pool_dir: str | None = None
-    """``pool``: folder of scene pools (default: ``_scene_pool`` next to the run folder)."""
+    """``pool``: folder of scene pools (default: the per-user cache, `compalign.cache.scene_pool_dir`:
+    built once per machine, shared by every run)."""
     data_seed: int = 0
     """``pool``: seed of the pool's scenes (the same for every preset, so they share one pool)."""
 
@@ -162,7 +163,9 @@ class WorldTrainConfig(DictConfig):
 
     @property
     def pool_root(self) -> Path:
-        return Path(self.pool_dir) if self.pool_dir else self.run_dir.parent / "_scene_pool"
+        from compalign.cache import scene_pool_dir
+
+        return Path(self.pool_dir) if self.pool_dir else scene_pool_dir()
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on resume.

@@ -113,8 +113,9 @@ class RewardTrainConfig(DictConfig):
     """Scene categories the renders are drawn from (None: the aspect's categories)."""
     contrastive_pool_per_category: int = 1024
     """Training scenes per category in the pool (built once, shared with the generators' pools)."""
-    pool_dir: str = "runs/_scene_pool"
-    """Folder of scene pools (missing shards are rendered first)."""
+    pool_dir: str | None = None
+    """Folder of scene pools (missing shards are rendered first; None: the per-user cache,
+    `compalign.cache.scene_pool_dir`)."""
 
     # ----------------------------------------------------------------------------- optimisation
     epochs: int = 5
@@ -415,7 +416,10 @@ class _ContrastiveBatches:
                 f"this run's backbone is {getattr(bb, 'kind', type(bb).__name__)}"
             )
         self.categories = config.contrastive_categories or list_categories(config.aspect)
-        self.pool = ScenePool(config.pool_dir, self.categories, config.contrastive_pool_per_category)
+        from compalign.cache import scene_pool_dir
+
+        root = config.pool_dir or scene_pool_dir()
+        self.pool = ScenePool(root, self.categories, config.contrastive_pool_per_category)
         if self.pool.missing() and main:
             self.pool.build(workers=1, progress=config.progress)
         while self.pool.missing():  # other processes wait for the main one
