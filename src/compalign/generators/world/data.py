@@ -163,12 +163,14 @@ class ScenePool:
 
     Layout: ``<root>/<world fingerprint>/seed<data_seed>/<category>/shard_0000.npz`` (uint8
     images ``[S, 32, 32, 3]`` and their prompts). Several runs may build the same pool at once:
-    a shard being built by another process is marked by a ``.lock`` file and waited for.
+    a shard being built by another process is marked by a ``.lock`` file and waited for. `root`
+    defaults to the per-user cache (`compalign.cache.scene_pool_dir`), so a pool is built once per
+    machine whatever folder a command runs in.
     """
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         categories: list[str] | None = None,
         per_category: int = 4096,
         shard_size: int = 256,
@@ -176,6 +178,10 @@ class ScenePool:
     ):
         self.categories = list(categories or CATEGORIES)
         self.per_category, self.shard_size, self.data_seed = per_category, shard_size, data_seed
+        if root is None:
+            from compalign.cache import scene_pool_dir
+
+            root = scene_pool_dir()
         self.dir = Path(root) / world_fingerprint() / f"seed{data_seed}"
         self._data: dict[str, tuple[np.ndarray, list[str]]] | None = None
 
@@ -198,33 +204,49 @@ class ScenePool:
         shards locked by another process are waited for (a lock older than `stale_lock_s` is
         taken over: its builder died).
         """
+        import sys
+
         from tqdm.auto import tqdm
 
-        if not self.missing():
+        missing = self.missing()
+        if not missing:
             return 0.0
         t0 = time.perf_counter()
-        total = len(self.shards())
+        total = sum(n for _, _, n, _ in self.shards())
+        todo_scenes = sum(n for _, _, n, _ in missing)
+        print(
+            f"scene pool: rendering {todo_scenes} training scenes into {self.dir} "
+            "(once per machine; every run using this folder shares them)",
+            file=sys.stderr,
+        )
         bar = tqdm(
             total=total,
-            initial=total - len(self.missing()),
+            initial=total - todo_scenes,
             desc="scene pool",
-            disable=not progress or not self.missing(),
+            unit="scene",
+            disable=not progress,
             dynamic_ncols=True,
+            file=sys.stderr,
         )
+
+        def sync() -> None:  # scenes on disk, whoever rendered them; moves as every shard lands
+            bar.update(total - sum(n for _, _, n, _ in self.missing()) - bar.n)
+
         while todo := self.missing():
             jobs = [(str(p), c, k, n, self.data_seed, stale_lock_s) for c, k, n, p in todo]
+            built = []
             if workers <= 1:
-                built = [_try_build(*j) for j in jobs]
-                bar.update(sum(built))
+                for j in jobs:
+                    built.append(_try_build(*j))
+                    sync()
             else:
                 with ProcessPoolExecutor(workers) as ex:
-                    built = []
                     for ok in ex.map(_try_build, *zip(*jobs, strict=True)):
                         built.append(ok)
-                        bar.update(int(ok))
+                        sync()
             if not any(built):  # everything left is being built by other runs
                 time.sleep(2.0)
-                bar.update(len(todo) - len(self.missing()))
+                sync()
         bar.close()
         return time.perf_counter() - t0
 
