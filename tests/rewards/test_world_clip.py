@@ -221,6 +221,21 @@ def test_reward_round_trip_gradient_and_resize(trained, tmp_path):
     torch.testing.assert_close(WorldCLIPReward(dest)(images, prompts), s, atol=2e-2, rtol=0)
 
 
+def test_cached_prompt_embeddings_do_not_depend_on_the_history():
+    """The same images and prompts score bit-identically whichever prompts the reward saw before
+    (the cache once held whole-batch encodings, whose last bits depend on the batch)."""
+    from compalign.rewards import create_reward
+    from compalign.world.suites import load_suite
+
+    prompts = load_suite("spatial", "train")[:5]
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fresh = create_reward("world-clip")(images, prompts)
+    seen = create_reward("world-clip")
+    seen(images[1:2], prompts[1:2])
+    seen(images[3:], prompts[3:])
+    assert torch.equal(seen(images, prompts), fresh)
+
+
 def test_bad_inputs_raise_clear_errors(trained, tmp_path, monkeypatch):
     good = torch.rand(2, 3, 32, 32)
     with pytest.raises(ValueError, match="4 dimensions"):

@@ -154,13 +154,16 @@ class RealReward(Reward):
         return super()._apply(fn, *args, **kwargs)
 
     def _cached_text(self, prompts: list[str], encode) -> torch.Tensor:
-        """Rows of ``encode(unique_prompts) -> [N, D]`` for `prompts`, cached per prompt while frozen."""
+        """Rows of ``encode(unique_prompts) -> [N, D]`` for `prompts`, cached per prompt while frozen.
+
+        Cached prompts are encoded one at a time, so that an embedding does not depend on the
+        prompts it happened to be batched with (the last bits do), nor a score on the history."""
         if not self.frozen:
             return encode(list(prompts))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             with torch.no_grad():
-                emb = encode(missing)
+                emb = torch.cat([encode([p]) for p in missing])
             if len(self._text_cache) + len(missing) > 4096:
                 self._text_cache.clear()
             self._text_cache.update(zip(missing, emb, strict=True))

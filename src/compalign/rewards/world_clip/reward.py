@@ -99,11 +99,15 @@ class WorldCLIPReward(Reward):
 
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        """Normalised prompt embeddings `[B, D]` (float32, cached per prompt and device)."""
+        """Normalised prompt embeddings `[B, D]` (float32, cached per prompt and device).
+
+        Each prompt is encoded on its own: a batched encoding differs in the last bits with the
+        batch's other prompts, and the cache would make scores depend on which prompts came
+        earlier (a resumed training run would then drift from the uninterrupted one)."""
         dev = self.device
         missing = [p for p in dict.fromkeys(prompts) if (str(dev), p) not in self._text_cache]
         if missing:
-            emb = F.normalize(self.model.encode_text(missing).float(), dim=-1)
+            emb = torch.cat([F.normalize(self.model.encode_text([p]).float(), dim=-1) for p in missing])
             if len(self._text_cache) + len(missing) > self.text_cache_size:
                 self._text_cache.clear()
             for p, e in zip(missing, emb, strict=True):
