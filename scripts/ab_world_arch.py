@@ -155,7 +155,9 @@ def train_command(args: argparse.Namespace, arm: str) -> list[str]:
         preset(arm),
     ]
     cmd += ["-o", str(run_dir(args.root, arm)), "--threads", "1", "--workers", "1", "--no-progress"]
-    cmd += ["--seed", str(args.seed), "--set", f"pool_dir={args.pool_dir}"]
+    cmd += ["--seed", str(args.seed)]
+    if args.pool_dir:
+        cmd += ["--set", f"pool_dir={args.pool_dir}"]
     return cmd
 
 
@@ -165,8 +167,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from compalign.generators.world.data import ScenePool
 
     args.root.mkdir(parents=True, exist_ok=True)
-    c = create_preset(preset(args.arms[0]))
-    pool = ScenePool(Path(args.pool_dir), c.categories, c.pool_per_category, c.pool_shard_size, c.data_seed)
+    c = create_preset(preset(args.arms[0]), pool_dir=args.pool_dir)
+    pool = ScenePool(c.pool_root, c.categories, c.pool_per_category, c.pool_shard_size, c.data_seed)
     print(f"scene pool {pool.dir}: {len(pool.missing())} shards to build", flush=True)
     pool.build(workers=args.pool_workers, progress=False)
     pending, running = list(args.arms), {}
@@ -375,9 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--threads", type=int, default=1)
     t = add("train", "Train or resume the arms (background-safe; SIGTERM checkpoints).")
     t.add_argument("--parallel", type=int, default=3, help="Arms trained at once (one thread each).")
-    t.add_argument(
-        "--pool-dir", default="runs/_scene_pool", help="Scene pool folder (shared with other runs)."
-    )
+    t.add_argument("--pool-dir", default=None, help="Scene pool folder (default: the per-user cache).")
     t.add_argument("--pool-workers", type=int, default=1, help="Processes building missing pool shards.")
     e = add("evaluate", "Held-out accuracy of every checkpoint not yet evaluated.")
     e.add_argument("--per-category", type=int, default=25)
