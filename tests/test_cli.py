@@ -54,7 +54,10 @@ def test_world_prompts_all(cli):
         assert c in r.stdout
     data = json.loads(cli("world", "prompts", "--all", "--json").stdout)
     assert [row["category"] for row in data["categories"]] == list(suites.CATEGORIES)
-    assert all(row["heldout"] >= 100 and row["train"] >= 300 for row in data["categories"])
+    assert data["suite_version"] == suites.SUITE_VERSION
+    for row in data["categories"]:
+        assert row["heldout"] == 100
+        assert row["train"] == len(suites.load_suite(row["category"], "train")) >= 200
 
 
 def test_render_then_eval(cli, rendered, tmp_path):
@@ -183,3 +186,57 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert mode == 0o640
+
+
+def test_root_help_lists_every_stage_on_one_line(cli):
+    from compalign.cli import STAGES
+
+    r = cli("--help")
+    assert r.exit_code == 0
+    commands = r.stdout.split("Commands:")[1].strip().splitlines()
+    assert [ln.split()[0] for ln in commands] == list(STAGES)  # in the order of the data flow
+    for ln, line in zip(commands, STAGES.values(), strict=True):
+        assert ln.split(None, 1)[1] == line  # the whole line, not cut
+    assert "Later stages" not in r.stdout
+
+
+def test_reno_help_keeps_every_option_name_at_80_columns():
+    from typer.testing import CliRunner
+
+    from compalign.cli import app
+
+    r = CliRunner().invoke(app, ["reno", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert r.exit_code == 0
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 80
+    command = typer_command("reno")
+    options = [p for p in command.params if p.param_type_name == "option"]
+    names = [o for p in options for o in p.opts + p.secondary_opts]
+    assert "--gradient-checkpointing" in names and "--early-stop-patience" in names
+    for name in names:
+        assert f"{name} " in r.stdout or f"{name}," in r.stdout or f"{name}\n" in r.stdout, name
+    assert "…" not in r.stdout
+
+
+def typer_command(name: str):
+    import typer
+
+    from compalign.cli import app
+
+    return typer.main.get_command(app).commands[name]
+
+
+def test_world_models_lists_three_sections(cli):
+    r = cli("world", "models")
+    assert r.exit_code == 0
+    text = r.stdout
+    heads = ["Shipped world models", "Presets to train", "Adapters"]
+    assert all(h in text for h in heads) and text.index(heads[0]) < text.index(heads[1]) < text.index(
+        heads[2]
+    )
+    adapters = text.split("Adapters")[1]
+    assert "sd-turbo:" in adapters and "flux:" in adapters and "reno:" in adapters
+    assert "not trained" not in text
+    rows = json.loads(cli("world", "models", "--json").stdout)
+    kinds = {r["name"]: r["kind"] for r in rows}
+    assert kinds["world-base"] == "world" and kinds["sd-turbo:"] == "adapter"
+    assert all(r["kind"] == "preset" for r in rows if r["kind"] != "adapter" and not r["shipped"])

@@ -13,26 +13,50 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from ._cli import fail
 from ._cli import note as _note
 
+STAGES = {
+    "world": "Prompt suites, renderer, exact evaluator; world models.",
+    "generate": "Images for prompts x seeds from any generator.",
+    "reward": "Reward models: the world CLIP, rewards trained on pairs.",
+    "reno": "ReNO: optimise a one-step generator's noise against rewards.",
+    "gallery": "The same prompts rendered by several models (IterComp).",
+    "rank": "Rank a gallery: by the evaluator, a reward, or people.",
+    "pairs": "Ranked galleries -> (better, worse) pairs for reward training.",
+    "feedback": "Fine-tune a generator against rewards (ReFL).",
+    "iterate": "IterComp's loop: gallery, rank, pairs, rewards, feedback.",
+}
+"""One line per stage for `compalign --help` (each group's and command's short help)."""
+
+
+class _StageOrder(TyperGroup):
+    """Lists the stages in the order of the data flow (`STAGES`)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        order = list(STAGES)
+        return sorted(self.commands, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 app = typer.Typer(
     name="compalign",
+    cls=_StageOrder,
     help=(
         "Compositional text-to-image alignment: ReNO noise optimisation and IterComp feedback "
         "learning, measured on an embedded world with an exact evaluator.\n\n"
-        "Stages (data flow: prompts -> generators -> images -> evaluators / rewards -> noise "
-        "optimisation and feedback training):\n\n"
-        "  world  prompt suites, renderer and exact evaluator of the embedded world\n\n"
-        "Later stages (generators, rewards, noise optimisation, gallery, ranking, reward and "
-        "feedback training) are added as their own command groups."
+        "Data flow: prompts -> generators -> images -> evaluator / rewards -> noise optimisation and "
+        "feedback training. Every stage that writes images writes a manifest.json that "
+        "`compalign world eval` scores. The stages, in the order of the data flow: world, generate, "
+        "reward, reno, gallery, rank, pairs, feedback, iterate."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 world_app = typer.Typer(
     help="The embedded world: prompt suites, rendering, exact evaluation, demo.",
@@ -371,6 +395,18 @@ def _register_stages() -> None:
     from .iterate.cli import register as register_iterate
 
     register_iterate(app)
+    for info in [*app.registered_commands, *app.registered_groups]:
+        name = info.name or getattr(info.callback, "__name__", "")
+        if name in STAGES:
+            info.short_help = STAGES[name]
+    for group in [world_app, *(g.typer_instance for g in app.registered_groups)]:
+        # plain help: option names are never cut at 80 columns, help text wraps
+        group.rich_markup_mode = None
+        group.info.context_settings = {
+            "help_option_names": ["-h", "--help"],
+            "max_content_width": 100,
+            **(group.info.context_settings or {}),
+        }
 
 
 _register_stages()

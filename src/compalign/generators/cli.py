@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from compalign._cli import clip_text
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
 
@@ -233,24 +234,55 @@ def presets_command() -> None:
 def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List generators: shipped world models and presets still to train."""
-    from .registry import list_generators, shipped_models, weights_root
+    """List generators in three sections: shipped world models, presets to train, adapters."""
+    from .registry import _FACTORIES, list_generators, shipped_models, weights_root
+    from .world.config import list_presets, preset_description
 
     shipped = set(shipped_models())
+    names = list_generators()
     rows = []
-    for name in list_generators():
-        row = {"name": name, "shipped": name in shipped}
+    for name in names:
+        if name.endswith(":"):
+            factory = _FACTORIES.get(name[:-1])
+            cls = getattr(factory, "__self__", None)
+            if cls is not None:
+                steps = "one-step, differentiable" if cls.differentiable else "multi-step"
+                about = f"{steps}; default {cls.default_model}"
+            else:
+                about = "a differentiable base + ReNO noise optimisation: reno:BASE,REWARD=W,..."
+            rows.append({"name": name, "kind": "adapter", "shipped": False, "about": about})
+            continue
+        row = {"name": name, "kind": "world", "shipped": name in shipped}
+        if not row["shipped"]:
+            row["kind"] = "preset"
         rec = weights_root() / name / "training.json"
         if rec.is_file():
             r = json.loads(rec.read_text())
             row.update(steps=r.get("steps"), wall_time_s=r.get("wall_time_s"))
+        if name in list_presets():
+            row["about"] = preset_description(name)
+            row["summary"] = clip_text(row["about"].split(". ")[0].rstrip("."), 72)
         rows.append(row)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        status = "shipped" if r["shipped"] else "not trained"
-        print(f"{r['name']}\t{status}")
+    sections = (
+        ("world", "Shipped world models (use by name, e.g. --model world-base):"),
+        ("preset", "Presets to train (compalign world train --preset NAME):"),
+        (
+            "adapter",
+            "Adapters for real pipelines (PREFIX:HUB_ID or PREFIX:FOLDER; an empty rest: the default):",
+        ),
+    )
+    width = max(len(r["name"]) for r in rows) + 2
+    for k, (kind, title) in enumerate(sections):
+        part = [r for r in rows if r["kind"] == kind]
+        if not part:
+            continue
+        print(("\n" if k else "") + title)
+        for r in part:
+            extra = f"{r['steps']} steps; " if r.get("steps") else ""
+            print(f"  {r['name']:<{width}}{extra}{r.get('summary', r.get('about', ''))}".rstrip())
 
 
 def quality_command(
