@@ -896,3 +896,79 @@ def test_bad_inputs_and_options(clip_dir, clip_reward, tmp_path):
     assert all(p.requires_grad for p in r.parameters())
     r.train()
     assert r.model.training
+
+
+# ----------------------------------------------------------------------------- fully offline
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any hub download fails the test: a reward given local paths must not reach for the hub."""
+    import huggingface_hub
+    import transformers.utils.hub as tr_hub
+
+    from compalign.rewards.real import common
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"hub download attempted: {args} {kwargs}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(tr_hub, "hf_hub_download", refuse, raising=False)
+    monkeypatch.setattr(common, "hub_file", refuse)
+
+
+def test_every_file_as_a_local_path_in_the_spec(aesthetic_files, pickscore_dirs, hps_dir, ir_dir, no_network):
+    clip_dir, head = aesthetic_files
+    x = torch.rand(2, 3, SIZE, SIZE)
+    r = create_reward(f"aesthetic:{head},clip={clip_dir}")
+    with torch.no_grad():
+        torch.testing.assert_close(r(x, PROMPTS), LaionAestheticReward(head, clip_model=clip_dir)(x, PROMPTS))
+    model_dir, proc_dir = pickscore_dirs
+    r = create_reward(f"pickscore:{model_dir},processor={proc_dir}")
+    with torch.no_grad():
+        torch.testing.assert_close(r(x, PROMPTS), PickScoreReward(model_dir, processor=proc_dir)(x, PROMPTS))
+    assert isinstance(create_reward(f"hpsv2:{hps_dir},tokenizer={hps_dir}"), HPSv2Reward)
+    assert isinstance(create_reward(f"imagereward:{ir_dir},tokenizer={ir_dir}"), ImageRewardReward)
+
+
+def test_a_missing_local_path_is_named_before_any_download(
+    aesthetic_files, pickscore_dirs, tmp_path, no_network
+):
+    clip_dir, head = aesthetic_files
+    model_dir, _ = pickscore_dirs
+    for spec, missing in (
+        (f"aesthetic:{head},clip={tmp_path}/no-clip", f"{tmp_path}/no-clip"),
+        (f"aesthetic:{tmp_path}/head.pth,clip={clip_dir}", f"{tmp_path}/head.pth"),
+        ("aesthetic:./no-head.pth", "./no-head.pth"),
+        (f"pickscore:{model_dir},processor=models/laion/proc", "models/laion/proc"),
+        (f"clip:{tmp_path}/nothing-here", f"{tmp_path}/nothing-here"),
+        (f"hpsv2:{tmp_path}/hps.pt", f"{tmp_path}/hps.pt"),
+        (f"imagereward:{tmp_path}/ir,tokenizer={tmp_path}/bert", f"{tmp_path}/bert"),
+    ):
+        with pytest.raises(FileNotFoundError, match="no such file or folder") as err:
+            create_reward(spec)
+        assert missing in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="takes no option 'colour'"):
+        create_reward(f"clip:{clip_dir},colour=red")
+
+
+def test_spec_options_split_only_before_key_equals():
+    from compalign.rewards.registry import split_source
+
+    assert split_source("/m/head.pth,clip=/m/clip") == ("/m/head.pth", {"clip": "/m/clip"})
+    assert split_source("/m/a,b/head.pth") == ("/m/a,b/head.pth", {})  # a comma inside a path
+    assert split_source("x, processor = /p ,tokenizer=/t") == ("x", {"processor": "/p", "tokenizer": "/t"})
+    with pytest.raises(ValueError, match="no value"):
+        split_source("x,clip=")
+
+
+def test_reno_reports_a_missing_reward_folder_in_one_line(aesthetic_files, tmp_path, no_network):
+    from typer.testing import CliRunner
+
+    from compalign.cli import app
+
+    _, head = aesthetic_files
+    spec = f"aesthetic:{head},clip={tmp_path}/no-clip=1"
+    r = CliRunner().invoke(app, ["reno", "a red circle", "--reward", spec, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and f"{tmp_path}/no-clip" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

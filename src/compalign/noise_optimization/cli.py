@@ -15,8 +15,14 @@ REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
 
 
 def parse_reward_spec(text: str) -> tuple[str, float]:
-    """``NAME=WEIGHT`` (``NAME`` may be ``name:source``); a bare NAME takes the reward's default."""
+    """``NAME=WEIGHT`` (``NAME`` may be ``name:source,key=value,...``); a bare NAME takes the
+    reward's default weight."""
     name, sep, w = text.rpartition("=") if "=" in text else (text, "", "")
+    if sep and ":" in name and "," in name:
+        try:
+            float(w)
+        except ValueError:  # the last '=' belongs to a source option: no weight given
+            name, sep, w = text, "", ""
     name = name.strip()
     if not name:
         raise ValueError(f"reward {text!r}: expected NAME=WEIGHT")

@@ -1,7 +1,11 @@
 """Rewards by name: ``create_reward("hpsv2")``, ``create_reward("clip:/path/to/clip-folder")``.
 
-A spec is ``NAME`` or ``NAME:SOURCE``; the SOURCE (a local path or hub id, meaning depends on the
-reward) is passed as the factory's first argument. Known names:
+A spec is ``NAME``, ``NAME:SOURCE`` or ``NAME:SOURCE,KEY=VALUE,...``; the SOURCE (a local path or
+hub id, meaning depends on the reward) is passed as the factory's first argument, each ``KEY=VALUE``
+as a keyword argument (the reward class's ``source_options`` map short keys to arguments:
+``aesthetic:head.pth,clip=FOLDER``, ``pickscore:FOLDER,processor=FOLDER``,
+``hpsv2:HPS.pt,tokenizer=FOLDER``, ``imagereward:FOLDER,tokenizer=FOLDER``). With every file given as
+a local path a real reward loads fully offline. Known names:
 
 - ``hpsv2``: `real.hpsv2.HPSv2Reward` (HPS v2.1); ReNO loss ``1 - s``, weight 5.0;
 - ``imagereward``: `real.image_reward.ImageRewardReward`; loss ``2 - s``, weight 1.0;
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 
 import torch
@@ -88,6 +93,27 @@ def _accepts(factory: Factory, param: str) -> bool:
     return param in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+_OPTION = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")
+
+
+def split_source(source: str) -> tuple[str, dict[str, str]]:
+    """``"head.pth,clip=/models/clip"`` -> ``("head.pth", {"clip": "/models/clip"})`` (a comma
+    starts an option only before ``KEY=``, so paths may hold commas)."""
+    if not source:
+        return source, {}
+    first, *rest = _OPTION.split(source)
+    options = {}
+    for part in rest:
+        key, _, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not value:
+            raise ValueError(f"reward option {key!r} has no value (expected {key}=VALUE)")
+        if key in options:
+            raise ValueError(f"reward option {key!r} given twice")
+        options[key] = value
+    return first.strip(), options
+
+
 def create_reward(
     spec: str,
     device: str | torch.device | None = None,
@@ -102,7 +128,15 @@ def create_reward(
     if sep and not source:
         raise ValueError(f"reward spec {spec!r} has an empty source after ':'")
     factory = _resolve(name)
+    source, options = split_source(source)
     call = dict(kwargs)
+    aliases = getattr(factory, "source_options", {}) or {}
+    for key, value in options.items():
+        param = aliases.get(key, key)
+        if not _accepts(factory, param):
+            known = ", ".join(aliases) or "none"
+            raise ValueError(f"reward {name!r} takes no option {key!r} (its options: {known})")
+        call[param] = value
     if device is not None:
         call["device"] = device
     if dtype is not None:

@@ -19,6 +19,7 @@ import torch
 from ..base import check_inputs
 from .common import MLPHead, RealReward, hub_file, load_torch_state_dict, normalize, resolve_dtype
 from .preprocess import PreprocessConfig, clip_preprocess
+from .sources import hub_options, resolve_source
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 AESTHETIC_REPO = "trl-lib/ddpo-aesthetic-predictor"
@@ -31,7 +32,8 @@ class LaionAestheticReward(RealReward):
     Args:
         head: the MLP state dict file, or ``None`` for ``hub_repo`` / ``hub_filename``.
         clip_model: hub id or folder of a ``CLIPVisionModelWithProjection`` (a full ``CLIPModel``
-            folder works too) with its ``preprocessor_config.json``.
+            folder works too) with its ``preprocessor_config.json``; ``clip=FOLDER`` in a spec.
+            Local paths are read offline; one that does not exist is a `FileNotFoundError`.
         device, dtype, gradient_checkpointing, frozen, cache_dir, local_files_only: as in
             `CLIPScoreReward`.
     """
@@ -39,6 +41,8 @@ class LaionAestheticReward(RealReward):
     name = "aesthetic"
     loss_offset = 10.0
     default_weight = 0.0
+    source_options = {"clip": "clip_model"}
+    """``aesthetic:HEAD.pth,clip=FOLDER``: the head file and the CLIP folder, both offline."""
 
     def __init__(
         self,
@@ -58,17 +62,21 @@ class LaionAestheticReward(RealReward):
         from transformers import AutoConfig, CLIPVisionModelWithProjection
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
+        if head is not None:
+            head, _ = resolve_source(head, "aesthetic head file")
+        clip_model, clip_local = resolve_source(clip_model, "aesthetic CLIP model")
+        clip_hub = hub_options(clip_local, hub)
         head_file = hub_file(hub_repo, hub_filename, **hub) if head is None else Path(head)
         torch_dtype = resolve_dtype(dtype)
         self.source = str(head_file)
-        config = AutoConfig.from_pretrained(str(clip_model), **hub)
+        config = AutoConfig.from_pretrained(clip_model, **clip_hub)
         if hasattr(config, "vision_config"):  # a full CLIP folder: its vision tower and projection
             config.vision_config.projection_dim = config.projection_dim
             config = config.vision_config
         self.model = CLIPVisionModelWithProjection.from_pretrained(
-            str(clip_model), config=config, dtype=torch_dtype, **hub
+            clip_model, config=config, dtype=torch_dtype, **clip_hub
         )
-        self.preprocess_config = PreprocessConfig.from_pretrained(str(clip_model), **hub)
+        self.preprocess_config = PreprocessConfig.from_pretrained(clip_model, **clip_hub)
         self.head = MLPHead.from_state_dict(load_torch_state_dict(head_file))
         dim = int(self.model.config.projection_dim)
         if self.head.input_size != dim:

@@ -19,6 +19,7 @@ import torch
 from ..base import check_inputs
 from .common import RealReward, normalize, resolve_dtype
 from .preprocess import PreprocessConfig, clip_preprocess
+from .sources import hub_options, resolve_source
 
 LAION_CLIP_H14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -29,7 +30,9 @@ class CLIPScoreReward(RealReward):
     Args:
         model: hub id or local folder of a ``CLIPModel`` (``save_pretrained`` layout).
         processor: hub id or folder with the tokenizer and ``preprocessor_config.json``
-            (default: `model` when it is such a folder or when the class has no default processor).
+            (default: `model` when it is such a folder or when the class has no default processor);
+            ``clip:MODEL,processor=FOLDER`` in a spec. Local folders are read offline; a path that
+            does not exist is a `FileNotFoundError` naming it.
         device, dtype: where and in which precision (``fp32``/``fp16``/``bf16``) the model runs;
             scores are float32 either way.
         gradient_checkpointing: recompute the backbone's activations in the backward pass.
@@ -42,6 +45,8 @@ class CLIPScoreReward(RealReward):
     default_weight = 0.01
     default_model = LAION_CLIP_H14
     default_processor: str | None = None  # None: the model's own folder
+    source_options = {"processor": "processor"}
+    """Options of a ``NAME:SOURCE,KEY=VALUE`` spec, and the argument each sets."""
 
     def __init__(
         self,
@@ -58,18 +63,20 @@ class CLIPScoreReward(RealReward):
         super().__init__()
         from transformers import AutoTokenizer, CLIPModel
 
-        model = str(model or self.default_model)
+        model, model_local = resolve_source(model or self.default_model, f"{self.name} model")
         if processor is None:
             # a local model folder with its own preprocessing and tokenizer files uses them
             own = Path(model).is_dir() and (Path(model) / "preprocessor_config.json").is_file()
             processor = model if own else (self.default_processor or model)
-        processor = str(processor)
+        processor, processor_local = resolve_source(processor, f"{self.name} processor")
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         torch_dtype = resolve_dtype(dtype)
         self.source = model
-        self.model = CLIPModel.from_pretrained(model, dtype=torch_dtype, **hub)
-        self.tokenizer = AutoTokenizer.from_pretrained(processor, **hub)
-        self.preprocess_config = PreprocessConfig.from_pretrained(processor, **hub)
+        self.model = CLIPModel.from_pretrained(model, dtype=torch_dtype, **hub_options(model_local, hub))
+        self.tokenizer = AutoTokenizer.from_pretrained(processor, **hub_options(processor_local, hub))
+        self.preprocess_config = PreprocessConfig.from_pretrained(
+            processor, **hub_options(processor_local, hub)
+        )
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
         self._finish(
             device=device,

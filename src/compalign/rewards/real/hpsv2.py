@@ -28,6 +28,7 @@ import torch
 from ..base import check_inputs
 from .common import RealReward, hub_file, load_torch_state_dict, normalize, resolve_dtype
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig, clip_preprocess
+from .sources import hub_options, resolve_source
 
 HPS_REPO = "xswu/HPSv2"
 HPS_V21_FILE = "HPS_v2.1_compressed.pt"
@@ -272,6 +273,8 @@ class HPSv2Reward(RealReward):
     name = "hpsv2"
     loss_offset = 1.0
     default_weight = 5.0
+    source_options = {"tokenizer": "tokenizer", "config": "model_config"}
+    """``hpsv2:CHECKPOINT,tokenizer=FOLDER,config=FILE``, all offline."""
 
     def __init__(
         self,
@@ -293,10 +296,14 @@ class HPSv2Reward(RealReward):
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         folder = None
+        if tokenizer is not None:
+            tokenizer, _ = resolve_source(tokenizer, "HPSv2 tokenizer")
+        if isinstance(model_config, (str, Path)) and model_config != "ViT-H-14":
+            model_config, _ = resolve_source(model_config, "HPSv2 open_clip model config")
         if checkpoint is None:
             ckpt_file = hub_file(hub_repo, hub_filename, **hub)
         else:
-            path = Path(checkpoint)
+            path = Path(resolve_source(checkpoint, "HPSv2 checkpoint")[0])
             if path.is_dir():
                 folder = path
                 ckpt_file = _find_checkpoint(path, hub_filename)
@@ -315,7 +322,8 @@ class HPSv2Reward(RealReward):
         torch_dtype = resolve_dtype(dtype)
         self.source = str(ckpt_file)
         self.model = build_hf_clip_from_open_clip(load_torch_state_dict(ckpt_file), model_cfg)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **hub)
+        tok_local = Path(str(tokenizer)).exists()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **hub_options(tok_local, hub))
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
         image_size = int(self.model.config.vision_config.image_size)
         self.preprocess_config = PreprocessConfig.square(

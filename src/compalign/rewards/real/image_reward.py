@@ -31,6 +31,7 @@ import torch
 from ..base import check_inputs
 from .common import MLPHead, RealReward, hub_file, load_torch_state_dict, resolve_dtype
 from .preprocess import PreprocessConfig, clip_preprocess
+from .sources import hub_options, resolve_source
 
 IMAGE_REWARD_REPO = "THUDM/ImageReward"
 IMAGE_REWARD_FILE = "ImageReward.pt"
@@ -190,6 +191,8 @@ class ImageRewardReward(RealReward):
     name = "imagereward"
     loss_offset = 2.0
     default_weight = 1.0
+    source_options = {"tokenizer": "tokenizer", "med_config": "med_config"}
+    """``imagereward:CHECKPOINT,tokenizer=FOLDER,med_config=FILE``, all offline."""
     mean = IMAGE_REWARD_MEAN
     std = IMAGE_REWARD_STD
 
@@ -218,10 +221,14 @@ class ImageRewardReward(RealReward):
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         folder = None
+        if tokenizer is not None:
+            tokenizer, _ = resolve_source(tokenizer, "ImageReward tokenizer")
+        if med_config is not None:
+            med_config, _ = resolve_source(med_config, "ImageReward med_config.json")
         if checkpoint is None:
             ckpt_file = hub_file(hub_repo, IMAGE_REWARD_FILE, **hub)
         else:
-            path = Path(checkpoint)
+            path = Path(resolve_source(checkpoint, "ImageReward checkpoint")[0])
             if path.is_dir():
                 folder, ckpt_file = path, path / IMAGE_REWARD_FILE
             elif path.is_file():
@@ -250,7 +257,8 @@ class ImageRewardReward(RealReward):
                 f"MLP head expects {self.head.input_size} features, text encoder gives {text_cfg.hidden_size}"
             )
         # BLIP's init_tokenizer: bert-base-uncased + [DEC] as bos + [ENC]
-        self.tokenizer = BertTokenizer.from_pretrained(str(tokenizer), **hub)
+        tok_local = Path(str(tokenizer)).exists()
+        self.tokenizer = BertTokenizer.from_pretrained(str(tokenizer), **hub_options(tok_local, hub))
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         self.tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         if len(self.tokenizer) > text_cfg.vocab_size:
