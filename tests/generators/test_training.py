@@ -58,6 +58,16 @@ def test_scene_pool_builds_once_and_is_deterministic(tmp_path):
     assert pool.batch(seed=0, step=4, batch_size=5)["prompts"] != a["prompts"]
 
 
+def test_scene_pool_key_follows_the_split(monkeypatch, tmp_path):
+    from compalign.generators.world import data
+
+    now = ScenePool(tmp_path, ["colors"], per_category=4).dir
+    assert now.parent.name == data.world_fingerprint()
+    assert {"grammar.py", "suites.py"} <= set(data.WORLD_SOURCES)
+    monkeypatch.setattr(data, "SUITE_VERSION", "v1")  # a pool built under suite v1's split
+    assert ScenePool(tmp_path, ["colors"], per_category=4).dir != now
+
+
 def test_scene_pool_shares_work_with_other_builders(tmp_path):
     import os
     import threading

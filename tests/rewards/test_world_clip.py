@@ -103,20 +103,31 @@ FIXED = [
 # ----------------------------------------------------------------------------- hard negatives
 @pytest.mark.parametrize("prompt", FIXED)
 def test_hard_negatives_parse_and_differ_from_the_truth(prompt):
-    truth = parse_prompt(prompt).key()
+    truth = parse_prompt(prompt).meaning_key()
     cands = hard_negative_candidates(prompt)
     flat = [n for v in cands.values() for n in v]
     assert flat and len(set(flat)) == len(flat)
+    assert len({parse_prompt(n).meaning_key() for n in flat}) == len(flat)  # no two wordings of one
     for n in flat:
-        assert parse_prompt(n).key() != truth
+        assert parse_prompt(n).meaning_key() != truth
     negs = sample_hard_negatives(prompt, 3, np.random.default_rng(0))
     assert len(negs) == 3 and len(set(negs)) == 3 and set(negs) <= set(flat)
     assert negs == sample_hard_negatives(prompt, 3, np.random.default_rng(0))
 
 
+def test_hard_negatives_are_never_the_truth_in_another_wording():
+    # swapping the colours of two circles next to each other describes the same scene
+    c = hard_negative_candidates("a red circle next to a blue circle")
+    assert "color_swap" not in c
+    flat = {n for v in c.values() for n in v}
+    assert "a blue circle next to a red circle" not in flat
+    assert "a red circle next to a green circle" in c["color"]
+
+
 def test_hard_negatives_reverse_relations_and_edit_attributes():
     c = hard_negative_candidates("a red circle on the left of a blue square")
-    assert "a red circle on the right of a blue square" in c["relation"]
+    # the reverse relation is the swapped scene in another wording: kept once, as the swap
+    assert c["relation"] == ["a red circle above a blue square", "a red circle below a blue square"]
     assert c["relation_swap"] == ["a blue square on the left of a red circle"]
     assert c["color_swap"] == ["a blue circle on the left of a red square"]
     assert "a green circle on the left of a blue square" in c["color"]

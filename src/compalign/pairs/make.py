@@ -13,8 +13,8 @@ clauses) differ, ``tie_break`` when only the tie-break (world-clip) ordered them
 
 ``split`` is decided per prompt, never per pair, so a prompt's pairs are all on one side:
 ``heldout`` when the prompt is a world prompt whose scene is held out in the world suites
-(`world.suites.is_heldout`), else ``train``; a prompt outside the world grammar is held out when
-a hash of its text falls in the lowest 10%.
+(`world.suites.is_heldout`, by meaning: every wording of a held-out scene), else ``train``; a
+prompt outside the world grammar is held out when a hash of its text falls in the lowest 10%.
 """
 
 from __future__ import annotations

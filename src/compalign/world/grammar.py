@@ -11,11 +11,19 @@ Prompt grammar (one line per rule)::
     np       := ("a" | "an" | NUMBER) [SIZE] [TEXTURE] [COLOR] SHAPE(s)
     relation := "on the left of" | "on the right of" | "above" | "below" | "next to"
               | "inside" | "on top of" | "touching"
+
+Meaning: several prompts can describe the same scene. `Scene.key()` is equal for prompts that
+differ only in clause order; `Scene.meaning_key()` is equal for every wording of a scene: clause
+order, a reversed relation with its objects swapped ("A on the left of B" = "B on the right of A",
+"A above B" = "B below A"), a symmetric relation with its objects swapped ("A next to B" = "B next
+to A", the same for "touching") and the article of a single object ("a red circle" = "one red
+circle"). `wordings(scene)` lists every scene of the grammar with the same meaning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import permutations, product
 
 COLORS: dict[str, tuple[float, float, float]] = {
     # name -> RGB in [0, 1]; hues are ~30-60 degrees apart so they survive blur, noise and jitter
@@ -36,6 +44,17 @@ NUMBERS: dict[str, int] = {"one": 1, "two": 2, "three": 3, "four": 4}
 SPATIAL_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to")
 NON_SPATIAL_RELATIONS: tuple[str, ...] = ("inside", "on top of", "touching")
 RELATIONS: tuple[str, ...] = SPATIAL_RELATIONS + NON_SPATIAL_RELATIONS
+# "A right of B" means "B left of A"; "A next to B" means "B next to A". "inside" and "on top of"
+# have no reverse in the grammar.
+REVERSE_RELATIONS: dict[str, str] = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "next to": "next to",
+    "touching": "touching",
+}
+SYMMETRIC_RELATIONS: tuple[str, ...] = tuple(k for k, v in REVERSE_RELATIONS.items() if k == v)
 RELATION_PHRASES: dict[str, str] = {
     "left of": "on the left of",
     "right of": "on the right of",
@@ -162,9 +181,81 @@ class Scene:
                 clauses.append(_ekey(e))
         return " & ".join(sorted(clauses))
 
+    def meaning_key(self) -> str:
+        """Canonical meaning: equal for every wording of the scene (see `wordings`).
+
+        A single object written with "one" is keyed as written with "a"; a relation whose reverse
+        or mirror is in the grammar is keyed in one orientation (``left of`` / ``above``, the two
+        objects of ``next to`` / ``touching`` in sorted order); clauses are sorted.
+        """
+        rel_of = {r.subject: r for r in self.relations}
+        in_rel = {i for r in self.relations for i in (r.subject, r.object)}
+        clauses = []
+        for i, e in enumerate(self.entities):
+            if i in rel_of:
+                r = rel_of[i]
+                a, kind, b = _mkey(e), r.kind, _mkey(self.entities[r.object])
+                if kind in ("right of", "below") or (kind in SYMMETRIC_RELATIONS and b < a):
+                    a, kind, b = b, REVERSE_RELATIONS[kind], a
+                clauses.append(f"{a}|{kind}|{b}")
+            elif i not in in_rel:
+                clauses.append(_mkey(e))
+        return " & ".join(sorted(clauses))
+
 
 def _ekey(e: Entity) -> str:
     return f"{e.count}{'n' if e.numbered else ''}:{e.size}:{e.texture}:{e.color}:{e.shape}"
+
+
+def _mkey(e: Entity) -> str:
+    return f"{e.count}:{e.size}:{e.texture}:{e.color}:{e.shape}"
+
+
+def wordings(scene: Scene, clause_orders: bool = True, articles: bool = True) -> list[Scene]:
+    """Every scene of the grammar whose prompt means the same as `scene`'s (`scene` included).
+
+    Each single object written with "a" or "one" (with `articles`; else as in `scene`), each
+    relation with a reverse or mirror in both orientations, and (with `clause_orders`) the clauses
+    in every order; without `clause_orders` the clauses keep their order, which gives one scene per
+    distinct `Scene.key()`. Each once, in a fixed order (at most 2^objects x 2^relations x clauses!
+    scenes).
+    """
+    rel_of = {r.subject: r for r in scene.relations}
+    objects = {r.object for r in scene.relations}
+    # per clause, its variants: (relation kind or None, its entities in written order)
+    clauses: list[list[tuple[str | None, tuple[Entity, ...]]]] = []
+    for i, e in enumerate(scene.entities):
+        if i in objects:
+            continue
+        if i in rel_of:
+            r = rel_of[i]
+            pairs = [(r.kind, (e, scene.entities[r.object]))]
+            if r.kind in REVERSE_RELATIONS:
+                pairs.append((REVERSE_RELATIONS[r.kind], (scene.entities[r.object], e)))
+        else:
+            pairs = [(None, (e,))]
+        clauses.append(
+            [(k, ents) for k, es in pairs for ents in product(*(_articles(x, articles) for x in es))]
+        )
+    orders = permutations(range(len(clauses))) if clause_orders else [tuple(range(len(clauses)))]
+    out: dict[Scene, None] = {}  # insertion-ordered set
+    for order in orders:
+        for choice in product(*(clauses[c] for c in order)):
+            entities: list[Entity] = []
+            relations: list[Relation] = []
+            for kind, ents in choice:
+                entities.extend(ents)
+                if kind is not None:
+                    relations.append(Relation(kind, len(entities) - 2, len(entities) - 1))
+            out[Scene(tuple(entities), tuple(relations))] = None
+    return list(out)
+
+
+def _articles(e: Entity, both: bool = True) -> tuple[Entity, ...]:
+    """`e` written with "a" and with "one" (a single object), or `e` alone (a counted group)."""
+    if e.count != 1 or not both:
+        return (e,)
+    return (e.with_(numbered=False), e.with_(numbered=True))
 
 
 def to_prompt(scene: Scene) -> str:

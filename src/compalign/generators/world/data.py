@@ -8,8 +8,9 @@ step `k` sees exactly the batches an uninterrupted run would, with no loader sta
   ~170 ms for ``complex`` scenes), more than a training step of a small model on a CPU.
 - **pool** (`ScenePool`): a fixed set of rendered training scenes per category, built once (in
   parallel, resumable, shared by every run using the same folder) and sampled from. Its folder is
-  keyed by a fingerprint of the world's source code, so a changed grammar / layout / renderer
-  builds a new pool instead of reusing stale images.
+  keyed by a fingerprint of the world's source code and the suite version, so a changed grammar /
+  layout / renderer / train-held-out split (suite v2 splits by meaning) builds a new pool instead
+  of reusing stale images or scenes held out under the current split.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ WORLD_SOURCES = ("grammar.py", "layout.py", "render.py", "suites.py")
 
 
 def world_fingerprint() -> str:
-    """Short hash of the world code that decides what a training image looks like."""
+    """Short hash of the world code (and suite version) that decides which training scenes are drawn
+    and what their images look like."""
     h = hashlib.sha256(SUITE_VERSION.encode())
     root = resources.files("compalign.world")
     for name in WORLD_SOURCES:

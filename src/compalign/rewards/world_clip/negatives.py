@@ -9,13 +9,15 @@
 - ``texture``: solid <-> striped on an object whose texture is named;
 - ``relation_swap``: swap the two objects of a directed relation (left of, right of, above,
   below, inside, on top of); the symmetric ones (next to, touching) are left alone;
-- ``relation``: replace a directional relation (left of / right of / above / below) by another
-  one (its reverse, or a perpendicular one: the layout puts a subject inside a narrow cone of
-  its direction, so a perpendicular relation does not hold either);
+- ``relation``: replace a directional relation (left of / right of / above / below) by a
+  perpendicular one (the layout puts a subject inside a narrow cone of its direction, so a
+  perpendicular relation does not hold either); its reverse is the ``relation_swap`` scene in
+  another wording, kept there;
 - ``count``: change the number of a counted object by one (1..4), or make a lone "a X" two.
 
-Only edits that give a scene with a different canonical key (`Scene.key`), whose prompt parses
-back to that scene, and with distinct object descriptions are kept. Candidates of one prompt are
+Only edits that give a scene with a different meaning (`Scene.meaning_key`: not the true scene
+in another wording, e.g. the colours of "a red circle next to a blue circle" swapped), whose prompt
+parses back to that scene, and with distinct object descriptions are kept. Candidates of one prompt are
 cached (`HardNegatives`), so drawing negatives in a training loop costs a dictionary look-up.
 """
 
@@ -119,7 +121,7 @@ def hard_negative_candidates(prompt: str) -> dict[str, list[str]]:
     Raises `PromptError` when `prompt` is not a world prompt.
     """
     scene = parse_prompt(prompt)
-    truth = scene.key()
+    truth = scene.meaning_key()
     seen = {truth}
     out: dict[str, list[str]] = {}
     for kind, makers in _edits(scene).items():
@@ -129,16 +131,16 @@ def hard_negative_candidates(prompt: str) -> dict[str, list[str]]:
             except ValueError:  # an entity or scene the grammar does not allow
                 continue
             descs = [e.phrase() for e in new.entities]
-            key = new.key()
-            if key in seen or len(set(descs)) != len(descs):
+            meaning = new.meaning_key()
+            if meaning in seen or len(set(descs)) != len(descs):
                 continue
             text = to_prompt(new)
             try:
-                if parse_prompt(text).key() != key:
+                if parse_prompt(text).key() != new.key():
                     continue
             except ValueError:
                 continue
-            seen.add(key)
+            seen.add(meaning)
             out.setdefault(kind, []).append(text)
     return out
 

@@ -255,7 +255,7 @@ class BatchMaker:
         self.prompts = [data[c][1] for c in self.categories]
         self.model, self.seed, self.batch_size, self.k = model, seed, batch_size, num_negatives
         self.negatives = HardNegatives()
-        self._key_ids: dict[str, int] = {}  # prompt -> id of its canonical scene key
+        self._key_ids: dict[str, int] = {}  # prompt -> id of its scene's meaning (`Scene.meaning_key`)
         self._keys: dict[str, int] = {}
         self._parse = parse_prompt
         self._lock = threading.Lock()
@@ -263,7 +263,7 @@ class BatchMaker:
     def _key_id(self, prompt: str) -> int:
         k = self._key_ids.get(prompt)
         if k is None:
-            key = self._parse(prompt).key()
+            key = self._parse(prompt).meaning_key()
             k = self._keys.setdefault(key, len(self._keys))
             self._key_ids[prompt] = k
         return k
