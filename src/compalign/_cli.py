@@ -119,6 +119,20 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
+def out_place_problem(out: str | Path, option: str = "--out") -> str | None:
+    """Why a run cannot write its output folder `out` (an existing file, a file above it, a folder
+    it cannot write in), or None. Writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"{option} {out} is an existing file; give a folder"
+    anc = _nearest_existing(out)
+    if not anc.is_dir():
+        return f"{option} {out}: {anc} is a file, not a folder"
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return f"{option} {out}: cannot write in {anc} (permission denied or read-only)"
+    return None
+
+
 def check_out_dir(out: Path, settings: dict, overwrite: bool = False, option: str = "--out") -> OutDir:
     """Check an output folder before a run writes anything in it; writes nothing.
 
@@ -132,13 +146,9 @@ def check_out_dir(out: Path, settings: dict, overwrite: bool = False, option: st
     """
     out = Path(out)
     settings = _jsonable(settings)
-    if out.exists() and not out.is_dir():
-        fail(f"{option} {out} is an existing file; give a folder")
-    anc = _nearest_existing(out)
-    if not anc.is_dir():
-        fail(f"{option} {out}: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        fail(f"{option} {out}: cannot write in {anc} (permission denied or read-only)")
+    problem = out_place_problem(out, option)
+    if problem is not None:
+        fail(problem)
     if not out.is_dir() or not any(out.iterdir()):
         return OutDir(out, settings, "new", option)
     record = out / RUN_SETTINGS

@@ -41,3 +41,31 @@ def test_feedback_train_bad_input(cli, tiny_base, tmp_path):
             "--output-dir", tmp_path / "a", "--device", "cpu", "--no-progress")  # fmt: skip
     assert r.exit_code == 2 and "cannot load base model" in r.stderr
     assert not (tmp_path / "a" / "final").exists()
+
+
+def test_feedback_train_refuses_an_out_folder_it_cannot_write(cli, tiny_base, tmp_path):
+    """An --output-dir that is a file, under a file or in a read-only folder: one line, exit 2,
+    nothing written (the checks come before any model is loaded)."""
+    import os
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cases = [(taken, "is an existing file"), (taken / "run", "is a file, not a folder")]
+    locked.chmod(0o555)
+    if not os.access(locked, os.W_OK):  # permission bits bind this user (not root)
+        cases.append((locked / "run", "cannot write in"))
+    try:
+        for out, needle in cases:
+            r = cli(
+                "feedback", "train", "--base", tiny_base, "--reward", "test-redness=1", "--output-dir", out,
+                "--max-steps", "1", "--device", "cpu", "--no-progress",
+            )  # fmt: skip
+            assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+                r.output
+            )
+    finally:
+        locked.chmod(0o755)
+    assert taken.read_text() == "not a folder" and not any(locked.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "taken"]

@@ -114,3 +114,37 @@ def test_expand_judges_only_new_images(cli, gallery_dir, tiny_models):
     r = cli("rank", "auto", twin)
     assert r.exit_code == 0 and "kept the verdicts" not in r.stderr
     assert read(twin / "gallery_ranks.json")["records"]["0"]["scores"]["bad"][:2] == [0, 0.0]
+
+
+def test_a_second_expansion_keeps_the_history_of_initial_rank(cli, gallery_dir, tiny_models):
+    assert cli("rank", "auto", gallery_dir, "--tie-break", "none").exit_code == 0
+    common = ["--steps", "1", "--tie-break", "none"]
+    r = cli("gallery", "expand", gallery_dir, "--add-model", f"n1={tiny_models[0]}", *common)
+    assert r.exit_code == 0, r.output
+    first = read(gallery_dir / "gallery.json")
+    assert all(d["initial_rank"] == [2, 1, 3] for d in first)
+    r = cli("gallery", "expand", gallery_dir, "--add-model", f"n2={tiny_models[1]}", *common)
+    assert r.exit_code == 0, r.output
+    second = read(gallery_dir / "gallery.json")
+    ranks = read(gallery_dir / "gallery_ranks.json")
+    for d, before in zip(second, first, strict=True):
+        assert d["initial_rank"] == before["rank"]  # the rank before this expansion
+        history = ranks["records"][str(d["index"])]["initial_rank_history"]
+        assert history == [
+            {"models": ["bad", "good", "bad2"], "rank": [2, 1, 3], "ties": [[1, 3]]}
+        ]  # bad = bad2
+    g = load_gallery(gallery_dir)
+    assert g.models == ["bad", "good", "bad2", "n1", "n2"]
+    # without a rank (--rank none), a third expansion keeps the initial rank it has
+    r = cli(
+        "gallery", "expand", gallery_dir, "--add-model", f"n3={tiny_models[0]}", "--rank", "none", *common
+    )
+    assert r.exit_code == 0, r.output
+    r = cli(
+        "gallery", "expand", gallery_dir, "--add-model", f"n4={tiny_models[1]}", "--rank", "none", *common
+    )
+    assert r.exit_code == 0, r.output
+    third = read(gallery_dir / "gallery.json")
+    assert [d["initial_rank"] for d in third] == [d["rank"] for d in second]
+    assert all("rank" not in d for d in third)
+    assert len(read(gallery_dir / "gallery_ranks.json")["records"]["0"]["initial_rank_history"]) == 2

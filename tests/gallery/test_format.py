@@ -15,6 +15,15 @@ from .conftest import read, snapshot
 ITERCOMP_MODELS = ["sd15", "sdxl", "sd3"]
 
 
+# world-grammar prompts: an expansion renders them with world models
+ITERCOMP_PROMPTS = [
+    "a red circle and a blue square",
+    "a green triangle and a yellow cross",
+    "a blue circle and a red square",
+    "a cyan cross and a green circle",
+]
+
+
 def itercomp_tree(root: Path, n: int = 3, expanded: bool = False) -> Path:
     """An IterComp-style gallery file with its image tree under `root`."""
     from compalign.io import atomic_save_image
@@ -22,7 +31,7 @@ def itercomp_tree(root: Path, n: int = 3, expanded: bool = False) -> Path:
     models = ITERCOMP_MODELS + (["sdxl_iteration1"] if expanded else [])
     records = []
     for i in range(n):
-        rec = {"index": i * 7, "prompt": f"a red circle and a blue square {i}"}
+        rec = {"index": i * 7, "prompt": ITERCOMP_PROMPTS[i % len(ITERCOMP_PROMPTS)]}
         for m in models:
             rel = f"datasets/train/attribute_binding/{m}_prompt_{i * 7}.png"
             atomic_save_image(root / rel, __import__("numpy").full((8, 8, 3), 40 * i, "uint8"))

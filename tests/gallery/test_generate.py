@@ -293,3 +293,89 @@ def test_generate_dtype_and_offload_options(cli, tiny_models, tmp_path):
     for bad, needle in ((["--dtype", "fp8"], "--dtype"), (["--offload", "disk"], "--offload")):
         r = cli(*args[:-1], tmp_path / "new", *bad)
         assert r.exit_code == 2 and needle in r.output and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "prompt,needle",
+    [
+        ("a red elephant", "'elephant'"),
+        ("a red circle \U0001f600", "'\U0001f600'"),
+        ("a red circle " + "above a blue square " * 5000, "'above'"),
+    ],
+    ids=["outside-the-grammar", "emoji", "100-kB"],
+)
+def test_world_models_refuse_prompts_outside_the_grammar(cli, tiny_models, tmp_path, prompt, needle):
+    prompts = write_prompts(tmp_path / "p.txt", [PROMPTS[0], prompt])
+    out = tmp_path / "g"
+    r = cli(
+        "gallery", "generate", "--aspect", "attribute_binding", "--models", f"a={tiny_models[0]}",
+        "--prompts", prompts, "--out", out,
+    )  # fmt: skip
+    assert r.exit_code == 2 and not out.exists(), r.output
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and len(line) < 700
+    assert "prompt 2" in line and "outside the world grammar" in line and needle in line
+
+
+def test_bad_settings_and_out_folders_write_nothing(cli, tiny_models, tmp_path):
+    prompts = write_prompts(tmp_path / "p.txt")
+    base = ["gallery", "generate", "--aspect", "attribute_binding", "--models", f"a={tiny_models[0]}"]
+    base += ["--prompts", prompts]
+    cases = [
+        (["--steps", "0", "--out", tmp_path / "g"], "--steps must be >= 1"),
+        (["--steps", "-3", "--out", tmp_path / "g"], "--steps must be >= 1"),
+        (["--guidance", "nan", "--out", tmp_path / "g"], "--guidance must be a finite number"),
+        (["--batch-size", "0", "--out", tmp_path / "g"], "--batch-size must be >= 1"),
+        (["--out", prompts], "is an existing file"),
+        (["--out", prompts / "g"], "is a file, not a folder"),
+    ]
+    for extra, needle in cases:
+        r = cli(*base, *extra)
+        assert r.exit_code == 2 and needle in r.stderr, (extra, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+    assert prompts.read_text().startswith("# test prompts")
+
+
+def test_read_only_out_folder_is_refused(cli, tiny_models, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("permission bits do not bind this user (root)")
+        r = cli(
+            "gallery", "generate", "--aspect", "attribute_binding", "--models", f"a={tiny_models[0]}",
+            "--prompts", write_prompts(tmp_path / "p.txt"), "--out", locked / "g",
+        )  # fmt: skip
+        assert r.exit_code == 2 and "cannot write in" in r.stderr and not (locked / "g").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def test_meta_records_the_steps_and_guidance_used(cli, tiny_models, tmp_path):
+    """Each model's settings in gallery_meta.json are those its images were rendered with."""
+    out = tmp_path / "g"
+    r = cli(
+        "gallery", "generate", "--aspect", "attribute_binding", "--models", f"a={tiny_models[0]}",
+        "--prompts", write_prompts(tmp_path / "p.txt", PROMPTS[:1]), "--out", out, "--steps", "1",
+        "--guidance", "1.5",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = read(out / "gallery_meta.json")
+    from compalign.generators import create_generator
+
+    assert create_generator(tiny_models[0]).settings()["num_inference_steps"] != 1  # not the default
+    used = meta["models"][0]["settings"]
+    assert used["num_inference_steps"] == 1 and used["guidance_scale"] == 1.5
+    assert meta["settings"]["steps"] == 1
+    # and the defaults when not given
+    r = cli(
+        "gallery", "generate", "--aspect", "attribute_binding", "--models", f"a={tiny_models[0]}",
+        "--prompts", write_prompts(tmp_path / "p.txt", PROMPTS[:1]), "--out", tmp_path / "d",
+    )  # fmt: skip
+    default = create_generator(tiny_models[0]).settings()
+    assert (
+        read(tmp_path / "d" / "gallery_meta.json")["models"][0]["settings"]["num_inference_steps"]
+        == (default["num_inference_steps"])
+    )

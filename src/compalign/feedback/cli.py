@@ -185,6 +185,11 @@ def train_command(
         )  # fmt: skip
     except (ValueError, KeyError) as e:
         _fail(e)
+    from compalign._cli import out_place_problem
+
+    problem = out_place_problem(config.run_dir, "--output-dir")
+    if problem is not None:
+        _fail(problem)
     _note(f"feedback training {config.base} -> {config.run_dir} ({config.max_steps} steps)")
     try:
         final = train_feedback(config, resume=not fresh)

@@ -4,7 +4,8 @@ The new models render every record with the record's own seed and the gallery's 
 (resumable, several processes as in `generate`); their images are appended to each record
 (``image_<new>`` after the old ones), and the ranking is merged:
 
-- every ranked record keeps its old order as ``initial_rank`` (and ``initial_rank_ties``);
+- every ranked record keeps its old order as ``initial_rank`` (and ``initial_rank_ties``); an
+  initial rank of an earlier expansion moves to ``initial_rank_history`` in the rank sidecar;
 - ``auto`` (galleries ranked by a judge): every record is re-ranked over all models by the same
   judge;
 - ``people`` (galleries ranked by people, or imported IterComp ranks): each ranked record gets an
@@ -21,7 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .format import GalleryError, gallery_dir, image_path, load_gallery
-from .generate import check_model_spec, clean_stale_tmp, dist_state, parse_models, render_models
+from .generate import (
+    check_model_spec,
+    check_sampling,
+    check_world_prompts,
+    clean_stale_tmp,
+    dist_state,
+    parse_models,
+    render_models,
+)
 
 MODES = ("auto", "people", "none")
 
@@ -58,6 +67,8 @@ def expand_gallery(
     specs = parse_models(add_models, existing=g.models)
     for m in specs:
         check_model_spec(m)
+    check_sampling(steps, guidance, batch_size)
+    check_world_prompts([r.prompt for r in g.records], specs)
     mode = mode or default_mode(g.ranks.get("method"))
     if mode not in MODES:
         raise GalleryError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -130,8 +141,8 @@ def merge_models(g, specs, info, mode, judge, tie_break, seeds, workers=0, devic
     kept = 0
     for r in g.records:
         old_tiers = g.tiers(r)
+        kept += r.rank is not None
         g.keep_initial(r)
-        kept += r.initial_rank is not None
         for m in names:
             r.images[m] = image_path(m, r.index)
         if old_tiers is not None and mode == "people":

@@ -11,7 +11,9 @@ A gallery folder holds
   base seed and the seed of every record (``seed + index``), prompt source, history.
 - ``gallery_ranks.json``: how the ranks were made (method, judge, tie-break rule) and per record
   the explicit ties (``rank_ties``, ``initial_rank_ties``: groups of 1-based model numbers, each
-  group contiguous in its rank list) and the judge's scores. Pairs skip tied models.
+  group contiguous in its rank list) and the judge's scores. Pairs skip tied models. After a
+  second expansion, the initial ranks it replaced are in ``initial_rank_history`` (oldest first,
+  each with the models it ranks, its rank list and ties).
 - ``images/<model>/<index:05d>.png`` for generated galleries; ``rankings.sqlite`` once people rank.
 
 `load_gallery` checks everything (JSON, record fields, duplicate indices, unknown or missing
@@ -299,12 +301,25 @@ class Gallery:
             entry.pop(k, None)
 
     def keep_initial(self, record: Record) -> None:
-        """Before an expansion: the current rank (and ties) become the initial ones."""
+        """Before an expansion: the current rank (and ties) become the initial ones.
+
+        An initial rank it replaces (from an earlier expansion) goes to the record's
+        ``initial_rank_history`` in the rank sidecar, oldest first, with the models it ranks. A
+        record without a rank (e.g. still waiting for insertion comparisons) keeps its initial rank.
+        """
+        if record.rank is None:
+            return
         entry = self._rank_info(record.index, create=True)
-        record.initial_rank = list(record.rank) if record.rank is not None else None
-        entry["initial_rank_ties"] = self.ties(record.index) if record.rank is not None else []
-        if record.initial_rank is None:
-            entry.pop("initial_rank_ties", None)
+        if record.initial_rank is not None:
+            entry.setdefault("initial_rank_history", []).append(
+                {
+                    "models": record.models[: len(record.initial_rank)],
+                    "rank": list(record.initial_rank),
+                    "ties": self.ties(record.index, "initial_rank_ties"),
+                }
+            )
+        record.initial_rank = list(record.rank)
+        entry["initial_rank_ties"] = self.ties(record.index)
 
     def judged(self, index: int) -> dict[str, list]:
         """Verdicts a world-judge ranking stored per model (kept through an expansion)."""

@@ -127,6 +127,52 @@ def check_model_spec(m: ModelSpec) -> None:
     raise GalleryError(f"unknown model {m.spec!r}; known: {', '.join(list_generators())}, or a folder")
 
 
+def is_world_spec(spec: str) -> bool:
+    """True for models that read prompts with the world tokenizer: shipped world models, world
+    pipeline / run folders, and ``reno:`` over one of them (not ``prefix:source`` adapters)."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "reno":
+        from ..noise_optimization.generator import parse_reno_spec
+
+        try:
+            return is_world_spec(parse_reno_spec(rest)[0])
+        except ValueError:
+            return False
+    return not (sep and prefix in _adapter_prefixes() and not Path(spec).exists())
+
+
+def check_world_prompts(prompts: Sequence[str], models: Sequence[ModelSpec]) -> None:
+    """A `GalleryError` naming the first prompt outside the world grammar and its word, when a
+    world model is to render it (its tokenizer reads only the grammar's words)."""
+    world = next((m for m in models if is_world_spec(m.spec)), None)
+    if world is None:
+        return
+    from .._cli import clip_text
+    from ..world.grammar import PromptError, parse_prompt
+
+    for n, p in enumerate(dict.fromkeys(prompts), 1):
+        try:
+            parse_prompt(p)
+        except PromptError as e:
+            reason = str(e).replace(p, clip_text(p)) if len(p) > 80 else str(e)
+            raise GalleryError(
+                f"prompt {n} ({clip_text(p)!r}) is outside the world grammar, which model {world.name} "
+                f"reads: {clip_text(reason, 300)}; see `compalign world prompts --all`"
+            ) from None
+
+
+def check_sampling(steps: int | None, guidance: float | None, batch_size: int) -> None:
+    """`GalleryError` for sampling settings no generator can take."""
+    import math
+
+    if steps is not None and steps < 1:
+        raise GalleryError(f"--steps must be >= 1, got {steps}")
+    if guidance is not None and not math.isfinite(guidance):
+        raise GalleryError(f"--guidance must be a finite number, got {guidance}")
+    if batch_size < 1:
+        raise GalleryError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 # --------------------------------------------------------------------------------------- prompts
 
 
@@ -233,7 +279,8 @@ def render_models(
             except (LookupError, FileNotFoundError, ValueError, OSError) as e:
                 raise GalleryError(f"model {m.name} ({m.spec}): {e.args[0] if e.args else e}") from e
             native = int(getattr(gen, "resolution", 0) or 0)
-            info[m.name] = {"resolution": native, "settings": _plain(gen.settings())}
+            # the settings the images were rendered with: the model's defaults, then --steps / --guidance
+            info[m.name] = {"resolution": native, "settings": _plain({**gen.settings(), **call})}
             bar.set_postfix_str(m.name)
             for start in range(0, len(todo[m.name]), batch_size):
                 batch = todo[m.name][start : start + batch_size]
@@ -314,11 +361,13 @@ def generate_gallery(
 
     `prompts` default to the train suites of `aspect` (all prompts of every category of it).
     """
+    from .._cli import out_place_problem
     from ..world.suites import ASPECTS
 
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise GalleryError(f"{root}: --out must be a folder, and a file of that name exists")
+    problem = out_place_problem(root, "--out")
+    if problem is not None:
+        raise GalleryError(problem)
     if aspect is not None and aspect not in ASPECTS:
         raise GalleryError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
     specs = [m if isinstance(m, ModelSpec) else parse_model(m) for m in models]
@@ -340,8 +389,8 @@ def generate_gallery(
         raise GalleryError(f"--seed must be >= 0, got {seed}")
     if resolution is not None and resolution < 8:
         raise GalleryError(f"--resolution must be at least 8 px, got {resolution}")
-    if batch_size < 1:
-        raise GalleryError(f"--batch-size must be >= 1, got {batch_size}")
+    check_sampling(steps, guidance, batch_size)
+    check_world_prompts(prompts, specs)
     names = [m.name for m in specs]
     records = [Record(i, p, {m: image_path(m, i) for m in names}) for i, p in enumerate(prompts)]
     seeds = {r.index: seed + r.index for r in records}
