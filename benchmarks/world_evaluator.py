@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.categories:
         if name not in CATEGORIES:
             ap.error(f"--categories: unknown category {name!r}; expected one of {', '.join(CATEGORIES)}")
+    out = Path(args.json).resolve().parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        ap.error(f"--json: cannot create the folder {out}: {err.strerror}")
+    if not os.access(out, os.W_OK):
+        ap.error(f"--json: the folder {out} is not writable")
     return args
 
 
