@@ -88,6 +88,12 @@ def test_bad_input(tmp_path):
     assert r.exit_code == 2 and "no prompts" in r.output
     r = run("generate", "a red circle", "-m", "no-such-model", "-o", tmp_path / "o")
     assert r.exit_code == 2 and "unknown generator" in r.output
+    # a diffusers model from a folder that is not there: one line before diffusers tries the hub
+    for source in ("/nonexistent/x", "./nope", "~/nope/x", "a/b/c"):
+        r = run("generate", "a red circle", "-m", f"sd:{source}", "-o", tmp_path / "o")
+        assert r.exit_code == 2 and f"folder {source} does not exist" in r.output, r.output
+        assert "Traceback" not in r.output and r.output.count("error:") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_listings():

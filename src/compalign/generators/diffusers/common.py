@@ -61,6 +61,16 @@ def is_local(source: str | Path) -> bool:
     return Path(str(source)).expanduser().exists()
 
 
+def check_source(source: str | Path) -> None:
+    """`FileNotFoundError` for a path that does not exist (``/x``, ``./x``, ``~/x``, ``a/b/c``),
+    before diffusers tries it as a hub id; hub ids (``org/name``) pass."""
+    text = str(source)
+    if is_local(text):
+        return
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"folder {text} does not exist (and it is not a hub id: org/name)")
+
+
 def hub_kwargs(source: str | Path, kwargs: dict) -> dict:
     """The hub keyword arguments in `kwargs`; a local folder never touches the network."""
     out = {k: kwargs[k] for k in HUB_KEYS if kwargs.get(k) is not None}
@@ -75,6 +85,7 @@ def pop_hub_kwargs(kwargs: dict) -> dict:
 
 def load_pipeline(pipeline_cls, source: str | Path, dtype: torch.dtype, **kwargs):
     """`pipeline_cls.from_pretrained(source)` in `dtype`, quietly, with the progress bar off."""
+    check_source(source)
     source = str(Path(str(source)).expanduser()) if is_local(source) else str(source)
     components = {k: v for k, v in kwargs.items() if k not in HUB_KEYS}
     with quiet_loading():
@@ -87,6 +98,7 @@ def load_pipeline(pipeline_cls, source: str | Path, dtype: torch.dtype, **kwargs
 
 def load_model(model_cls, source: str | Path, subfolder: str | None, dtype: torch.dtype, **kwargs):
     """One model (VAE, UNet, transformer) from `source` (its `subfolder` if it has one)."""
+    check_source(source)
     source = str(Path(str(source)).expanduser()) if is_local(source) else str(source)
     hub = hub_kwargs(source, kwargs)
     with quiet_loading():
