@@ -1,6 +1,7 @@
 """Cost of one ReNO iteration on the real one-step models: seconds and peak GPU memory of
 ``generate_from_noise`` + backward to the noise, for SD-Turbo (512 px) and SDXL-Turbo (1024 px) at
-full size, in fp16 and bf16, with and without gradient checkpointing.
+full size, in fp16 and bf16, with gradient checkpointing on, off and ``auto`` (checkpoint only what the
+free GPU memory requires; the ``ckpt`` column says what it chose).
 
 The models are built from their public configurations (written below: ``stabilityai/sd-turbo`` and
 ``stabilityai/sdxl-turbo`` unet / vae / text encoder ``config.json``) with random weights, so no
@@ -207,7 +208,7 @@ def build_pipeline(model: str, device: str, dtype: torch.dtype):
     return pipe.to(dtype=dtype)
 
 
-def wrap(model: str, pipe, device: str, dtype: torch.dtype, checkpointing: bool, offload: str | None):
+def wrap(model: str, pipe, device: str, dtype: torch.dtype, checkpointing: str, offload: str | None):
     from compalign.generators.diffusers import SDTurboGenerator, SDXLTurboGenerator
 
     cls = SDTurboGenerator if model == "sd-turbo" else SDXLTurboGenerator
@@ -264,6 +265,11 @@ def measure(gen, batch: int, repeats: int, rewards: list) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     resident = torch.cuda.memory_allocated()
+    if gen.checkpoint_mode == "auto":  # what ReNO's optimize_noise does before its first iteration
+        from compalign.noise_optimization.memory import resolve_auto
+
+        resolve_auto(gen, [r for _, r in rewards], prompts, noise.detach())
+        torch.cuda.reset_peak_memory_stats()
     finite = iteration(gen, noise, prompts, rewards)  # warm-up
     times = []
     for _ in range(repeats):
@@ -278,6 +284,7 @@ def measure(gen, batch: int, repeats: int, rewards: list) -> dict:
         "resident_gib": resident / 2**30,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "finite": finite,
+        "checkpointed": list(gen.checkpointed),
     }
 
 
@@ -311,7 +318,7 @@ def run_config(model, pipe, dtype_name, checkpointing, offload, args, rewards) -
 
 HEADER = (
     f"{'model':<11}{'px':>5} {'dtype':<5} {'ckpt':<5} {'offload':<10} {'vae':<8} {'s/iter':>8} "
-    f"{'peak GiB':>9} {'resident':>9}  finite"
+    f"{'peak GiB':>9} {'resident':>9}  finite  checkpointed"
 )
 
 
@@ -324,7 +331,7 @@ def format_row(r: dict) -> str:
         return head + f"ERROR {r['error']}"
     return head + (
         f"{r['vae_dtype']:<8} {r['seconds']:>8.3f} {r['peak_gib']:>9.2f} {r['resident_gib']:>9.2f}  "
-        f"{r['finite']}"
+        f"{str(r['finite']):<6}  {', '.join(r['checkpointed']) or '-'}"
     )
 
 
@@ -332,7 +339,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--dtypes", nargs="*", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"])
-    ap.add_argument("--checkpointing", nargs="*", default=["on", "off"], choices=["on", "off"])
+    ap.add_argument(
+        "--checkpointing", nargs="*", default=["on", "off", "auto"], choices=["on", "off", "auto"]
+    )
     ap.add_argument(
         "--offload",
         nargs="*",
@@ -368,10 +377,10 @@ def main() -> int:
             rewards = build_rewards(args.rewards, args.device, dtype) if args.with_rewards else []
             pipe = build_pipeline(model, args.device, dtype)
             for ck in args.checkpointing:
-                rows.append(run_config(model, pipe, dtype_name, ck == "on", None, args, rewards))
+                rows.append(run_config(model, pipe, dtype_name, ck, None, args, rewards))
             if i == 0:
                 for mode in args.offload:
-                    rows.append(run_config(model, pipe, dtype_name, True, mode, args, rewards))
+                    rows.append(run_config(model, pipe, dtype_name, "on", mode, args, rewards))
             del pipe, rewards
             gc.collect()
             torch.cuda.empty_cache()
