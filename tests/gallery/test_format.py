@@ -105,6 +105,29 @@ def test_missing_image(cli, tmp_path):
     _check_bad(cli, tmp_path, mutate, ["record index 14", "field image_sd3", "not found"])
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "truncated", b""],
+    ids=["text", "png-header-only", "truncated-png", "empty"],
+)
+def test_import_force_refuses_files_that_are_not_images(cli, tmp_path, content):
+    """A good gallery is not replaced by one whose .png is not an image (every file is decoded)."""
+    root = tmp_path / "repo"
+    f = itercomp_tree(root)
+    assert cli("gallery", "import", f, "--root", root).exit_code == 0
+    bad = root / read(f)[1]["image_sd3"]
+    if content == "truncated":
+        content = bad.read_bytes()[:-20]
+    bad.write_bytes(content)
+    before = snapshot(root)
+    r = cli("gallery", "import", f, "--root", root, "--force")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert (
+        "record index 7" in r.stderr and "field image_sd3" in r.stderr and "not a readable image" in r.stderr
+    )
+    assert snapshot(root) == before  # the adopted gallery is kept
+
+
 def test_duplicate_index(cli, tmp_path):
     def mutate(d, r):
         d[2]["index"] = 0

@@ -181,8 +181,11 @@ def check_models(records: list[Record], models: list[str], source: str = GALLERY
                 )
 
 
-def check_image_files(records: list[Record], root: Path, source: str = GALLERY_FILE) -> None:
-    """Every image path must name a file inside `root` (symlinks may not lead out of it)."""
+def check_image_files(
+    records: list[Record], root: Path, source: str = GALLERY_FILE, decode: bool = False
+) -> None:
+    """Every image path must name a file inside `root` (symlinks may not lead out of it); with
+    `decode`, every file must also decode as an image (whatever its name says)."""
     base = root.resolve()
     for pos, r in enumerate(records):
         for m, p in r.images.items():
@@ -192,6 +195,36 @@ def check_image_files(records: list[Record], root: Path, source: str = GALLERY_F
                 raise GalleryError(f"{where}: image {p} not found in {root}")
             if not f.resolve().is_relative_to(base):
                 raise GalleryError(f"{where}: image {p} leads outside the gallery folder {root}")
+            if decode:
+                problem = image_problem(f)
+                if problem is not None:
+                    raise GalleryError(f"{where}: {p} is not a readable image ({problem})")
+
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` does not decode as an image (its checksums, then every pixel), or None."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()  # chunk checksums and the end marker (PNG), without decoding
+            with Image.open(path) as im:
+                im.load()
+                if im.width < 1 or im.height < 1:
+                    return "no pixels"
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
 
 
 def read_json(path: Path, what: str = "file") -> Any:

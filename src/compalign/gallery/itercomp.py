@@ -4,8 +4,9 @@ IterComp's file is a JSON list of ``{"index", "prompt", "image_<model>": path, .
 ["initial_rank": [...],] "rank": [...]}`` with paths relative to some root folder (its repository:
 ``datasets/train/attribute_binding/sd15_prompt_7.png``). `import_gallery` checks the whole file
 (JSON, fields, duplicate indices, every record holding the same models, rank permutations, image
-files under the root) before writing anything, then writes ``ROOT/gallery.json`` (paths relative
-to ROOT), ``gallery_meta.json`` (models from the first record, aspect) and an empty rank sidecar.
+files under the root that decode as images) before writing anything, then writes
+``ROOT/gallery.json`` (paths relative to ROOT), ``gallery_meta.json`` (models from the first
+record, aspect) and an empty rank sidecar.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def import_gallery(
     records = parse_records(data, str(file))
     models = records[0].models
     check_models(records, models, str(file))
-    check_image_files(records, root, str(file))
+    check_image_files(records, root, str(file), decode=True)
     if aspect is None:
         aspect = _infer_aspect([p for r in records for p in r.images.values()])
     if aspect is not None and aspect not in ASPECTS:
