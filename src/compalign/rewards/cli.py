@@ -48,7 +48,7 @@ def train_world_clip_command(
         ),
     ] = None,
     pool_dir: Annotated[
-        Path | None, typer.Option("--pool-dir", help="Scene-pool folder (default runs/_scene_pool).")
+        Path | None, typer.Option("--pool-dir", help="Scene-pool folder (default: the per-user cache).")
     ] = None,
     per_category: Annotated[
         int | None, typer.Option("--per-category", help="Pool scenes per category (default 4096).")

@@ -65,8 +65,9 @@ class WorldCLIPTrainConfig(DictConfig):
     """Seed of the initial weights, the batch draws, the hard negatives and the augmentation."""
 
     # ----------------------------------------------------------------------------- data
-    pool_dir: str = "runs/_scene_pool"
-    """Folder of scene pools (shared with the generators; missing shards are built first)."""
+    pool_dir: str | None = None
+    """Folder of scene pools (shared with the generators; missing shards are built first; None: the
+    per-user cache, `compalign.cache.scene_pool_dir`)."""
     categories: list[str] | None = None
     """Scene categories of the pool (None: all). Batches draw a category, then a scene of it."""
     pool_per_category: int = 4096
@@ -544,7 +545,11 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
     sessions = [*sessions, session]
 
     pool = ScenePool(
-        config.pool_dir, config.categories, config.pool_per_category, config.pool_shard_size, config.data_seed
+        config.pool_dir or None,
+        config.categories,
+        config.pool_per_category,
+        config.pool_shard_size,
+        config.data_seed,
     )
     workers = config.num_workers if config.num_workers is not None else (os.cpu_count() or 1)
     pool_seconds = pool.build(workers=max(1, workers), progress=config.progress)
