@@ -154,3 +154,25 @@ def test_generate_refuses_what_a_world_model_cannot_do(tmp_path, tiny_saved):
     (tmp_path / "file").write_text("x")
     r = run("generate", "a red circle", "-m", tiny_saved, "-o", tmp_path / "file")
     assert r.exit_code == 2 and "existing file" in r.output
+
+
+def test_generate_memory_and_size_options_reach_a_diffusers_model(tmp_path):
+    from tests.generators.test_diffusers_adapters import build_sd
+
+    sd = tmp_path / "tiny-sd"
+    build_sd().save_pretrained(sd)
+    out = tmp_path / "g"
+    size = ["--height", 48, "--width", 64]
+    r = run("generate", "a red cube", "-m", f"sd-turbo:{sd}", "--dtype", "bf16", *size, "--offload", "model",
+            "-n", 2, "-o", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"] == {
+        "device": "cpu", "dtype": "bfloat16", "offload": "model", "height": 48, "width": 64, "compile": False,
+    }  # fmt: skip
+    assert manifest["settings"]["height"] == 48 and manifest["settings"]["width"] == 64
+    from PIL import Image
+
+    assert Image.open(out / manifest["images"][0]["file"]).size == (64, 48)
+    r = run("generate", "a red cube", "-m", f"sd-turbo:{sd}", "--height", 51, "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "multiples of" in r.output and not (tmp_path / "bad").exists()
