@@ -177,6 +177,47 @@ def test_pairs_file_reading_and_errors(pairs_file, tmp_path, cli):
     assert r.exit_code == 2 and "unknown aspect" in r.stderr
 
 
+def test_refused_reward_train_leaves_nothing(pairs_file, tmp_path, cli):
+    """A non-image pair, a NaN learning rate, an unknown backbone and a prompt outside the world
+    grammar (world backbones) are one-line errors, and no run folder is made."""
+    import shutil
+
+    wc = tiny_world_clip(0).save_pretrained(tmp_path / "wc")
+    recs = _absolute_records(pairs_file)
+    not_image = tmp_path / "not_image.png"
+    not_image.write_text("this is text")
+    bad_image = _write_lines(
+        tmp_path / "bad_image.jsonl", [recs[0], {**recs[1], "worse": str(not_image)}, *recs[2:]]
+    )
+    elephant = {**recs[1], "prompt": "a red elephant above a blue square"}
+    grammar = _write_lines(tmp_path / "grammar.jsonl", [recs[0], elephant, *recs[2:]])
+    out = tmp_path / "deep" / "run"
+    base = ["reward", "train", "--aspect", "spatial", "--output-dir", out, "--device", "cpu", "--no-progress"]
+    cases = [
+        (["--pairs", bad_image, "--backbone", f"world-clip:{wc}"], ["not_image.png", "cannot read image"]),
+        (["--pairs", pairs_file, "--lr", "nan"], ["learning_rate must be a finite number, got nan"]),
+        (["--pairs", pairs_file, "--head-lr", "inf"], ["head_learning_rate must be a finite number"]),
+        (["--pairs", pairs_file, "--backbone", "nope"], ["unknown backbone 'nope'", "world-clip, clip:PATH"]),
+        (
+            ["--pairs", grammar, "--backbone", f"world-clip:{wc}"],
+            ["grammar.jsonl line 2", "outside the world grammar", "'elephant'"],
+        ),
+    ]
+    for extra, needles in cases:
+        r = cli(*base, *extra)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.output
+        for needle in needles:
+            assert needle in r.stderr, (needle, r.stderr)
+        assert not (tmp_path / "deep").exists(), extra
+    # an existing run folder is left as it was
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    r = cli(*base, "--pairs", bad_image, "--backbone", f"world-clip:{wc}")
+    assert r.exit_code == 2 and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    shutil.rmtree(tmp_path / "deep")
+
+
 def test_pair_metrics():
     b, w = torch.tensor([2.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 0.0, 0.0])
     assert pair_accuracy(b, w) == pytest.approx((1 + 0 + 0.5 + 1) / 4)

@@ -191,6 +191,20 @@ class RewardTrainConfig(DictConfig):
         self.adam_betas = tuple(self.adam_betas)
         if self.aspect not in ASPECTS:
             raise ValueError(f"unknown aspect {self.aspect!r}; expected one of {', '.join(ASPECTS)}")
+        for name, value in self.__dict__.items():  # NaN / inf pass every comparison below
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be finite numbers, got {self.adam_betas}")
+        if isinstance(self.backbone, str):
+            from .backbones import list_backbones
+
+            name = self.backbone.partition(":")[0]
+            if name not in list_backbones():
+                raise ValueError(
+                    f"unknown backbone {self.backbone!r}; expected NAME or NAME:SOURCE with NAME one of "
+                    f"{', '.join(list_backbones())} (e.g. world-clip, clip:PATH_OR_ID, blip:PATH)"
+                )
         if self.output_dir is None:
             self.output_dir = f"runs/reward-{self.aspect}"
         for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
@@ -512,6 +526,28 @@ def _build_model(config: RewardTrainConfig, model) -> CompositionRewardModel:
     )
 
 
+def check_world_prompts(pairs: list, source: str, backbone: str) -> None:
+    """`PairsFileError` naming the first pair whose prompt is outside the world grammar (a world
+    backbone's tokenizer reads only the grammar's words) and the word."""
+    from compalign.world.grammar import PromptError, parse_prompt
+
+    checked: set[str] = set()
+    for p in pairs:
+        if p.prompt in checked:
+            continue
+        checked.add(p.prompt)
+        try:
+            parse_prompt(p.prompt)
+        except PromptError as e:
+            prompt = p.prompt if len(p.prompt) <= 80 else p.prompt[:77] + "..."
+            reason = str(e) if len(p.prompt) <= 80 else str(e).replace(p.prompt, prompt)
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
+            raise PairsFileError(
+                f"{source} line {p.line}: prompt {prompt!r} is outside the world grammar, which the "
+                f"{backbone} backbone reads: {reason}; use a clip: or blip: backbone for other prompts"
+            ) from None
+
+
 # ------------------------------------------------------------------------------------- trainer
 def train_reward_model(
     config: RewardTrainConfig,
@@ -567,18 +603,11 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
                 "use another output_dir or start fresh (resume=False)"
             )
     log_path = run_dir / LOG_FILE
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for p in ckpts:
-                shutil.rmtree(p)
-            for name in (BEST, FINAL):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
-        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
-    accelerator.wait_for_everyone()
 
+    # the model and every image are checked before the run folder is made: a refused run leaves nothing
     core = _build_model(config, model)
+    if str(getattr(core.backbone, "kind", "")).startswith("world"):
+        check_world_prompts(all_pairs, str(config.pairs), core.backbone.kind)
     if config.gradient_checkpointing:
         core.backbone.gradient_checkpointing_enable()
     image_size = int(config.image_size or core.backbone.input_size)
@@ -617,6 +646,16 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
         betas=config.adam_betas,
     )
     ddp_model, optimizer = accelerator.prepare(core, optimizer)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for p in ckpts:
+                shutil.rmtree(p)
+            for name in (BEST, FINAL):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
+    accelerator.wait_for_everyone()
 
     step, wall, train_s, sessions = 0, 0.0, 0.0, []
     best: dict | None = None
