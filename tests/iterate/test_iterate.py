@@ -349,3 +349,28 @@ def test_default_evaluation_adds_single_object_unless_told_not_to():
     assert cats[-1] == "single_object" and "spatial" in cats
     assert "single_object" not in IterateConfig(eval_single_object=False).evaluation_categories()
     assert IterateConfig(eval_categories=["color"]).evaluation_categories() == ["color"]
+
+
+def test_no_train_pairs_says_why(tmp_path):
+    """A gallery whose only ranked record has a held-out prompt, or whose models tie: the pairs
+    stage's error names what happened."""
+    from compalign.gallery.format import load_gallery
+    from compalign.iterate.loop import no_train_pairs_message
+    from compalign.pairs.make import make_pairs
+    from tests.gallery.conftest import build_gallery, world_prompts
+
+    held = build_gallery(tmp_path / "held", world_prompts(n_train=0, n_heldout=1))
+    held.set_tiers(held.records[0], [["good"], ["bad", "bad2"]])
+    held.save()
+    counts = make_pairs([held.root], tmp_path / "held.jsonl", "relative")["spatial_relationship"]
+    assert counts["train"] == 0 and counts["heldout"] == 2
+    message = no_train_pairs_message(1, "spatial_relationship", counts)
+    assert "2 pair(s) comes from held-out prompts" in message and "tied" not in message
+
+    tied = build_gallery(tmp_path / "tied", world_prompts(n_train=1, n_heldout=0))
+    g = load_gallery(tied.root)
+    g.set_tiers(g.records[0], [["good", "bad", "bad2"]])
+    g.save()
+    counts = make_pairs([tied.root], tmp_path / "tied.jsonl", "relative")["spatial_relationship"]
+    assert counts == {**counts, "pairs": 0, "train": 0, "heldout": 0, "tied_skipped": 3}
+    assert "tied on every train record" in no_train_pairs_message(1, "spatial_relationship", counts)

@@ -471,6 +471,26 @@ def _check_reno(c: IterateConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the run
+def no_train_pairs_message(k: int, aspect: str, counts: dict) -> str:
+    """Why an iteration's gallery gave no train pairs, from `pairs.make`'s counts."""
+    head = f"iteration {k}, {aspect}: no train pairs"
+    if counts.get("heldout"):
+        return (
+            f"{head}: every one of its {counts['heldout']} pair(s) comes from held-out prompts, which are "
+            "never trained on (the split is by prompt); give the gallery more prompts, or train-split ones"
+        )
+    if counts.get("tie_break_skipped"):
+        return (
+            f"{head}: the only {counts['tie_break_skipped']} pair(s) were ordered by the tie-break alone, "
+            f"and pairs_decided_only leaves those out ({counts['tied_skipped']} tied pairs skipped); "
+            "pass --pairs-with-tie-breaks, or use models that differ"
+        )
+    return (
+        f"{head} ({counts['pairs']} pairs, {counts['tied_skipped']} tied pairs skipped): the gallery models "
+        "are tied on every train record; use models that differ, more prompts, or --tie-break world-clip"
+    )
+
+
 class IterateRun:
     """One invocation: the config, the work folder, its state, and the stages."""
 
@@ -938,11 +958,7 @@ class IterateRun:
             except GalleryError as e:
                 raise IterateError(str(e)) from None
             if counts["train"] == 0:
-                raise IterateError(
-                    f"iteration {k}, {aspect}: no train pairs ({counts['pairs']} pairs, "
-                    f"{counts['tied_skipped']} tied pairs skipped): the gallery models are tied on every "
-                    "train record; use models that differ, more prompts, or --tie-break world-clip"
-                )
+                raise IterateError(no_train_pairs_message(k, aspect, counts))
             self.log(
                 f"  {aspect}: {counts['pairs']} pairs (train {counts['train']}, "
                 f"held-out {counts['heldout']}); {counts['tied_skipped']} tied pairs skipped"
