@@ -443,3 +443,76 @@ def test_token_on_loopback_is_optional_and_checked(gallery_dir, cli):
         srv.server_close()
     r = cli("rank", "serve", gallery_dir, "--token", "a b;c")
     assert r.exit_code == 2 and "--token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_acknowledged_ranking_is_lost_when_the_server_is_killed(gallery_dir):
+    """`rank serve` in its own process, saves from several threads, kill -9 at once: every save
+    answered 200 is in the store, and a new server shows it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compalign.cli", "rank", "serve", str(gallery_dir), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline, port = time.time() + 60, None
+        while port is None and time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            port = int(m.group(1)) if m else None
+        assert port is not None, "the server did not start"
+        acked: list[tuple[str, int]] = []
+        stop = threading.Event()
+
+        def work(k):
+            for i in range(200):
+                if stop.is_set():
+                    return
+                body = {"annotator": f"a{k}", "index": i % 4, "order": ["good", "bad", "bad2"], "ties": []}
+                try:
+                    con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    con.request("POST", "/api/rank", json.dumps(body), {"Content-Type": "application/json"})
+                    status = con.getresponse().status
+                    con.close()
+                except OSError:
+                    return  # killed mid-request: not acknowledged
+                if status == 200:
+                    acked.append((f"a{k}", i))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        while len(acked) < 20 and time.time() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert len(acked) >= 20
+    stored = RankingStore(gallery_dir / DB_FILE).rankings()
+    assert len(stored) >= len(acked)
+    per_annotator = {f"a{k}": sum(r.annotator == f"a{k}" for r in stored) for k in range(4)}
+    for name, i in acked:
+        assert per_annotator[name] > i  # saves of one annotator are sequential: the i-th is stored
+    srv = make_server(gallery_dir, "127.0.0.1", 0)  # the database opens cleanly after the kill
+    serve_in_thread(srv)
+    try:
+        status, t = Client(srv).get(f"/api/task?annotator={acked[0][0]}&index=0")
+        assert status == 200 and t["saved"]["tiers"] == [["good"], ["bad"], ["bad2"]]
+    finally:
+        srv.shutdown()
+        srv.server_close()
