@@ -191,6 +191,15 @@ def test_kill_9_loses_nothing(cli, tiny_models, tmp_path):
     for p, t in written.items():
         assert p.stat().st_mtime_ns == t, f"{p} was rewritten"
     assert not list((out / "images").rglob("*.tmp"))
+    # the resumed gallery is the uninterrupted one: each image is its record's seed's render
+    from compalign.generators import create_generator
+    from compalign.generators.generate import to_uint8
+
+    for name, path in (("a", a), ("b", b)):
+        gen = create_generator(path, device="cpu")
+        for i in (0, 20, 39):
+            ref = to_uint8(gen.generate([g.record(i).prompt], seeds=[i], num_inference_steps=3))[0]
+            assert np.array_equal(np.asarray(Image.open(out / f"images/{name}/{i:05d}.png")), ref), (name, i)
 
 
 def _sharded_worker(out: str, models: list[str], prompts: list[str], log: str):
