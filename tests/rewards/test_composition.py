@@ -218,6 +218,44 @@ def test_refused_reward_train_leaves_nothing(pairs_file, tmp_path, cli):
     shutil.rmtree(tmp_path / "deep")
 
 
+REWARD_TRAIN = (
+    "import json, sys\n"
+    "from compalign.rewards.composition.train import RewardTrainConfig, train_reward_model\n"
+    "train_reward_model(RewardTrainConfig(**json.loads(sys.argv[1])))"
+)
+
+
+@pytest.mark.slow  # three processes: ~30 s on 2 cores
+def test_kill_9_then_resume_gives_the_uninterrupted_model(pairs_file, tmp_path):
+    """`train_reward_model` in its own process, killed (SIGKILL) after its third checkpoint at an
+    arbitrary moment, then run again: the final model equals an uninterrupted run's, bit for bit."""
+    from compalign.rewards.world_clip.train import list_checkpoints
+    from tests.killing import kill_when, run_python
+
+    def last_step(run) -> int:
+        ckpts = list_checkpoints(run)
+        return int(ckpts[-1].name.split("_")[-1]) if ckpts else 0
+
+    wc = tiny_world_clip(0).save_pretrained(tmp_path / "wc")
+    kw = dict(
+        pairs=str(pairs_file), aspect=ASPECT, backbone=f"world-clip:{wc}", epochs=3, batch_size=4,
+        learning_rate=3e-3, head_learning_rate=3e-3, freeze_ratio=0.5, checkpoint_every=1, log_every=1,
+        device="cpu", num_threads=1, progress=False,
+    )  # fmt: skip
+    config = lambda out: json.dumps({**kw, "output_dir": str(tmp_path / out)})  # noqa: E731
+    run_python(["-c", REWARD_TRAIN, config("full")])
+    killed = tmp_path / "killed"
+    kill_when(["-c", REWARD_TRAIN, config("killed")], lambda: last_step(killed) >= 3)
+    assert not (killed / "final").exists() and list_checkpoints(killed)
+    run_python(["-c", REWARD_TRAIN, config("killed")])
+    a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    b = load_file(str(killed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((p / "final" / "training.json").read_text()) for p in (tmp_path / "full", killed))
+    assert ra["selection"] == rb["selection"] and ra["steps"] == rb["steps"] == 3 * (N_TRAIN // 4)
+    assert len(rb["sessions"]) == 2
+
+
 def test_pair_metrics():
     b, w = torch.tensor([2.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 0.0, 0.0])
     assert pair_accuracy(b, w) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
