@@ -313,3 +313,44 @@ def test_a_reward_above_its_cap_gives_no_loss(tmp_path, tiny_base, pool_dir):
     assert row["reward_loss"] == 0.0 and row["grad_norm"] == 0.0
     wa, wb = _unet_weights(final), _unet_weights(tiny_base)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+FEEDBACK_TRAIN = (
+    "import json, sys\n"
+    "from compalign.feedback.config import FeedbackConfig\n"
+    "from compalign.feedback.train import train_feedback\n"
+    "train_feedback(FeedbackConfig(**json.loads(sys.argv[1])))"
+)
+
+
+@pytest.mark.slow  # three processes: ~30 s on 2 cores
+def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_base):
+    """`train_feedback` in its own process, killed (SIGKILL) after its third step at an arbitrary
+    moment, then run again: every tensor of the result equals an uninterrupted run's."""
+    from tests.killing import kill_when, run_python
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere left of a green cube\ntwo yellow cylinders\n")
+    kw = dict(
+        name="kill", base=str(tiny_base), rewards={"world-clip": 1.0}, prompts_file=str(prompts),
+        total_steps=4, stop_range=[0.5, 1.0], reg_type="none", max_steps=8, batch_size=2,
+        learning_rate=1e-3, checkpoint_every=1, keep_checkpoints=2, num_threads=1, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    config = lambda out: json.dumps({**kw, "output_dir": str(tmp_path / out)})  # noqa: E731
+
+    def last_step(run) -> int:
+        ckpts = list_checkpoints(run)
+        return int(ckpts[-1].name.split("_")[-1]) if ckpts else 0
+
+    run_python(["-c", FEEDBACK_TRAIN, config("full")])
+    killed = tmp_path / "killed"
+    kill_when(["-c", FEEDBACK_TRAIN, config("killed")], lambda: last_step(killed) >= 3)
+    assert not (killed / "final").exists() and 3 <= last_step(killed) < 8
+    run_python(["-c", FEEDBACK_TRAIN, config("killed")])
+    wa, wb = _all_tensors(tmp_path / "full" / "final"), _all_tensors(killed / "final")
+    assert wa.keys() == wb.keys()
+    differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not differ, f"{len(differ)} of {len(wa)} tensors differ, e.g. {differ[:3]}"
+    sessions = json.loads((killed / "final" / "training.json").read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[1]["from_step"] >= 3
