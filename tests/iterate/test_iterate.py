@@ -374,3 +374,47 @@ def test_no_train_pairs_says_why(tmp_path):
     counts = make_pairs([tied.root], tmp_path / "tied.jsonl", "relative")["spatial_relationship"]
     assert counts == {**counts, "pairs": 0, "train": 0, "heldout": 0, "tied_skipped": 3}
     assert "tied on every train record" in no_train_pairs_message(1, "spatial_relationship", counts)
+
+
+ITERATE = (
+    "import sys\n"
+    "from compalign.generators import registry\n"
+    "from tests.iterate.conftest import RenderGenerator\n"
+    "registry.register_generator('testworld', lambda rest, **kw: RenderGenerator(rest))\n"
+    "from compalign.cli import main\n"
+    "sys.argv = ['compalign', *sys.argv[1:]]\n"
+    "main()"
+)
+
+
+@pytest.mark.slow  # a whole tiny iteration in its own processes (~1-2 min on 2 cores)
+@pytest.mark.timeout(900)
+def test_kill_9_during_reward_training_then_resume_gives_the_same_iteration(done, env, tmp_path):
+    """`compalign iterate` killed (SIGKILL) while it trains the reward models, then run again:
+    pairs, reward models, the fine-tuned base and its evaluation equal those of the `done` run
+    (interrupted differently, at clean points)."""
+    from safetensors.torch import load_file
+
+    from tests.killing import kill_when, run_python
+
+    ref, _ = done
+    wd = tmp_path / "wd"
+    args = ["-c", ITERATE, *iterate_args(env, wd)]
+    rewards = wd / "iter_1" / "rewards"
+    kill_when(args, lambda: any(rewards.glob("*/checkpoints/step_*")), timeout=600)
+    assert stages_of(wd)["rewards"]["status"] == "running"
+    run_python(args, timeout=600)
+    assert all(e["status"] == "done" for e in stages_of(wd).values())
+    a, b = ref / "iter_1", wd / "iter_1"
+    for aspect in ASPECTS:
+        assert (a / "pairs" / f"{aspect}.jsonl").read_bytes() == (
+            b / "pairs" / f"{aspect}.jsonl"
+        ).read_bytes()
+        ra = load_file(str(a / "rewards" / aspect / "final" / "model.safetensors"))
+        rb = load_file(str(b / "rewards" / aspect / "final" / "model.safetensors"))
+        assert ra.keys() == rb.keys() and all(np.array_equal(ra[k].numpy(), rb[k].numpy()) for k in ra)
+    for f in sorted((a / "base").rglob("*.safetensors")):
+        wa, wb = load_file(str(f)), load_file(str(b / "base" / f.relative_to(a / "base")))
+        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), f
+    ea, eb = (read(x / "eval" / "iter1.json")["result"] for x in (a, b))
+    assert ea["records"] == eb["records"] and ea["overall"] == eb["overall"]
