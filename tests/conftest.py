@@ -12,7 +12,7 @@ from compalign.cli import app
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Tests never write into the user's cache (scene pools): one cache folder for the session."""
+    """Tests never write into the user's cache (scene pools): one cache folder for the whole test run."""
     old = os.environ.get("COMPALIGN_CACHE")
     os.environ["COMPALIGN_CACHE"] = str(tmp_path_factory.mktemp("compalign-cache"))
     yield
