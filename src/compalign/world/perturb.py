@@ -130,6 +130,7 @@ def components_from_layout(objects: list[Placed], res: int) -> list[Component]:
                 extent=o.extent,
                 stripe=2 * STRIPE_MIN if o.texture == "striped" else 0.0,
                 res=res,
+                fit_center=(o.cx, o.cy),
             )
         )
     comps.sort(key=lambda c: -c.area)
