@@ -28,6 +28,7 @@ machine to `--json` (default benchmarks/evaluator_world.json).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -71,7 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), help="suite categories")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "evaluator_world.json"), help="output file")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: combine result files of runs made per resolution (e.g. in parallel "
+        "processes) into --json and print the summary tables",
+    )
     args = ap.parse_args(argv)
+    for path in args.merge or ():
+        if not Path(path).is_file():
+            ap.error(f"--merge: no such file {path}")
     for r in args.res:
         if r < 16:
             ap.error(f"--res: resolution must be at least 16 px, got {r}")
@@ -170,8 +181,62 @@ def _entry(r: dict) -> dict:
     }
 
 
+def summary_tables(result: dict) -> str:
+    """README tables from a result: per resolution, both renderers side by side, then adversarial."""
+    out = []
+    for res in sorted({r for fig in result["figures"].values() for r in fig}, key=int):
+        renderers = [r for r in figures.RENDERERS if res in result["figures"].get(r, {})]
+        head = " | ".join(f"{r}: clean / perturbed / wrong rejected (n)" for r in renderers)
+        lines = [f"| category ({res} px) | {head} |", "|---" * (1 + len(renderers)) + "|"]
+        cats = list(result["figures"][renderers[0]][res])
+        for c in [*cats, "all"]:
+            cells = []
+            for r in renderers:
+                if c == "all":
+                    p = result["pooled"][r][res]
+                    wn = sum(e["wrong_n"] for e in result["figures"][r][res].values())
+                    vals = (p["clean_accept"], p["perturbed_accept"], p["wrong_reject"], wn)
+                else:
+                    e = result["figures"][r][res][c]
+                    vals = (e["clean"], e["perturbed"], e["wrong"], e["wrong_n"])
+                cells.append(f"{_pct(vals[0])} / {_pct(vals[1])} / {_pct(vals[2])} ({vals[3]})")
+            name = "**all**" if c == "all" else c
+            lines.append(
+                f"| {name} ({result['figures'][renderers[0]][res][cats[0]]['n']}) | "
+                + " | ".join(cells)
+                + " |"
+            )
+        out.append("\n".join(lines))
+        if res in result["adversarial"]:
+            out.append(adversarial_table(int(res), result["adversarial"][res]))
+    return "\n\n".join(out)
+
+
+def merge(paths: list[str], out: str) -> dict:
+    """Combine result files (one per resolution or renderer) into one result written to `out`."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    result = {k: parts[0][k] for k in ("seed", "per_category", "machine")}
+    result["command"] = " && ".join(p["command"] for p in parts)
+    result["res"] = sorted({r for p in parts for r in p["res"]})
+    for key in ("figures", "pooled", "seconds_per_image"):
+        result[key] = {}
+        for p in parts:
+            for renderer, by_res in p[key].items():
+                result[key].setdefault(renderer, {}).update(by_res)
+    result["adversarial"] = {r: a for p in parts for r, a in p["adversarial"].items()}
+    result["failures"] = [f for p in parts for f in p["failures"]]
+    result["wall_seconds"] = sum(p["wall_seconds"] for p in parts)
+    atomic_write_json(out, result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        result = merge(args.merge, args.json)
+        print(summary_tables(result))
+        print(f"\nmerged {len(args.merge)} files into {args.json}")
+        return result
     n_adv = sum(figures.adversarial_counts(args.adversarial).values()) if args.adversarial else 0
     total = len(args.res) * (len(args.renderers) * len(args.categories) * args.per_category + n_adv)
     result: dict = {
@@ -226,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["wall_seconds"] = time.time() - t_start
     print(f"{result['wall_seconds']:.0f} s in all; {len(result['failures'])} failing cases in {args.json}")
     atomic_write_json(args.json, result)
+    print("\n" + summary_tables(result))
     return result
 
 
