@@ -295,12 +295,15 @@ def load_results(args: argparse.Namespace) -> dict[str, list[dict]]:
     return out
 
 
-def panel_value(r: dict, key: str) -> float | None:
-    if key in r["aspects"]:
-        return 100 * r["aspects"][key]
+def panel_value(r: dict, key: str, metric: str = "accuracy") -> float | None:
+    """A panel's figure in %: a category's `metric` (``accuracy``: images passing every clause;
+    ``score``: mean fraction of clauses passed), or an aspect's mean over its evaluated categories."""
+    from compalign.world.suites import CATEGORY_ASPECT
+
     if key in r["categories"]:
-        return 100 * r["categories"][key]["accuracy"]
-    return None
+        return 100 * r["categories"][key][metric]
+    values = [d[metric] for c, d in r["categories"].items() if CATEGORY_ASPECT.get(c) == key]
+    return 100 * sum(values) / len(values) if values else None
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -317,7 +320,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6), sharey=True)
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for arm, rs in results.items():
-            pts = [(r["step"], panel_value(r, key)) for r in rs if panel_value(r, key) is not None]
+            pts = [(r["step"], v) for r in rs if (v := panel_value(r, key, args.metric)) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=f"{arm} ({preset(arm)})")
         ax.set_title(title, fontsize=10)
@@ -325,7 +328,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
         ax.set_xlabel("training steps (batch 64, log scale)")
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-    axes[0].set_ylabel("held-out accuracy (%)")
+    axes[0].set_ylabel("held-out accuracy (%)" if args.metric == "accuracy" else "held-out clause score (%)")
     axes[0].legend(fontsize=8)
     r0 = next(iter(results.values()))[0]
     fig.suptitle(
@@ -344,7 +347,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
     ]
     for arm, rs in results.items():
         for r in rs:
-            cells = [f"{v:.1f}" if (v := panel_value(r, k)) is not None else "" for k, _ in PANELS]
+            cells = [
+                f"{v:.1f}" if (v := panel_value(r, k, args.metric)) is not None else "" for k, _ in PANELS
+            ]
             lines.append(
                 f"| {arm} | {r['step']} | {r['train_wall_time_s'] / 60:.0f} | " + " | ".join(cells) + " |"
             )
@@ -393,6 +398,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     pl = add("plot", "Learning curves (one panel per aspect, one line per arm) and a table.")
     pl.add_argument("--out", type=Path, default=Path("runs/ab/learning_curves.png"))
+    pl.add_argument(
+        "--metric",
+        choices=("accuracy", "score"),
+        default="accuracy",
+        help="accuracy: images passing every clause; score: mean fraction of clauses passed.",
+    )
     pl.add_argument(
         "--evaluator-key", default=None, help="Results of another evaluator version (a key under eval/)."
     )

@@ -212,6 +212,17 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     assert (tmp_path / "curves.png").stat().st_size > 1000
     table = (tmp_path / "curves.md").read_text().splitlines()
     assert [row.split("|")[2].strip() for row in table[2:]] == ["1", "2", "3"]
+    ab.main(
+        ["plot", "--root", str(root), "--arms", "unet", "--metric", "score", "--out", str(tmp_path / "s.png")]
+    )
+    scores = (tmp_path / "s.md").read_text().splitlines()
+    last = json.loads(files[1].read_text())  # step 3: spatial_relationship is position alone here
+    assert float(scores[4].split("|")[4]) == pytest.approx(
+        100 * last["categories"]["position"]["score"], abs=0.051
+    )
+    assert float(table[4].split("|")[4]) == pytest.approx(
+        100 * last["categories"]["position"]["accuracy"], abs=0.051
+    )
 
 
 def test_ab_script_rejects_bad_input(tmp_path, capsys):
