@@ -317,17 +317,23 @@ def cmd_plot(args: argparse.Namespace) -> None:
     results = load_results(args)
     if not results:
         fail(f"no evaluation results under {args.root / 'eval'} for arms {', '.join(args.arms)}")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6), sharey=True)
+    top = 0.0
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for arm, rs in results.items():
             pts = [(r["step"], v) for r in rs if (v := panel_value(r, key, args.metric)) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=f"{arm} ({preset(arm)})")
+                top = max(top, *(v for _, v in pts))
         ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training steps (batch 64, log scale)")
         ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
+    axes[0].set_ylim(0, min(100.0, 1.1 * top + 2))
     axes[0].set_ylabel("held-out accuracy (%)" if args.metric == "accuracy" else "held-out clause score (%)")
     axes[0].legend(fontsize=8)
     r0 = next(iter(results.values()))[0]
