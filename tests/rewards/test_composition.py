@@ -819,7 +819,8 @@ def test_contrastive_scores_match_the_reward_and_loss_masks_equal_scenes():
         s_all, s_neg = contrastive_scores(model, x, prompts, negs)
         assert s_all.shape == (3, 3) and s_neg.shape == (3, 2)
         no_negs = contrastive_scores(model, x, prompts, [])  # contrastive_negatives 0
-        assert torch.equal(no_negs[0], s_all) and no_negs[1].shape == (3, 0)
+        # the same scores; batch composition may move the last bits of a matmul on some CPUs
+        assert torch.allclose(no_negs[0], s_all, atol=1e-5) and no_negs[1].shape == (3, 0)
         for i in range(3):
             row = model.raw_scores(x[i : i + 1].expand(3, -1, -1, -1), prompts)
             assert torch.allclose(s_all[i], row, atol=1e-5)
