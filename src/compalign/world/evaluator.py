@@ -228,6 +228,8 @@ def _fit_shape(
     # would pull the centroid towards the brighter side)
     widen = int(np.ceil(STRIPE_PERIOD * res / 4))
     closed = ndimage.grey_closing(alpha, size=(1, 2 * widen + 1))
+    if float(closed.sum()) <= 1e-9:  # no coverage left (everything left out of the fit): the crop's centre
+        closed = np.ones_like(alpha)
     mx = (float((closed * (xs + 0.5)).sum()) / float(closed.sum()) + x0) / res
     my = (float((closed * (ys + 0.5)).sum()) / float(closed.sum()) + y0) / res
     n = 4
