@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from compalign.world.captions import list_caption_presets
 from compalign.world.suites import CATEGORIES
 
 from ..._config import DictConfig
@@ -60,6 +61,13 @@ class WorldTrainConfig(DictConfig):
     built once per machine, shared by every run)."""
     data_seed: int = 0
     """``pool``: seed of the pool's scenes (the same for every preset, so they share one pool)."""
+    captions: str = "exact"
+    """``diffusion``: the caption preset of the training prompts (`compalign.world.captions`).
+    ``exact``: every image with its scene's exact prompt (as the models before it were trained).
+    ``web``: web-like captions (relations, attributes and counts often left out or wrong, as in
+    alt-text), the cause of real models' composition failures; ``exact-attribute`` /
+    ``exact-spatial`` / ``exact-nonspatial``: exact for one aspect, web-like for the others.
+    Drawn per batch from `(seed, step)`; images and the scene pool are the same for every preset."""
 
     # ----------------------------------------------------------------------------- optimisation
     max_steps: int = 4000
@@ -150,6 +158,10 @@ class WorldTrainConfig(DictConfig):
             raise ValueError("mode 'distill' needs a teacher")
         if not 1 <= self.student_steps <= 2:
             raise ValueError("student_steps must be 1 or 2")
+        if self.captions not in list_caption_presets():
+            raise ValueError(
+                f"captions must be one of {', '.join(list_caption_presets())}, got {self.captions!r}"
+            )
         if self.data_source not in ("pool", "stream"):
             raise ValueError(f"data_source must be pool or stream, got {self.data_source!r}")
         if self.pair_prompts not in ("sample", "pool"):

@@ -11,6 +11,11 @@ step `k` sees exactly the batches an uninterrupted run would, with no loader sta
   keyed by a fingerprint of the world's source code and the suite version, so a changed grammar /
   layout / renderer / train-held-out split (suite v2 splits by meaning) builds a new pool instead
   of reusing stale images or scenes held out under the current split.
+
+Captions: both sources produce a scene's exact prompt; with ``captions`` set to another preset of
+`compalign.world.captions` (``web``, ``exact-attribute``, ...) each prompt of a batch is replaced
+by a web-like caption of its scene, drawn with an rng of `(seed, step)` (`caption_prompts`), so a
+run stays deterministic and resumable; images, categories and the pool's files are unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from compalign.world.grammar import to_prompt
+from compalign.world.captions import WebCaptionRates, create_caption_rates, web_caption
+from compalign.world.grammar import parse_prompt, to_prompt
 from compalign.world.layout import LayoutError, sample_layout
 from compalign.world.render import render
 from compalign.world.suites import CATEGORIES, SUITE_VERSION, sample_train_scene
@@ -48,10 +54,30 @@ def sample_example(
         return category, to_prompt(scene), (render(objects, RESOLUTION) if with_image else None)
 
 
+def caption_prompts(prompts: list[str], captions: str | WebCaptionRates, seed: int, step: int) -> list[str]:
+    """The training captions of batch `step`'s exact prompts under the caption preset (or rates).
+
+    ``exact``: the prompts themselves (no random draw). Otherwise one web-like caption per prompt
+    (`compalign.world.captions.web_caption`, never a held-out scene), in order, from one rng
+    seeded with `(seed, step)`: the same batch always gets the same captions.
+    """
+    rates = create_caption_rates(captions) if isinstance(captions, str) else captions
+    if rates.is_exact():
+        return list(prompts)
+    rng = np.random.default_rng([int(seed), int(step), 0xCA97])
+    return [web_caption(parse_prompt(p), rng, rates) for p in prompts]
+
+
 def make_batch(
-    seed: int, step: int, batch_size: int, categories: list[str] | None = None, with_images: bool = True
+    seed: int,
+    step: int,
+    batch_size: int,
+    categories: list[str] | None = None,
+    with_images: bool = True,
+    captions: str | WebCaptionRates = "exact",
 ) -> dict:
-    """Batch `step` of the stream `seed`: images `[B, 3, 32, 32]` in `[-1, 1]`, prompts, categories."""
+    """Batch `step` of the stream `seed`: images `[B, 3, 32, 32]` in `[-1, 1]`, prompts (captioned
+    by the preset `captions`), categories."""
     rng = np.random.default_rng([int(seed), int(step), 0x57A7])
     cats, prompts, images = [], [], []
     for _ in range(batch_size):
@@ -59,7 +85,7 @@ def make_batch(
         cats.append(c)
         prompts.append(p)
         images.append(im)
-    batch = {"step": step, "prompts": prompts, "categories": cats}
+    batch = {"step": step, "prompts": caption_prompts(prompts, captions, seed, step), "categories": cats}
     if with_images:
         arr = np.stack(images).transpose(0, 3, 1, 2)
         batch["images"] = torch.from_numpy(np.ascontiguousarray(arr)) * 2 - 1
@@ -76,16 +102,19 @@ class SceneBatches(IterableDataset):
         categories: list[str] | None = None,
         start_step: int = 0,
         with_images: bool = True,
+        captions: str | WebCaptionRates = "exact",
     ):
         self.seed, self.batch_size, self.categories = seed, batch_size, categories
-        self.start_step, self.with_images = start_step, with_images
+        self.start_step, self.with_images, self.captions = start_step, with_images, captions
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
         step = self.start_step + wid
         while True:
-            yield make_batch(self.seed, step, self.batch_size, self.categories, self.with_images)
+            yield make_batch(
+                self.seed, step, self.batch_size, self.categories, self.with_images, self.captions
+            )
             step += n
 
 
@@ -96,9 +125,10 @@ def batches(
     start_step: int = 0,
     num_workers: int = 0,
     with_images: bool = True,
+    captions: str | WebCaptionRates = "exact",
 ) -> Iterator[dict]:
     """Iterator over the batches of a stream from `start_step` on, in order."""
-    ds = SceneBatches(seed, batch_size, categories, start_step, with_images)
+    ds = SceneBatches(seed, batch_size, categories, start_step, with_images, captions)
     if num_workers <= 0:
         return iter(ds)
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers, prefetch_factor=2)
@@ -266,24 +296,31 @@ class ScenePool:
             self._data = data
         return self._data
 
-    def batch(self, seed: int, step: int, batch_size: int, with_images: bool = True) -> dict:
-        """Batch `step`: a uniformly drawn category, then a uniformly drawn scene of it."""
+    def batch(
+        self,
+        seed: int,
+        step: int,
+        batch_size: int,
+        with_images: bool = True,
+        captions: str | WebCaptionRates = "exact",
+    ) -> dict:
+        """Batch `step`: a uniformly drawn category, then a uniformly drawn scene of it, its prompt
+        captioned by the preset `captions` (`caption_prompts`)."""
         data = self.load()
         rng = np.random.default_rng([int(seed), int(step), 0x9001])
         cats = [self.categories[i] for i in rng.integers(len(self.categories), size=batch_size)]
         idx = [int(rng.integers(len(data[c][1]))) for c in cats]
-        batch = {
-            "step": step,
-            "prompts": [data[c][1][i] for c, i in zip(cats, idx, strict=True)],
-            "categories": cats,
-        }
+        prompts = [data[c][1][i] for c, i in zip(cats, idx, strict=True)]
+        batch = {"step": step, "prompts": caption_prompts(prompts, captions, seed, step), "categories": cats}
         if with_images:
             arr = np.stack([data[c][0][i] for c, i in zip(cats, idx, strict=True)])
             batch["images"] = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
         return batch
 
-    def batches(self, seed: int, batch_size: int, start_step: int = 0) -> Iterator[dict]:
+    def batches(
+        self, seed: int, batch_size: int, start_step: int = 0, captions: str | WebCaptionRates = "exact"
+    ) -> Iterator[dict]:
         step = start_step
         while True:
-            yield self.batch(seed, step, batch_size)
+            yield self.batch(seed, step, batch_size, captions=captions)
             step += 1
