@@ -50,7 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from ..._config import DictConfig
-from ..world_clip.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints, versions
+from ...training import StopFlag as _StopFlag
+from ...training import atomic_dir as _atomic_dir
+from ...training import hardware_info, list_checkpoints, versions
 from .backbones import fuse
 from .data import PairSet, PairsFileError, read_pairs
 from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
@@ -940,7 +942,7 @@ def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | N
         },
         "hardware": hardware,
         "sessions": sessions,
-        "versions": versions(),
+        "versions": versions("transformers", "accelerate", "numpy"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
     }
