@@ -38,12 +38,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-import shutil
 import time
-import warnings
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -52,16 +48,26 @@ from tqdm.auto import tqdm
 
 from ..generators.base import noise_for_seeds
 from ..generators.world.generator import RECORD_FILE
-from ..generators.world.train import (
+from ..generators.world.train import step_generator
+from ..training import (
     EMA,
-    _atomic_dir,
-    _rng_states,
-    _set_rng_states,
-    _StopFlag,
+    Curve,
+    Panel,
+    RunFolder,
+    StopFlag,
+    atomic_dir,
+    config_diff,
+    count_parameters,
     hardware_info,
-    latest_checkpoint,
-    list_checkpoints,
-    step_generator,
+    load_checkpoint,
+    make_accelerator,
+    new_session,
+    plot_panels,
+    read_log,
+    rng_state,
+    schedule,
+    set_rng_state,
+    utc_now,
     versions,
 )
 from .config import RUNTIME_FIELDS, UNET_LORA_TARGETS, FeedbackConfig
@@ -77,9 +83,7 @@ from .models import (
     sampler_scheduler,
 )
 
-CHECKPOINTS = "checkpoints"
 FINAL = "final"
-STATE_FILE = "state.pt"
 CURVES = "curves.png"
 SALT_DRAWS = 101
 SALT_DENOISE = 202
@@ -87,13 +91,7 @@ SALT_DENOISE = 202
 
 def lr_factor(config: FeedbackConfig, step: int) -> float:
     """Learning-rate multiplier at `step`: linear warm-up, then constant or cosine to 0.1."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return 1.0
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return schedule.lr_factor(step, config.max_steps, config.warmup_steps, 0.1, config.lr_schedule)
 
 
 def noise_seed(seed: int, draw: int, i: int, batch: int) -> int:
@@ -101,9 +99,12 @@ def noise_seed(seed: int, draw: int, i: int, batch: int) -> int:
     return (seed + 1) * 1_000_000_007 + draw * batch + i
 
 
-def _config_diff(a: dict, b: dict) -> list[str]:
-    keys = (set(a) | set(b)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
+def feedback_config_diff(a: dict, b: dict) -> list[str]:
+    """Fields of two feedback config dicts that change what a run computes and differ."""
+    return config_diff(a, b, RUNTIME_FIELDS)
+
+
+_config_diff = feedback_config_diff  # the name `iterate` imports
 
 
 class _Reward:
@@ -154,11 +155,7 @@ def train_feedback(
 
 
 def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Path | None:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # several runs per process (tests)
-    acc = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+    acc = make_accelerator(config.mixed_precision, config.device)
     device, main = acc.device, acc.is_main_process
     nproc, proc = acc.num_processes, acc.process_index
     if config.num_threads:
@@ -210,31 +207,24 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
 
     # ---------------------------------------------------------------- run folder, resume
     run_dir = config.run_dir
-    cfg_path, log_path = run_dir / "config.json", run_dir / "log.jsonl"
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None and cfg_path.exists():  # every process checks (and raises) alike
-        diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
-        if diff == ["max_steps"]:
-            warnings.warn("max_steps differs from the run's config", stacklevel=2)
-        elif diff:
-            raise ValueError(
-                f"run {run_dir} was started with a different config ({', '.join(diff)}); "
-                "use another output_dir or resume=False"
-            )
+    run = RunFolder(run_dir)
+    log_path = run.log_path
+    ckpt = run.latest_checkpoint() if resume else None
+    if ckpt is not None:  # every process checks (and raises) alike
+        run.check_config(config.to_dict(), RUNTIME_FIELDS, warn=True)
     acc.wait_for_everyone()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            for p in list_checkpoints(run_dir):
-                shutil.rmtree(p)
-            log_path.unlink(missing_ok=True)
-        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
+            run.remove_checkpoints()
+            run.remove_log()
+        run.write_config(config.to_dict())
     acc.wait_for_everyone()
 
     hardware = hardware_info(device)
     step, wall, sessions = 0, 0.0, []
     if ckpt is not None:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         if set(state["trainable"]) != set(params):
             raise ValueError(f"checkpoint {ckpt} holds other trainable weights than this config trains")
         with torch.no_grad():
@@ -243,18 +233,11 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        _set_rng_states(state["rng"])
+        set_rng_state(state["rng"])
         step, wall, sessions = state["step"], state["wall_time_s"], state["sessions"]
-        if main and log_path.exists():
-            keep = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in keep if json.loads(ln).get("step", 0) <= step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-    session = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "from_step": step,
-        "processes": nproc,
-        **hardware,
-    }
+        if main:
+            run.truncate_log(step)
+    session = new_session(step, hardware, processes=nproc)
     sessions = [*sessions, session]
 
     # ---------------------------------------------------------------- regulariser data
@@ -361,23 +344,18 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
                 "trainable": {n: p.detach().cpu().clone() for n, p in params.items()},
                 "optimizer": optimizer.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
-                "rng": _rng_states(),
+                "rng": rng_state(),
                 "step": at_step,
                 "wall_time_s": wall,
                 "sessions": sessions,
                 "config": config.to_dict(),
             }
-            _atomic_dir(
-                run_dir / CHECKPOINTS / f"step_{at_step:07d}", lambda d: torch.save(state, d / STATE_FILE)
-            )
-            for old in list_checkpoints(run_dir)[: -max(1, config.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+            run.save_checkpoint(at_step, state, config.keep_checkpoints)
         acc.wait_for_everyone()
 
     def log(record: dict) -> None:
         if main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            run.log(record)
 
     def agree(flag: bool) -> bool:
         """Any process's flag (stop signal, time limit) stops every process."""
@@ -400,7 +378,7 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
     )
     t_log, s_log, t_session = time.perf_counter(), step, time.perf_counter()
     stopped, time_limited = False, False
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         while step < end:
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
@@ -490,16 +468,9 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
             bb.save(d)
             (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
 
-        _atomic_dir(final, write_final)
+        atomic_dir(final, write_final)
     acc.wait_for_everyone()
     return final
-
-
-def read_log(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
 def reward_summary(rows: list[dict], window: int = 10) -> dict:
@@ -518,41 +489,26 @@ def plot_curves(log_path: str | Path, out: str | Path) -> Path | None:
     rows = read_log(log_path)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in rows]
     keys = sorted({k for r in rows for k in r if k.startswith("reward/")})
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for k in keys:
-        a.plot(steps, [r.get(k, float("nan")) for r in rows], label=k.split("/", 1)[1])
-    a.set_xlabel("step")
-    a.set_ylabel("mean reward (training samples)")
-    a.legend(fontsize=8)
-    a.grid(alpha=0.3)
-    b.plot(steps, [r["reg"] for r in rows], label="regulariser", color="tab:red")
-    b.plot(steps, [r["reward_loss"] for r in rows], label="reward loss (scaled)", color="tab:blue")
-    b.set_xlabel("step")
-    b.set_yscale("symlog", linthresh=1e-4)
-    b.legend(fontsize=8)
-    b.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    rewards = [Curve(k.split("/", 1)[1], steps, [r.get(k, float("nan")) for r in rows]) for k in keys]
+    losses = [
+        Curve("regulariser", steps, [r["reg"] for r in rows], {"color": "tab:red"}),
+        Curve("reward loss (scaled)", steps, [r["reward_loss"] for r in rows], {"color": "tab:blue"}),
+    ]
+    return plot_panels(
+        [
+            Panel(rewards, {"ylabel": "mean reward (training samples)"}),
+            Panel(losses, yscale={"value": "symlog", "linthresh": 1e-4}),
+        ],
+        out,
+    )
 
 
 def _record(
     config: FeedbackConfig, res: dict, bb: WorldBackbone, params: dict, log_path: Path, info: dict
 ) -> dict:
     """The run's record (``training.json`` next to the final pipeline)."""
-    from ..generators.world.models import count_parameters
-
     rows = read_log(log_path)
     pool, step, nproc = info["pool"], info["step"], info["nproc"]
     lora = None
@@ -606,8 +562,8 @@ def _record(
         "curves": str(info["curves"]) if info["curves"] else None,
         "hardware": info["hardware"],
         "sessions": info["sessions"],
-        "versions": versions(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("diffusers", "transformers"),
+        "finished": utc_now(),
         "config": {**config.to_dict(), "max_steps": step},
     }
 

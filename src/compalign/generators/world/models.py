@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..._config import DictConfig
+from ...training import count_parameters
 from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
 
 IMAGE_SIZE = 32
@@ -234,10 +235,6 @@ def build_components(arch: WorldArch) -> dict:
         tokenizer=build_tokenizer(),
         scheduler=build_sampler(arch),
     )
-
-
-def count_parameters(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 __all__ = [

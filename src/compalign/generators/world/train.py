@@ -28,21 +28,32 @@ import copy
 import json
 import math
 import os
-import platform
-import random
-import shutil
-import signal
-import threading
 import time
-import warnings
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...training import (
+    EMA,
+    STATE_FILE,
+    RunFolder,
+    StopFlag,
+    atomic_dir,
+    folder_size,
+    hardware_info,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    make_accelerator,
+    new_session,
+    rng_state,
+    schedule,
+    set_rng_state,
+    utc_now,
+    versions,
+)
 from ..base import noise_for_seeds
 from .config import RUNTIME_FIELDS, WorldTrainConfig
 from .data import ScenePool, batches, make_batch
@@ -51,51 +62,16 @@ from .models import build_components, build_training_scheduler, count_parameters
 from .pipeline import WorldPipeline
 from .tokenizer import tokenize
 
-CHECKPOINTS = "checkpoints"
 FINAL = "final"
 PAIRS = "pairs"
-STATE_FILE = "state.pt"
 
 
 # ------------------------------------------------------------------------------------- helpers
-class EMA:
-    """Exponential moving average of parameters (fp32 shadow), with the usual warm-up."""
-
-    def __init__(self, named_params: dict[str, torch.Tensor], decay: float):
-        self.decay = decay
-        self.shadow = {k: p.detach().float().clone() for k, p in named_params.items()}
-
-    @torch.no_grad()
-    def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        keys = list(named_params)
-        # one fused lerp over all tensors (few kernel launches on a GPU): s += (1 - d) * (p - s)
-        torch._foreach_lerp_(
-            [self.shadow[k] for k in keys], [named_params[k].detach().float() for k in keys], 1 - d
-        )
-
-    @torch.no_grad()
-    def copy_to(self, named_params: dict[str, torch.Tensor]) -> None:
-        for k, p in named_params.items():
-            p.copy_(self.shadow[k].to(p.dtype))
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-
 def lr_factor(config: WorldTrainConfig, step: int) -> float:
     """Learning-rate multiplier at `step` (warm-up, then cosine to `min_lr_ratio` or constant)."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return 1.0
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return schedule.lr_factor(
+        step, config.max_steps, config.warmup_steps, config.min_lr_ratio, config.lr_schedule
+    )
 
 
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
@@ -121,155 +97,25 @@ def default_threads(config: WorldTrainConfig, device: torch.device) -> int:
     return max(1, ((os.cpu_count() or 1) - workers) // 2)
 
 
-def hardware_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def versions() -> dict:
-    import diffusers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_FILE).is_file())
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
-
-
-def _atomic_dir(final: Path, write) -> None:
-    """Write a folder with `write(tmp_dir)`, then rename it into place."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _rng_states() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_states(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag (the loop saves and stops); a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.stop = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _config_diff(a: dict, b: dict) -> list[str]:
-    keys = (set(a) | set(b)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
-
-
 # ------------------------------------------------------------------------------------- trainer
 class _Run:
-    """State shared by both training modes."""
+    """State shared by both training modes: the accelerator and the run folder."""
 
     def __init__(self, config: WorldTrainConfig, resume: bool):
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
         self.config = config
-        AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+        self.accelerator = make_accelerator(config.mixed_precision, config.device)
         self.device = self.accelerator.device
         torch.set_num_threads(default_threads(config, self.device))
         self.run_dir = config.run_dir
+        self.folder = RunFolder(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.run_dir / "config.json"
-        self.ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if self.ckpt is not None and cfg_path.exists():
-            diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
-            if diff == ["max_steps"]:
-                warnings.warn(
-                    "max_steps differs from the run's config: the learning-rate schedule changes",
-                    stacklevel=2,
-                )
-            elif diff:
-                raise ValueError(
-                    f"run {self.run_dir} was started with a different config ({', '.join(diff)}); "
-                    "use another output_dir or resume=False"
-                )
+        self.ckpt = self.folder.latest_checkpoint() if resume else None
+        if self.ckpt is not None:
+            self.folder.check_config(config.to_dict(), RUNTIME_FIELDS, warn=True)
         if not resume:
-            for p in list_checkpoints(self.run_dir):
-                shutil.rmtree(p)
-        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
-        self.log_path = self.run_dir / "log.jsonl"
+            self.folder.remove_checkpoints()
+        self.folder.write_config(config.to_dict())
         self.hardware = hardware_info(self.device)
-
-    def log(self, record: dict) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def truncate_log(self, step: int) -> None:
-        if not self.log_path.exists():
-            return
-        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        self.log_path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _trainable(pipe: WorldPipeline) -> torch.nn.ModuleDict:
@@ -366,7 +212,7 @@ def checkpoint_pipeline(checkpoint: str | Path, ema: bool = True) -> tuple[World
         raise ValueError(
             f"{checkpoint}: only diffusion runs have a pipeline of their own (mode {config.mode!r})"
         )
-    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     pipe = _new_pipeline(config)
     model = _trainable(pipe)
     model.load_state_dict(state["model"])
@@ -448,21 +294,17 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
 
     step, wall, sessions, loss_avg = 0, 0.0, [], None
     if run.ckpt is not None:
-        state = torch.load(run.ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_checkpoint(run.ckpt)
         run.accelerator.unwrap_model(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        _set_rng_states(state["rng"])
+        set_rng_state(state["rng"])
         step, wall, sessions = state["step"], state["wall_time_s"], state["sessions"]
         loss_avg = state.get("loss_avg")
-        run.truncate_log(step)
-    session = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "from_step": step,
-        **run.hardware,
-    }
+        run.folder.truncate_log(step)
+    session = new_session(step, run.hardware)
     sessions = [*sessions, session]
 
     pool, pool_seconds = None, 0.0
@@ -488,19 +330,14 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "rng": _rng_states(),
+            "rng": rng_state(),
             "step": at_step,
             "wall_time_s": wall,
             "sessions": sessions,
             "loss_avg": loss_avg,
             "config": config.to_dict(),
         }
-        _atomic_dir(
-            run.run_dir / CHECKPOINTS / f"step_{at_step:07d}",
-            lambda d: torch.save(state, d / STATE_FILE),
-        )
-        for old in list_checkpoints(run.run_dir)[: -max(1, config.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        run.folder.save_checkpoint(at_step, state, config.keep_checkpoints)
 
     end = config.max_steps if stop_at_step is None else min(stop_at_step, config.max_steps)
     data = None
@@ -522,7 +359,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     t_log, s_log = time.perf_counter(), step
     t_session = time.perf_counter()
     stopped, time_limited = False, False
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         while step < end:
             t0 = time.perf_counter()
             if config.mode == "diffusion":
@@ -549,7 +386,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
             bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % config.log_every == 0 or step == end:
                 now = time.perf_counter()
-                run.log(
+                run.folder.log(
                     {
                         "step": step,
                         "loss": value,
@@ -611,8 +448,8 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
         "init_from": init_record(config.init_from),
         "hardware": run.hardware,
         "sessions": sessions,
-        "versions": versions(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("diffusers", "transformers"),
+        "finished": utc_now(),
         "config": {**config.to_dict(), "max_steps": step},
     }
 
@@ -621,7 +458,7 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
             pipe.save_pretrained(d)
         (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
 
-    _atomic_dir(run.run_dir / FINAL, write_final)
+    atomic_dir(run.run_dir / FINAL, write_final)
     return run.run_dir / FINAL
 
 
@@ -768,12 +605,8 @@ def export_model(
         (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_dir(dest, write)
+    atomic_dir(dest, write)
     return dest
-
-
-def folder_size(path: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 __all__ = [

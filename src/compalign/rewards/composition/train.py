@@ -41,25 +41,38 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import MISSING, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..._config import DictConfig
-from ..world_clip.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints, versions
+from ...training import (
+    Curve,
+    Panel,
+    RunFolder,
+    StopFlag,
+    atomic_dir,
+    config_diff,
+    hardware_info,
+    load_checkpoint,
+    make_accelerator,
+    new_session,
+    plot_panels,
+    read_log,
+    schedule,
+    utc_now,
+    versions,
+)
 from .backbones import fuse
 from .data import PairSet, PairsFileError, read_pairs
 from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
 
-CHECKPOINTS = "checkpoints"
 BEST = "best"
 FINAL = "final"
-STATE_FILE = "state.pt"
-LOG_FILE = "log.jsonl"
 PLOT_FILE = "curves.png"
 HEAD_LR_FRESH = 1e-3
 
@@ -267,11 +280,7 @@ RUNTIME_FIELDS = frozenset(
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float, time_frac: float = 0.0) -> float:
     """Linear warm-up over `warmup` steps, then cosine to `min_ratio` (progress: max of steps and
     `time_frac`)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    progress = min(1.0, max(progress, time_frac))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return schedule.lr_factor(step, total, warmup, min_ratio, time_frac=time_frac)
 
 
 def bt_loss(s_better: torch.Tensor, s_worse: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -311,12 +320,17 @@ def _param_groups(model: CompositionRewardModel, lr: float, head_lr: float, weig
     return list(groups.values())
 
 
-def _config_diff(a: dict, b: dict) -> list[str]:
-    """Fields that differ between two configs (a field missing from one, e.g. a run started before
-    the field existed, counts as its default)."""
-    defaults = {f.name: f.default for f in fields(RewardTrainConfig) if f.default is not MISSING}
-    keys = (set(a) | set(b)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
+def _config_defaults() -> dict:
+    return {f.name: f.default for f in fields(RewardTrainConfig) if f.default is not MISSING}
+
+
+def reward_config_diff(a: dict, b: dict) -> list[str]:
+    """Fields of two reward-training config dicts that change what a run computes and differ (a
+    field missing from one, e.g. a run started before the field existed, counts as its default)."""
+    return config_diff(a, b, RUNTIME_FIELDS, _config_defaults())
+
+
+_config_diff = reward_config_diff  # the name `iterate` imports
 
 
 @torch.no_grad()
@@ -464,49 +478,35 @@ def _augment(x: torch.Tensor, config: RewardTrainConfig, seed: int) -> torch.Ten
 
 def plot_curves(log_path: str | Path, out_png: str | Path) -> Path | None:
     """Loss and accuracy curves of a run's ``log.jsonl`` (matplotlib, Agg); None without lines."""
-    lines = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    lines = read_log(log_path)
     train = [r for r in lines if r.get("event") == "train"]
     evals = [r for r in lines if r.get("event") == "eval"]
     if not train and not evals:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss, accuracy = [], []
     if train:
         steps = [r["step"] for r in train]
-        ax1.plot(steps, [r["loss"] for r in train], lw=1.2, label="train (mean since the last line)")
-        ax2.plot(steps, [r["train_accuracy"] for r in train], lw=1.2, label="train batches")
+        thick = {"lw": 1.2}
+        loss.append(Curve("train (mean since the last line)", steps, [r["loss"] for r in train], thick))
+        accuracy.append(Curve("train batches", steps, [r["train_accuracy"] for r in train], thick))
         if "contrastive_loss" in train[-1]:
             c = [r for r in train if "contrastive_loss" in r]
-            ax1.plot(
-                [r["step"] for r in c], [r["contrastive_loss"] for r in c], lw=1.0, label="contrastive term"
-            )
-            ax2.plot(
-                [r["step"] for r in c],
-                [r["contrastive_accuracy"] for r in c],
-                lw=1.0,
-                label="contrastive (prompt -> image)",
+            cs = [r["step"] for r in c]
+            loss.append(Curve("contrastive term", cs, [r["contrastive_loss"] for r in c], {"lw": 1.0}))
+            accuracy.append(
+                Curve(
+                    "contrastive (prompt -> image)", cs, [r["contrastive_accuracy"] for r in c], {"lw": 1.0}
+                )
             )
     if evals:
         es = [r["step"] for r in evals]
-        ax1.plot(es, [r["heldout_loss"] for r in evals], "o-", label="held-out")
-        ax2.plot(es, [r["heldout_accuracy"] for r in evals], "o-", label="held-out pairs")
-    ax1.set(xlabel="step", ylabel="loss", title="Bradley-Terry loss (and contrastive term)")
-    ax2.set(xlabel="step", ylabel="pair accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    from compalign.io import atomic_path
-
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+        loss.append(Curve("held-out", es, [r["heldout_loss"] for r in evals], {"fmt": "o-"}))
+        accuracy.append(Curve("held-out pairs", es, [r["heldout_accuracy"] for r in evals], {"fmt": "o-"}))
+    panels = [
+        Panel(loss, {"ylabel": "loss", "title": "Bradley-Terry loss (and contrastive term)"}),
+        Panel(accuracy, {"ylabel": "pair accuracy", "title": "accuracy", "ylim": (0, 1.02)}),
+    ]
+    return plot_panels(panels, out_png, dpi=110)
 
 
 def _build_model(config: RewardTrainConfig, model) -> CompositionRewardModel:
@@ -565,390 +565,422 @@ def train_reward_model(
     """
     threads = torch.get_num_threads()
     try:
-        return _train(config, model, resume, stop_at_step)
+        run = _RewardRun(config, model, resume)
+        if not run.train(stop_at_step):
+            return None
+        return run.finish()
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: RewardTrainConfig, model, resume: bool, stop_at_step: int | None) -> Path | None:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from tqdm.auto import tqdm
+class _RewardRun:
+    """One call of `train_reward_model`: set up (data, model, optimizer, run folder, resumed
+    state), then `train` (the loop: steps, logs, evaluations, checkpoints), then `finish` (the
+    chosen model, its normalisation and the record)."""
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
-    device = accelerator.device
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    elif device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * world)))
+    def __init__(self, config: RewardTrainConfig, model, resume: bool):
+        self.config = config
+        self.accelerator = acc = make_accelerator(config.mixed_precision, config.device)
+        self.device = acc.device
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        elif self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // (2 * self.world)))
 
-    # ---------------------------------------------------------------- data (validated first)
-    all_pairs = read_pairs(config.pairs, aspect=config.aspect)
-    train_pairs = [p for p in all_pairs if p.split == "train"]
-    held_pairs = [p for p in all_pairs if p.split == "heldout"]
-    if not train_pairs:
-        raise PairsFileError(f"{config.pairs}: no train pairs of aspect {config.aspect} (only held-out ones)")
+        # data and config are validated first; then the model and every image, before the run
+        # folder is made: a refused run leaves nothing
+        all_pairs = read_pairs(config.pairs, aspect=config.aspect)
+        train_pairs = [p for p in all_pairs if p.split == "train"]
+        held_pairs = [p for p in all_pairs if p.split == "heldout"]
+        if not train_pairs:
+            raise PairsFileError(
+                f"{config.pairs}: no train pairs of aspect {config.aspect} (only held-out ones)"
+            )
+        self.run = RunFolder(config.run_dir)
+        self.ckpt = self.run.latest_checkpoint() if resume else None
+        if self.ckpt is not None:
+            self.run.check_config(config.to_dict(), RUNTIME_FIELDS, ("epochs",), _config_defaults())
+        self._build(model, all_pairs, train_pairs, held_pairs)
+        if self.main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self.run.remove_checkpoints()
+                for name in (BEST, FINAL):
+                    shutil.rmtree(self.run.path / name, ignore_errors=True)
+                self.run.remove_log()
+            self.run.write_config(config.to_dict())
+        acc.wait_for_everyone()
+        self._resume()
 
-    run_dir = config.run_dir
-    ckpts = list_checkpoints(run_dir)
-    ckpt = ckpts[-1] if (resume and ckpts) else None
-    cfg_path = run_dir / "config.json"
-    if ckpt is not None and cfg_path.exists():
-        diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
-        if diff and diff != ["epochs"]:
+    # ------------------------------------------------------------------------------- set-up
+    def _build(self, model, all_pairs: list, train_pairs: list, held_pairs: list) -> None:
+        """The model (frozen in part), the contrastive batches, the pair sets, the step counts and
+        the optimizer."""
+        config, acc, main = self.config, self.accelerator, self.main
+        core = self.core = _build_model(config, model)
+        if str(getattr(core.backbone, "kind", "")).startswith("world"):
+            check_world_prompts(all_pairs, str(config.pairs), core.backbone.kind)
+        if config.gradient_checkpointing:
+            core.backbone.gradient_checkpointing_enable()
+        image_size = int(config.image_size or core.backbone.input_size)
+        core.config["image_size"] = image_size
+        self.freeze_summary = core.freeze(config.freeze_ratio)
+        core.to(self.device)
+        core.train()
+        self.contrast = (
+            _ContrastiveBatches(config, core, self.rank, main) if config.contrastive_weight > 0 else None
+        )
+        self.train_set = PairSet(train_pairs, image_size, progress=config.progress and main)
+        self.held_set = (
+            PairSet(held_pairs, image_size, progress=config.progress and main) if held_pairs else None
+        )
+
+        self.n_train = len(self.train_set)
+        prompts = set(self.train_set.prompts) | (set(self.held_set.prompts) if self.held_set else set())
+        prompts = sorted(prompts)
+        self.truncated = core.backbone.count_truncated(prompts)
+        if self.truncated and main:
+            warnings.warn(
+                f"{self.truncated} of {len(prompts)} prompts are longer than the backbone's text window "
+                "(their ends are cut off)",
+                stacklevel=4,
+            )
+        self.batch = min(config.batch_size, self.n_train)
+        if self.batch < self.world * config.grad_accum_steps:
             raise ValueError(
-                f"run {run_dir} was started with a different config ({', '.join(diff)}); "
-                "use another output_dir or start fresh (resume=False)"
+                f"a batch of {self.batch} pairs cannot be split over {self.world} processes x "
+                f"{config.grad_accum_steps} micro-batches; use more pairs or fewer processes / micro-batches"
             )
-    log_path = run_dir / LOG_FILE
-
-    # the model and every image are checked before the run folder is made: a refused run leaves nothing
-    core = _build_model(config, model)
-    if str(getattr(core.backbone, "kind", "")).startswith("world"):
-        check_world_prompts(all_pairs, str(config.pairs), core.backbone.kind)
-    if config.gradient_checkpointing:
-        core.backbone.gradient_checkpointing_enable()
-    image_size = int(config.image_size or core.backbone.input_size)
-    core.config["image_size"] = image_size
-    freeze_summary = core.freeze(config.freeze_ratio)
-    core.to(device)
-    core.train()
-    contrast = _ContrastiveBatches(config, core, rank, main) if config.contrastive_weight > 0 else None
-    train_set = PairSet(train_pairs, image_size, progress=config.progress and main)
-    held_set = PairSet(held_pairs, image_size, progress=config.progress and main) if held_pairs else None
-
-    n_train = len(train_set)
-    all_prompts = sorted(set(train_set.prompts) | (set(held_set.prompts) if held_set is not None else set()))
-    truncated = core.backbone.count_truncated(all_prompts)
-    if truncated and main:
-        warnings.warn(
-            f"{truncated} of {len(all_prompts)} prompts are longer than the backbone's text window "
-            "(their ends are cut off)",
-            stacklevel=2,
+        self.per_epoch = self.n_train // self.batch
+        self.total = config.epochs * self.per_epoch
+        self.warmup = round(config.warmup_ratio * self.total)
+        self.head_lr = config.head_learning_rate or (
+            config.learning_rate if core.config.get("head_pretrained") else HEAD_LR_FRESH
         )
-    batch = min(config.batch_size, n_train)
-    if batch < world * config.grad_accum_steps:
-        raise ValueError(
-            f"a batch of {batch} pairs cannot be split over {world} processes x "
-            f"{config.grad_accum_steps} micro-batches; use more pairs or fewer processes / micro-batches"
+        optimizer = torch.optim.AdamW(
+            _param_groups(core, config.learning_rate, self.head_lr, config.weight_decay),
+            lr=config.learning_rate,
+            betas=config.adam_betas,
         )
-    per_epoch = n_train // batch
-    total = config.epochs * per_epoch
-    warmup = round(config.warmup_ratio * total)
-    head_lr = config.head_learning_rate or (
-        config.learning_rate if core.config.get("head_pretrained") else HEAD_LR_FRESH
-    )
-    optimizer = torch.optim.AdamW(
-        _param_groups(core, config.learning_rate, head_lr, config.weight_decay),
-        lr=config.learning_rate,
-        betas=config.adam_betas,
-    )
-    ddp_model, optimizer = accelerator.prepare(core, optimizer)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for p in ckpts:
-                shutil.rmtree(p)
-            for name in (BEST, FINAL):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
-        cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
-    accelerator.wait_for_everyone()
+        self.ddp_model, self.optimizer = acc.prepare(core, optimizer)
 
-    step, wall, train_s, sessions = 0, 0.0, 0.0, []
-    best: dict | None = None
-    evals: list[dict] = []
-    loss_avg = acc_avg = None
-    c_avg: dict[str, float] = {}  # running means of the contrastive term's loss and accuracies
-    if ckpt is not None:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") is not None and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        step, wall, train_s = state["step"], state["wall_time_s"], state["train_time_s"]
-        sessions, best, evals = state["sessions"], state["best"], state["evals"]
-        loss_avg, acc_avg = state["loss_avg"], state["acc_avg"]
-        c_avg = state.get("contrastive_avg") or {}
-        if main and log_path.exists():  # drop lines logged after the checkpoint
-            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-    hardware = hardware_info(device)
-    session = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "from_step": step,
-        "processes": world,
-        **hardware,
-    }
-    sessions = [*sessions, session]
+    def _resume(self) -> None:
+        """The run's counters, evaluations and running means: fresh, or from the checkpoint."""
+        self.step, self.wall, self.train_s, self.sessions = 0, 0.0, 0.0, []
+        self.best: dict | None = None
+        self.evals: list[dict] = []
+        self.loss_avg = self.acc_avg = None
+        self.c_avg: dict[str, float] = {}  # running means of the contrastive term's loss and accuracies
+        if self.ckpt is not None:
+            state = load_checkpoint(self.ckpt)
+            self.core.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            scaler = self.accelerator.scaler
+            if state.get("scaler") is not None and scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+            self.step, self.wall, self.train_s = state["step"], state["wall_time_s"], state["train_time_s"]
+            self.sessions, self.best, self.evals = state["sessions"], state["best"], state["evals"]
+            self.loss_avg, self.acc_avg = state["loss_avg"], state["acc_avg"]
+            self.c_avg = state.get("contrastive_avg") or {}
+            if self.main:  # drop lines logged after the checkpoint
+                self.run.truncate_log(self.step)
+        self.hardware = hardware_info(self.device)
+        self.session = new_session(self.step, self.hardware, processes=self.world)
+        self.sessions = [*self.sessions, self.session]
 
-    def log(record: dict) -> None:
-        if main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+    # ------------------------------------------------------------------------------- the loop
+    def train(self, stop_at_step: int | None) -> bool:
+        """Train up to `stop_at_step` (None: the end); True when the run is done (all epochs, or
+        the time limit), False when it stopped early (a signal, `stop_at_step`) with a checkpoint."""
+        config = self.config
+        end = self.total if stop_at_step is None else min(stop_at_step, self.total)
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            desc=f"reward {config.aspect}",
+            disable=not (config.progress and self.main),
+        )
+        self.perm_epoch, self.perm = -1, None
+        self.sum_loss = torch.zeros((), device=self.device)
+        self.sum_right = torch.zeros((), device=self.device)
+        self.sum_c = torch.zeros(3, device=self.device)  # contrastive loss, accuracy, hard-negative accuracy
+        self.n_logged = 0
+        self.t_log, self.s_log = time.perf_counter(), self.step
+        interrupted = False
+        self.time_stopped = self.step < end and self.sync_flags(self.out_of_time())[0]
+        try:
+            with StopFlag() as flag:
+                while self.step < end and not self.time_stopped:
+                    self.train_step()
+                    bar.update(1)
+                    epoch_end = self.step % self.per_epoch == 0
+                    if self.step % config.log_every == 0 or self.step == end or epoch_end:
+                        self.log_train()
+                        if config.progress and self.main:
+                            bar.set_postfix(loss=f"{self.loss_avg:.4f}", acc=f"{self.acc_avg:.3f}")
+                    if epoch_end:
+                        t_eval = time.perf_counter()
+                        self.evaluate(self.step)
+                        self.wall += time.perf_counter() - t_eval
+                        self.t_log = time.perf_counter()
+                    interrupted, self.time_stopped = self.sync_flags(flag.stop, self.out_of_time())
+                    self.time_stopped = self.time_stopped and self.step < self.total
+                    if (
+                        self.step % config.checkpoint_every == 0
+                        or epoch_end
+                        or self.step == end
+                        or interrupted
+                        or self.time_stopped
+                    ):
+                        self.save(self.step)
+                    if interrupted:
+                        break
+        finally:
+            bar.close()
+        return not interrupted and (self.step >= self.total or self.time_stopped)
 
-    def save(at_step: int) -> None:
-        session["to_step"] = at_step
-        if main:
-            state = {
-                "model": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "step": at_step,
-                "wall_time_s": wall,
-                "train_time_s": train_s,
-                "sessions": sessions,
-                "best": best,
-                "evals": evals,
-                "loss_avg": loss_avg,
-                "acc_avg": acc_avg,
-                "contrastive_avg": c_avg,
-                "config": config.to_dict(),
+    def train_step(self) -> None:
+        """One optimizer step on batch `self.step`: this process's share of its pairs, in
+        micro-batches, and the contrastive term once (with the last micro-batch)."""
+        config, acc = self.config, self.accelerator
+        t0 = time.perf_counter()
+        epoch, pos = divmod(self.step, self.per_epoch)
+        if epoch != self.perm_epoch:
+            self.perm_epoch = epoch
+            self.perm = np.random.default_rng([config.seed, epoch, 0xBA1]).permutation(self.n_train)
+        idx = self.perm[pos * self.batch : (pos + 1) * self.batch]
+        shard = np.array_split(idx, self.world)[self.rank]
+        frac = (self.wall / config.time_limit_s) if config.time_limit_s else 0.0
+        self.lr_mult = lr_factor(self.step, self.total, self.warmup, config.min_lr_ratio, frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.lr_mult
+        torch.manual_seed(_seed_of(config.seed, self.step, self.rank))  # dropout
+        micros = np.array_split(shard, config.grad_accum_steps)
+        for j, mb in enumerate(micros):
+            self._micro_step(mb, j, last=j == len(micros) - 1)
+        self.n_logged += self.batch
+        if config.max_grad_norm:
+            acc.clip_grad_norm_(self.ddp_model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.wall += dt
+        self.train_s += dt
+
+    def _micro_step(self, mb: np.ndarray, j: int, last: bool) -> None:
+        """Forward and backward of the pairs `mb` (gradients synchronised on the `last` one)."""
+        config, acc, data, device = self.config, self.accelerator, self.train_set, self.device
+        b_idx, w_idx = data.better[mb], data.worse[mb]
+        prompts = [data.prompts[i] for i in mb.tolist()]
+        x = torch.from_numpy(data.images[np.concatenate([b_idx, w_idx])])
+        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+        if config.augment:
+            x = _augment(x, config, _seed_of(config.seed, self.step, self.rank, j))
+        with nullcontext() if last else acc.no_sync(self.ddp_model):
+            with acc.autocast():
+                s = self.ddp_model(x, prompts + prompts, normalized=False, check=False)
+            sb, sw = s[: len(mb)], s[len(mb) :]
+            losses = bt_loss(sb, sw, config.margin)
+            loss = losses.sum() * (self.world / self.batch)
+            if self.contrast is not None and last:  # once per step
+                cb = self.contrast(self.step, device)
+                with acc.autocast():
+                    s_all, s_neg = contrastive_scores(self.core, cb["pixels"], cb["prompts"], cb["negatives"])
+                c = contrastive_loss(s_all, s_neg, cb["keys"].to(device))
+                loss = loss + config.contrastive_weight * c["loss"]
+                self.sum_c += torch.stack([c["loss"].detach(), c["accuracy"], c["hard_accuracy"]])
+            acc.backward(loss)
+        self.sum_loss += losses.detach().sum()
+        self.sum_right += ((sb > sw).float() + 0.5 * (sb == sw).float()).detach().sum()
+
+    def log_train(self) -> None:
+        """A training line: the means since the last line (over every process) and running means."""
+        acc = self.accelerator
+        totals = torch.stack([self.sum_loss, self.sum_right])
+        c_tot = self.sum_c / max(1, self.step - self.s_log)
+        if self.world > 1:
+            totals = acc.reduce(totals, reduction="sum")
+            c_tot = acc.reduce(c_tot, reduction="mean")
+        loss_b, acc_b = (totals / self.n_logged).tolist()
+        c_rec = {}
+        if self.contrast is not None:
+            names = ("contrastive_loss", "contrastive_accuracy", "contrastive_hard_accuracy")
+            c_rec = dict(zip(names, c_tot.tolist(), strict=True))
+            avg = self.c_avg
+            self.c_avg = {k: v if k not in avg else 0.9 * avg[k] + 0.1 * v for k, v in c_rec.items()}
+        self.loss_avg = loss_b if self.loss_avg is None else 0.9 * self.loss_avg + 0.1 * loss_b
+        self.acc_avg = acc_b if self.acc_avg is None else 0.9 * self.acc_avg + 0.1 * acc_b
+        now = time.perf_counter()
+        self.log(
+            {
+                "event": "train",
+                "step": self.step,
+                "epoch": self.step / self.per_epoch,
+                "loss": loss_b,
+                "loss_avg": self.loss_avg,
+                "train_accuracy": acc_b,
+                "train_accuracy_avg": self.acc_avg,
+                "lr": self.config.learning_rate * self.lr_mult,
+                "head_lr": self.head_lr * self.lr_mult,
+                "pairs_per_s": (self.step - self.s_log) * self.batch / max(1e-9, now - self.t_log),
+                "wall_time_s": self.wall,
+                **c_rec,
             }
-            _atomic_dir(
-                run_dir / CHECKPOINTS / f"step_{at_step:07d}", lambda d: torch.save(state, d / STATE_FILE)
-            )
-            for old in list_checkpoints(run_dir)[: -config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        )
+        self.sum_loss.zero_()
+        self.sum_right.zero_()
+        self.sum_c.zero_()
+        self.n_logged = 0
+        self.t_log, self.s_log = now, self.step
 
-    def evaluate(at_step: int) -> None:
-        nonlocal best
-        if held_set is None:
+    def log(self, record: dict) -> None:
+        if self.main:
+            self.run.log(record)
+
+    def evaluate(self, at_step: int) -> None:
+        """Held-out pair accuracy (an "eval" line); a new best is saved to ``best/``."""
+        if self.held_set is None:
             return
-        r = evaluate_pair_set(core, held_set, config.eval_batch_size, config.margin, accelerator)
+        config = self.config
+        r = evaluate_pair_set(
+            self.core, self.held_set, config.eval_batch_size, config.margin, self.accelerator
+        )
         rec = {
             "event": "eval",
             "step": at_step,
-            "epoch": at_step / per_epoch,
+            "epoch": at_step / self.per_epoch,
             "heldout_accuracy": r["accuracy"],
             "heldout_loss": r["loss"],
             "heldout_pairs": r["pairs"],
             "heldout_prompts": r["prompts"],
         }
-        evals.append(rec)
-        log(rec)
-        better = best is None or (r["accuracy"], -r["loss"]) > (
-            best["heldout_accuracy"],
-            -best["heldout_loss"],
-        )
-        if better:
-            best = {k: rec[k] for k in ("step", "epoch", "heldout_accuracy", "heldout_loss")}
-            if main:
-                _atomic_dir(run_dir / BEST, lambda d: core.save_pretrained(d))
-            accelerator.wait_for_everyone()
+        self.evals.append(rec)
+        self.log(rec)
+        best = self.best
+        if best is None or (r["accuracy"], -r["loss"]) > (best["heldout_accuracy"], -best["heldout_loss"]):
+            self.best = {k: rec[k] for k in ("step", "epoch", "heldout_accuracy", "heldout_loss")}
+            if self.main:
+                atomic_dir(self.run.path / BEST, lambda d: self.core.save_pretrained(d))
+            self.accelerator.wait_for_everyone()
 
-    def out_of_time() -> bool:
-        return config.time_limit_s is not None and wall >= config.time_limit_s
+    def save(self, at_step: int) -> None:
+        """A resumable checkpoint (written by the main process)."""
+        self.session["to_step"] = at_step
+        if self.main:
+            scaler = self.accelerator.scaler
+            state = {
+                "model": self.core.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "step": at_step,
+                "wall_time_s": self.wall,
+                "train_time_s": self.train_s,
+                "sessions": self.sessions,
+                "best": self.best,
+                "evals": self.evals,
+                "loss_avg": self.loss_avg,
+                "acc_avg": self.acc_avg,
+                "contrastive_avg": self.c_avg,
+                "config": self.config.to_dict(),
+            }
+            self.run.save_checkpoint(at_step, state, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
 
-    def sync_flags(*flags: bool) -> list[bool]:
+    def out_of_time(self) -> bool:
+        return self.config.time_limit_s is not None and self.wall >= self.config.time_limit_s
+
+    def sync_flags(self, *flags: bool) -> list[bool]:
         """The flags, true when true on any process (every process takes the same decisions)."""
-        if world == 1:
+        if self.world == 1:
             return [bool(f) for f in flags]
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-        return [bool(v > 0) for v in accelerator.reduce(t, reduction="sum").tolist()]
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+        return [bool(v > 0) for v in self.accelerator.reduce(t, reduction="sum").tolist()]
 
-    end = total if stop_at_step is None else min(stop_at_step, total)
-    bar = tqdm(
-        total=total, initial=step, desc=f"reward {config.aspect}", disable=not (config.progress and main)
-    )
-    perm_epoch, perm = -1, None
-    sum_loss = torch.zeros((), device=device)
-    sum_right = torch.zeros((), device=device)
-    sum_c = torch.zeros(3, device=device)  # contrastive loss, accuracy, hard-negative accuracy
-    n_logged = 0
-    t_log, s_log = time.perf_counter(), step
-    interrupted = False
-    time_stopped = step < end and sync_flags(out_of_time())[0]
-    try:
-        with _StopFlag() as flag:
-            while step < end and not time_stopped:
-                t0 = time.perf_counter()
-                epoch, pos = divmod(step, per_epoch)
-                if epoch != perm_epoch:
-                    perm_epoch = epoch
-                    perm = np.random.default_rng([config.seed, epoch, 0xBA1]).permutation(n_train)
-                idx = perm[pos * batch : (pos + 1) * batch]
-                shard = np.array_split(idx, world)[rank]
-                frac = (wall / config.time_limit_s) if config.time_limit_s else 0.0
-                lr_mult = lr_factor(step, total, warmup, config.min_lr_ratio, frac)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * lr_mult
-                torch.manual_seed(_seed_of(config.seed, step, rank))  # dropout
-                micros = np.array_split(shard, config.grad_accum_steps)
-                for j, mb in enumerate(micros):
-                    b_idx, w_idx = train_set.better[mb], train_set.worse[mb]
-                    prompts = [train_set.prompts[i] for i in mb.tolist()]
-                    x = torch.from_numpy(train_set.images[np.concatenate([b_idx, w_idx])])
-                    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
-                    if config.augment:
-                        x = _augment(x, config, _seed_of(config.seed, step, rank, j))
-                    sync = j == len(micros) - 1
-                    with nullcontext() if sync else accelerator.no_sync(ddp_model):
-                        with accelerator.autocast():
-                            s = ddp_model(x, prompts + prompts, normalized=False, check=False)
-                        sb, sw = s[: len(mb)], s[len(mb) :]
-                        losses = bt_loss(sb, sw, config.margin)
-                        loss = losses.sum() * (world / batch)
-                        if contrast is not None and sync:  # once per step, with the last micro-batch
-                            cb = contrast(step, device)
-                            with accelerator.autocast():
-                                s_all, s_neg = contrastive_scores(
-                                    core, cb["pixels"], cb["prompts"], cb["negatives"]
-                                )
-                            c = contrastive_loss(s_all, s_neg, cb["keys"].to(device))
-                            loss = loss + config.contrastive_weight * c["loss"]
-                            sum_c += torch.stack([c["loss"].detach(), c["accuracy"], c["hard_accuracy"]])
-                        accelerator.backward(loss)
-                    sum_loss += losses.detach().sum()
-                    sum_right += ((sb > sw).float() + 0.5 * (sb == sw).float()).detach().sum()
-                n_logged += batch
-                if config.max_grad_norm:
-                    accelerator.clip_grad_norm_(ddp_model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                dt = time.perf_counter() - t0
-                wall += dt
-                train_s += dt
-                bar.update(1)
-                epoch_end = step % per_epoch == 0
-                if step % config.log_every == 0 or step == end or epoch_end:
-                    totals = torch.stack([sum_loss, sum_right])
-                    c_tot = sum_c / max(1, step - s_log)
-                    if world > 1:
-                        totals = accelerator.reduce(totals, reduction="sum")
-                        c_tot = accelerator.reduce(c_tot, reduction="mean")
-                    loss_b, acc_b = (totals / n_logged).tolist()
-                    c_rec = {}
-                    if contrast is not None:
-                        names = ("contrastive_loss", "contrastive_accuracy", "contrastive_hard_accuracy")
-                        c_rec = dict(zip(names, c_tot.tolist(), strict=True))
-                        c_avg = {
-                            k: v if k not in c_avg else 0.9 * c_avg[k] + 0.1 * v for k, v in c_rec.items()
-                        }
-                    loss_avg = loss_b if loss_avg is None else 0.9 * loss_avg + 0.1 * loss_b
-                    acc_avg = acc_b if acc_avg is None else 0.9 * acc_avg + 0.1 * acc_b
-                    now = time.perf_counter()
-                    log(
-                        {
-                            "event": "train",
-                            "step": step,
-                            "epoch": step / per_epoch,
-                            "loss": loss_b,
-                            "loss_avg": loss_avg,
-                            "train_accuracy": acc_b,
-                            "train_accuracy_avg": acc_avg,
-                            "lr": config.learning_rate * lr_mult,
-                            "head_lr": head_lr * lr_mult,
-                            "pairs_per_s": (step - s_log) * batch / max(1e-9, now - t_log),
-                            "wall_time_s": wall,
-                            **c_rec,
-                        }
-                    )
-                    if config.progress and main:
-                        bar.set_postfix(loss=f"{loss_avg:.4f}", acc=f"{acc_avg:.3f}")
-                    sum_loss.zero_()
-                    sum_right.zero_()
-                    sum_c.zero_()
-                    n_logged = 0
-                    t_log, s_log = now, step
-                if epoch_end:
-                    t_eval = time.perf_counter()
-                    evaluate(step)
-                    wall += time.perf_counter() - t_eval
-                    t_log = time.perf_counter()
-                interrupted, time_stopped = sync_flags(flag.stop, out_of_time())
-                time_stopped = time_stopped and step < total
-                if (
-                    step % config.checkpoint_every == 0
-                    or epoch_end
-                    or step == end
-                    or interrupted
-                    or time_stopped
-                ):
-                    save(step)
-                if interrupted:
-                    break
-    finally:
-        bar.close()
-    if interrupted or (step < total and not time_stopped):
-        return None
+    # ------------------------------------------------------------------------------- the end
+    def finish(self) -> Path:
+        """Load the chosen model (best held-out epoch, else the last step), measure its score
+        normalisation on the training images, and write ``final/`` with the record."""
+        config, core, step = self.config, self.core, self.step
+        held_set, train_set = self.held_set, self.train_set
+        if held_set is not None and (not self.evals or self.evals[-1]["step"] != step):
+            self.evaluate(step)  # a time limit stopped the run between epochs
+        if held_set is not None:
+            _load_weights(core, self.run.path / BEST / WEIGHTS_FILE)
+            selection = {"by": "heldout pair accuracy (then held-out loss)", **self.best}
+        else:
+            warnings.warn("no held-out pairs: the last epoch is kept (no model selection)", stacklevel=3)
+            selection = {"by": "last step (no held-out pairs)", "step": step}
+        t_norm = time.perf_counter()
+        items = train_set.items()
+        raw = score_items(core, train_set.images, items, config.eval_batch_size, self.accelerator)
+        mean, std = float(raw.mean()), float(raw.std(unbiased=False))
+        if not std > 0:
+            std = 1.0
+        core.set_normalization(
+            mean,
+            std,
+            {
+                "source": "raw scores of the train pairs' images (each image with its prompt)",
+                "items": len(items),
+                "images": int(len(np.unique(np.concatenate([train_set.better, train_set.worse])))),
+                "pairs": self.n_train,
+            },
+        )
+        normalization = {"mean": mean, "std": std, "seconds": round(time.perf_counter() - t_norm, 2)}
+        record = self.record(selection, normalization)
+        final = self.run.path / FINAL
+        if self.main:
+            atomic_dir(final, lambda d: core.save_pretrained(d, record=record))
+            plot_curves(self.run.log_path, self.run.path / PLOT_FILE)
+        self.accelerator.wait_for_everyone()
+        return final
 
-    # ---------------------------------------------------------------- the chosen model
-    if held_set is not None and (not evals or evals[-1]["step"] != step):
-        evaluate(step)  # a time limit stopped the run between epochs
-    if held_set is not None:
-        _load_weights(core, run_dir / BEST / WEIGHTS_FILE)
-        selection = {"by": "heldout pair accuracy (then held-out loss)", **best}
-    else:
-        warnings.warn("no held-out pairs: the last epoch is kept (no model selection)", stacklevel=2)
-        selection = {"by": "last step (no held-out pairs)", "step": step}
-    t_norm = time.perf_counter()
-    items = train_set.items()
-    raw = score_items(core, train_set.images, items, config.eval_batch_size, accelerator)
-    mean, std = float(raw.mean()), float(raw.std(unbiased=False))
-    if not std > 0:
-        std = 1.0
-    core.set_normalization(
-        mean,
-        std,
-        {
-            "source": "raw scores of the train pairs' images (each image with its prompt)",
-            "items": len(items),
-            "images": int(len(np.unique(np.concatenate([train_set.better, train_set.worse])))),
-            "pairs": n_train,
-        },
-    )
-    norm_s = time.perf_counter() - t_norm
-    record = {
-        "kind": "composition-reward",
-        "aspect": config.aspect,
-        "backbone": {"kind": core.backbone.kind, "source": core.backbone.source, "spec": config.backbone},
-        "steps": step,
-        "total_steps": total,
-        "epochs_done": step / per_epoch,
-        "stopped_by": "time_limit" if time_stopped else "epochs",
-        "batch_size": batch,
-        "processes": world,
-        "train_pairs": n_train,
-        "train_prompts": len(set(train_set.prompts)),
-        "heldout_pairs": len(held_set) if held_set is not None else 0,
-        "heldout_prompts": len(set(held_set.prompts)) if held_set is not None else 0,
-        "prompts_truncated": truncated,
-        "selection": selection,
-        "evals": evals,
-        "normalization": {"mean": mean, "std": std, "seconds": round(norm_s, 2)},
-        "learning_rates": {"backbone": config.learning_rate, "head": head_lr},
-        "freeze": freeze_summary,
-        "wall_time_s": round(wall, 2),
-        "train_time_s": round(train_s, 2),
-        "pairs_per_s": round(step * batch / max(train_s, 1e-9), 1) if step else None,
-        "final_loss_avg": loss_avg,
-        "contrastive": None
-        if contrast is None
-        else {
-            "weight": config.contrastive_weight,
-            "categories": contrast.categories,
-            "pool_per_category": config.contrastive_pool_per_category,
-            "batch_size": config.contrastive_batch_size,
-            "negatives": config.contrastive_negatives,
-            "final_avg": c_avg,
-        },
-        "hardware": hardware,
-        "sessions": sessions,
-        "versions": versions(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-    }
-    if main:
-        _atomic_dir(run_dir / FINAL, lambda d: core.save_pretrained(d, record=record))
-        plot_curves(log_path, run_dir / PLOT_FILE)
-    accelerator.wait_for_everyone()
-    return run_dir / FINAL
+    def record(self, selection: dict, normalization: dict) -> dict:
+        """The run's record (``training.json`` of the final model)."""
+        config, core, step, contrast = self.config, self.core, self.step, self.contrast
+        held_set, train_set = self.held_set, self.train_set
+        return {
+            "kind": "composition-reward",
+            "aspect": config.aspect,
+            "backbone": {"kind": core.backbone.kind, "source": core.backbone.source, "spec": config.backbone},
+            "steps": step,
+            "total_steps": self.total,
+            "epochs_done": step / self.per_epoch,
+            "stopped_by": "time_limit" if self.time_stopped else "epochs",
+            "batch_size": self.batch,
+            "processes": self.world,
+            "train_pairs": self.n_train,
+            "train_prompts": len(set(train_set.prompts)),
+            "heldout_pairs": len(held_set) if held_set is not None else 0,
+            "heldout_prompts": len(set(held_set.prompts)) if held_set is not None else 0,
+            "prompts_truncated": self.truncated,
+            "selection": selection,
+            "evals": self.evals,
+            "normalization": normalization,
+            "learning_rates": {"backbone": config.learning_rate, "head": self.head_lr},
+            "freeze": self.freeze_summary,
+            "wall_time_s": round(self.wall, 2),
+            "train_time_s": round(self.train_s, 2),
+            "pairs_per_s": round(step * self.batch / max(self.train_s, 1e-9), 1) if step else None,
+            "final_loss_avg": self.loss_avg,
+            "contrastive": None
+            if contrast is None
+            else {
+                "weight": config.contrastive_weight,
+                "categories": contrast.categories,
+                "pool_per_category": config.contrastive_pool_per_category,
+                "batch_size": config.contrastive_batch_size,
+                "negatives": config.contrastive_negatives,
+                "final_avg": self.c_avg,
+            },
+            "hardware": self.hardware,
+            "sessions": self.sessions,
+            "versions": versions("transformers", "accelerate", "numpy"),
+            "finished": utc_now(),
+            "config": config.to_dict(),
+        }
 
 
 # ------------------------------------------------------------------------------------- export
@@ -969,5 +1001,5 @@ def export_reward_model(run_or_model: str | Path, name: str, dest_root: str | Pa
     rec_path = src / RECORD_FILE
     record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
     record["exported"] = {"dtype": "float16", "from": str(src), "name": name}
-    _atomic_dir(dest, lambda d: model.save_pretrained(d, dtype=torch.float16, record=record))
+    atomic_dir(dest, lambda d: model.save_pretrained(d, dtype=torch.float16, record=record))
     return dest

@@ -253,7 +253,3 @@ class WorldCLIPModel(torch.nn.Module):
         if device is not None:
             model.to(device)
         return model
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -27,14 +27,11 @@ time as well, see `time_limit_s`). Checkpoints are written to a temporary folder
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +39,26 @@ import torch
 import torch.nn.functional as F
 
 from ..._config import DictConfig
-from ...generators.world.train import _atomic_dir, _StopFlag, hardware_info, list_checkpoints
-from .model import WorldCLIPArch, WorldCLIPModel, count_parameters
+from ...training import (
+    EMA,
+    RunFolder,
+    StopFlag,
+    atomic_dir,
+    count_parameters,
+    hardware_info,
+    load_checkpoint,
+    make_accelerator,
+    new_session,
+    schedule,
+    utc_now,
+    versions,
+)
+from ...training import folder_size as folder_size  # re-exported (the CLI's import)
+from ...training import list_checkpoints as list_checkpoints  # re-exported
+from .model import WorldCLIPArch, WorldCLIPModel
 from .negatives import HardNegatives
 
-CHECKPOINTS = "checkpoints"
 FINAL = "final"
-STATE_FILE = "state.pt"
 RECORD_FILE = "training.json"
 SHIPPED_NAME = "world-clip"
 
@@ -197,49 +207,13 @@ RUNTIME_FIELDS = frozenset(
 
 
 # ------------------------------------------------------------------------------------- helpers
-class EMA:
-    """Exponential moving average of parameters (fp32 shadow), with the usual warm-up."""
-
-    def __init__(self, named_params: dict[str, torch.Tensor], decay: float):
-        self.decay = decay
-        self.shadow = {k: p.detach().float().clone() for k, p in named_params.items()}
-
-    @torch.no_grad()
-    def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        shadow = [self.shadow[k] for k in named_params]
-        torch._foreach_lerp_(shadow, [p.detach().float() for p in named_params.values()], 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, named_params: dict[str, torch.Tensor]) -> None:
-        for k, p in named_params.items():
-            p.copy_(self.shadow[k].to(p.dtype))
-
-
 def lr_factor(config: WorldCLIPTrainConfig, step: int, wall_s: float = 0.0) -> float:
     """Learning-rate multiplier at `step`: linear warm-up, then cosine to `min_lr_ratio`; with a
     time limit the cosine follows max(step progress, time progress)."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = (step - config.warmup_steps) / span
-    if config.time_limit_s:
-        progress = max(progress, wall_s / config.time_limit_s)
-    progress = min(1.0, progress)
-    r = config.min_lr_ratio
-    return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def versions() -> dict:
-    import accelerate
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "numpy": np.__version__,
-    }
+    time_frac = wall_s / config.time_limit_s if config.time_limit_s else 0.0
+    return schedule.lr_factor(
+        step, config.max_steps, config.warmup_steps, config.min_lr_ratio, time_frac=time_frac
+    )
 
 
 # ------------------------------------------------------------------------------------- data
@@ -442,11 +416,6 @@ def clip_losses(
     return out
 
 
-def _config_diff(a: dict, b: dict) -> list[str]:
-    keys = (set(a) | set(b)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -474,14 +443,11 @@ def train_world_clip(
 
 
 def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None) -> Path | None:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
     from compalign.generators.world.data import ScenePool
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs per process
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+    accelerator = make_accelerator(config.mixed_precision, config.device)
     device = accelerator.device
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -493,22 +459,14 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
 
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.json"
-    ckpts = list_checkpoints(run_dir)
-    ckpt = ckpts[-1] if (resume and ckpts) else None
-    if ckpt is not None and cfg_path.exists():
-        diff = _config_diff(json.loads(cfg_path.read_text()), config.to_dict())
-        if diff and diff != ["max_steps"]:
-            raise ValueError(
-                f"run {run_dir} was started with a different config ({', '.join(diff)}); "
-                "use another output_dir or start fresh (resume=False)"
-            )
+    run = RunFolder(run_dir)
+    ckpt = run.latest_checkpoint() if resume else None
+    if ckpt is not None:
+        run.check_config(config.to_dict(), RUNTIME_FIELDS)
     if not resume:
-        for p in ckpts:
-            shutil.rmtree(p)
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
-    cfg_path.write_text(json.dumps(config.to_dict(), indent=2))
-    log_path = run_dir / "log.jsonl"
+        run.remove_checkpoints()
+        run.remove_log()
+    run.write_config(config.to_dict())
     hardware = hardware_info(device)
 
     model = WorldCLIPModel.from_arch(config.arch, seed=config.seed).to(device)
@@ -526,22 +484,15 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
 
     step, wall, sessions, loss_avg = 0, 0.0, [], None
     if ckpt is not None:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
-            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+            ema.load_shadow(state["ema"])  # this trainer saves the averages alone
         step, wall, sessions = state["step"], state["wall_time_s"], state["sessions"]
         loss_avg = state.get("loss_avg")
-        if log_path.exists():  # drop lines logged after the checkpoint
-            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-    session = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "from_step": step,
-        **hardware,
-    }
+        run.truncate_log(step)
+    session = new_session(step, hardware)
     sessions = [*sessions, session]
 
     pool = ScenePool(
@@ -573,11 +524,7 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
             "loss_avg": loss_avg,
             "config": config.to_dict(),
         }
-        _atomic_dir(
-            run_dir / CHECKPOINTS / f"step_{at_step:07d}", lambda d: torch.save(state, d / STATE_FILE)
-        )
-        for old in list_checkpoints(run_dir)[: -max(1, config.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        run.save_checkpoint(at_step, state, config.keep_checkpoints)
 
     def out_of_time() -> bool:
         return config.time_limit_s is not None and wall >= config.time_limit_s
@@ -589,7 +536,7 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
     loss_avg_t = None if loss_avg is None else torch.tensor(loss_avg, device=device)
     interrupted = time_stopped = False
     try:
-        with _StopFlag() as flag:
+        with StopFlag() as flag:
             while step < end and not out_of_time():
                 t0 = time.perf_counter()
                 batch = next(data)
@@ -629,8 +576,7 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
                         "steps_per_s": (step - s_log) / max(1e-9, now - t_log),
                         "wall_time_s": wall,
                     }
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    run.log(record)
                     t_log, s_log = now, step
                 if step % config.checkpoint_every == 0 or step == end or flag.stop or out_of_time():
                     save(step)
@@ -683,8 +629,8 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
         "evaluation": evaluation,
         "hardware": hardware,
         "sessions": sessions,
-        "versions": versions(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("transformers", "accelerate", "numpy"),
+        "finished": utc_now(),
         "config": config.to_dict(),
     }
 
@@ -692,7 +638,7 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
         core.save_pretrained(d)
         (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
 
-    _atomic_dir(run_dir / FINAL, write_final)
+    atomic_dir(run_dir / FINAL, write_final)
     return run_dir / FINAL
 
 
@@ -713,9 +659,5 @@ def export_world_clip(run_dir: str | Path, dest: str | Path | None = None) -> Pa
         record["exported"] = {"dtype": "float16", "from": str(src)}
         (d / RECORD_FILE).write_text(json.dumps(record, indent=2))
 
-    _atomic_dir(dest, write)
+    atomic_dir(dest, write)
     return dest
-
-
-def folder_size(path: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
