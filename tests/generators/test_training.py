@@ -205,3 +205,34 @@ def test_time_limit_finishes_the_run_at_the_step_reached(tmp_path, make_config):
     same = train_world_model(make_config(tmp_path / "b", max_steps=1, lr_schedule="constant"), resume=False)
     wa, wb = _weights(config.run_dir), _weights(same.parent)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_web_captions_reach_training(tmp_path, make_config, monkeypatch):
+    import compalign.generators.world.train as world_train
+    from compalign.world.grammar import parse_prompt
+
+    seen: dict[str, list[str]] = {"exact": [], "web": []}
+    inner = world_train.diffusion_loss
+
+    for captions in seen:
+
+        def spy(config, model, pipe, sched, batch, *args, _out=seen[captions]):
+            _out.extend(batch["prompts"])
+            return inner(config, model, pipe, sched, batch, *args)
+
+        monkeypatch.setattr(world_train, "diffusion_loss", spy)
+        c = make_config(tmp_path / captions, max_steps=2, checkpoint_every=5, captions=captions)
+        train_world_model(c, resume=False)
+    assert len(seen["web"]) == len(seen["exact"]) > 0
+    assert seen["web"] != seen["exact"]
+    for p in seen["web"]:
+        parse_prompt(p)  # web captions stay inside the grammar
+
+
+def test_run_started_before_a_config_field_existed_resumes(tmp_path, make_config):
+    part = make_config(tmp_path)
+    assert train_world_model(part, resume=False, stop_at_step=3) is None
+    saved = json.loads((part.run_dir / "config.json").read_text())
+    del saved["captions"]  # as written before the field existed
+    (part.run_dir / "config.json").write_text(json.dumps(saved))
+    assert train_world_model(part) is not None

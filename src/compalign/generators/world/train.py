@@ -30,6 +30,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import torch
@@ -111,7 +112,9 @@ class _Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = self.folder.latest_checkpoint() if resume else None
         if self.ckpt is not None:
-            self.folder.check_config(config.to_dict(), RUNTIME_FIELDS, warn=True)
+            # fields added after a run started count as their defaults (e.g. `captions`: exact)
+            defaults = {f.name: f.default for f in fields(WorldTrainConfig) if f.default is not MISSING}
+            self.folder.check_config(config.to_dict(), RUNTIME_FIELDS, warn=True, defaults=defaults)
         if not resume:
             self.folder.remove_checkpoints()
         self.folder.write_config(config.to_dict())
@@ -343,9 +346,16 @@ def _train(config: WorldTrainConfig, resume: bool, stop_at_step: int | None) -> 
     data = None
     if config.mode == "diffusion" and step < end:
         if pool is not None:
-            data = pool.batches(config.seed, config.batch_size, step)
+            data = pool.batches(config.seed, config.batch_size, step, captions=config.captions)
         else:
-            data = batches(config.seed, config.batch_size, config.categories, step, config.num_workers)
+            data = batches(
+                config.seed,
+                config.batch_size,
+                config.categories,
+                step,
+                config.num_workers,
+                captions=config.captions,
+            )
         train_sched = build_training_scheduler(pipe.scheduler.config)
         train_sched.alphas_cumprod = train_sched.alphas_cumprod.to(run.device)
 
