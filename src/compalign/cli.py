@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from . import __version__
 from ._cli import fail
 from ._cli import note as _note
+from .prompts_io import PromptFileError, read_prompt_file
 
 STAGES = {
     "world": "Prompt suites, renderer, exact evaluator; world models.",
@@ -213,16 +214,9 @@ def world_prompts(
 
 def _read_prompt_file(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        fail(f"{path}: prompt file not found")
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"{path}: cannot read prompt file: {e}")
-    prompts = [ln.strip() for ln in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        fail(f"{path}: no prompts (one per line; blank lines and '#' comments are skipped)")
-    return prompts
+        return read_prompt_file(path)
+    except PromptFileError as e:
+        fail(str(e))
 
 
 def _print_table(report: dict, title: str) -> None:

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from .._cli import fail, note
+from ..prompts_io import PromptFileError, read_prompt_file
 
 
 class GreedyListCommand(TyperCommand):
@@ -123,9 +124,10 @@ def generate_command(
         if prompts_file is not None:
             if per_category is not None:
                 fail("give either --prompts FILE or --per-category N (suite prompts), not both")
-            from ..cli import _read_prompt_file
-
-            prompts = _read_prompt_file(prompts_file)
+            try:
+                prompts = read_prompt_file(prompts_file)
+            except PromptFileError as e:
+                fail(str(e))
             source = {"kind": "file", "file": str(prompts_file)}
         else:
             if suite_split not in SPLITS:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..noise_optimization.generator import parse_reno_spec  # also registers the reno: prefix
 from .format import (
     GALLERY_FILE,
     META_FILE,
@@ -98,8 +99,6 @@ def check_model_spec(m: ModelSpec) -> None:
 
     prefix, sep, rest = m.spec.partition(":")
     if sep and prefix == "reno":  # a differentiable base + ReNO: check the spec and its base
-        from ..noise_optimization.generator import parse_reno_spec
-
         try:
             base, _, _ = parse_reno_spec(rest)
         except ValueError as e:
@@ -132,8 +131,6 @@ def is_world_spec(spec: str) -> bool:
     pipeline / run folders, and ``reno:`` over one of them (not ``prefix:source`` adapters)."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "reno":
-        from ..noise_optimization.generator import parse_reno_spec
-
         try:
             return is_world_spec(parse_reno_spec(rest)[0])
         except ValueError:

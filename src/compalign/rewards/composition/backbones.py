@@ -27,12 +27,15 @@ A backbone rebuilds without its original checkpoint: `config()` (JSON) + `save_a
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .folder import BACKBONE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_weights, saved_model_dir
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -343,19 +346,13 @@ class WorldBlipBackbone(WorldCLIPBackbone):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> WorldBlipBackbone:
-        from .model import CONFIG_FILE, CompositionRewardModel, resolve_model_dir
-
-        try:
-            saved_dir = resolve_model_dir(source) if source else None
-        except (FileNotFoundError, LookupError, ValueError):  # a world-CLIP folder or name
-            saved_dir = None
-        if saved_dir is not None and (saved_dir / CONFIG_FILE).is_file():
-            saved = CompositionRewardModel(saved_dir, frozen=False)
-            bb = saved.backbone
+        saved_dir = saved_model_dir(source) if source else None
+        if saved_dir is not None:
+            config, bb, head = load_saved(saved_dir)
             if not isinstance(bb, WorldBlipBackbone):
                 raise ValueError(f"{source}: a {bb.kind} reward model, not a world-blip one")
             bb.requires_grad_(True)
-            bb._pretrained_head = [saved.head.requires_grad_(True)]
+            bb._pretrained_head = [head.requires_grad_(True)]
             bb.source = str(source)
             return bb
         base = WorldCLIPBackbone.from_spec(source)
@@ -625,6 +622,22 @@ def backbone_from_config(kind: str, config: dict, folder: Path, source: str = "<
     if kind not in _BACKBONES:
         raise KeyError(f"unknown backbone kind {kind!r}; known: {', '.join(list_backbones())}")
     return _BACKBONES[kind].from_config(config, Path(folder), source)
+
+
+def load_saved(folder: Path) -> tuple[dict, Backbone, torch.nn.Module]:
+    """(config, backbone, head) of a saved composition reward model folder, weights loaded (float32,
+    eval mode)."""
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r} "
+            f"is not supported (expected {FORMAT_VERSION})"
+        )
+    bb = config["backbone"]
+    backbone = backbone_from_config(bb["kind"], bb["config"], folder / BACKBONE_DIR, bb["source"])
+    parts = torch.nn.ModuleDict({"backbone": backbone.float(), "head": build_head(config["head"])})
+    load_weights(parts, folder / WEIGHTS_FILE)  # a config may carry the dtype it was saved in
+    return config, parts["backbone"].eval(), parts["head"].eval()
 
 
 # ------------------------------------------------------------------------------------------- freezing
