@@ -43,7 +43,7 @@ def shipped_models() -> list[str]:
 
 def list_generators() -> list[str]:
     """Names `create_generator` knows: shipped models, presets, and ``prefix:`` adapters."""
-    from .world.config import list_presets
+    from .world.config import list_presets  # lazy: loads transformers and diffusers
 
     _load_adapters()
     names = set(shipped_models()) | set(list_presets())
@@ -70,7 +70,7 @@ def create_generator(
     **kwargs,
 ) -> Generator:
     """A ready generator (weights loaded, eval mode) for a name, folder or ``prefix:rest``."""
-    from .world.config import list_presets
+    from .world.config import list_presets  # lazy: loads transformers and diffusers
     from .world.generator import WorldGenerator
 
     _load_adapters()

@@ -27,6 +27,7 @@ A backbone rebuilds without its original checkpoint: `config()` (JSON) + `save_a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict
@@ -35,7 +36,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..real.clip_score import CLIPScoreReward
+from ..real.common import MLPHead
+from ..real.image_reward import ImageRewardReward
+from ..real.preprocess import PreprocessConfig, clip_preprocess
 from .folder import BACKBONE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_weights, saved_model_dir
+
+# transformers and the world CLIP (which loads transformers) are imported where a backbone is built
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -122,8 +129,6 @@ def fuse(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
 
 def build_head(config: dict) -> torch.nn.Module:
     """A head from its `config()` (weights random / zero: load them afterwards)."""
-    from ..real.common import MLPHead
-
     kind = config.get("type")
     if kind == "fusion":
         return FusionHead(
@@ -138,8 +143,6 @@ def build_head(config: dict) -> torch.nn.Module:
 
 
 def head_config(head: torch.nn.Module) -> dict:
-    from ..real.common import MLPHead
-
     if isinstance(head, FusionHead):
         return head.config()
     if isinstance(head, MLPHead):
@@ -360,8 +363,6 @@ class WorldBlipBackbone(WorldCLIPBackbone):
 
     def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
         if self._pretrained_head[0] is not None:
-            import copy
-
             if image_block != self._pretrained_head[0].image_block:
                 raise ValueError(
                     f"this world-blip backbone ({self.source}) brings its trained head "
@@ -411,8 +412,6 @@ class CLIPBackbone(_DualEncoder):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> CLIPBackbone:
-        from ..real.clip_score import CLIPScoreReward
-
         r = CLIPScoreReward(source, frozen=False)
         return cls(r.model, r.tokenizer, r.preprocess_config, r.max_length, source=r.source)
 
@@ -424,8 +423,6 @@ class CLIPBackbone(_DualEncoder):
         return int(self.preprocess_config.crop_size[0])
 
     def features(self, images, prompts):
-        from ..real.preprocess import clip_preprocess
-
         pixels = clip_preprocess(images.to(self.device), self.preprocess_config).to(self.dtype)
         img = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
         tok = self.tokenizer(
@@ -453,8 +450,6 @@ class CLIPBackbone(_DualEncoder):
     @classmethod
     def from_config(cls, config: dict, folder: Path, source: str) -> CLIPBackbone:
         from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-        from ..real.preprocess import PreprocessConfig
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         with _no_init_weights():
@@ -484,8 +479,6 @@ class BlipBackbone(Backbone):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> BlipBackbone:
-        from ..real.image_reward import ImageRewardReward
-
         r = ImageRewardReward(source, frozen=False)
         return cls(
             r.vision, r.text, r.tokenizer, r.preprocess_config, r.max_length, head=r.head, source=r.source
@@ -496,8 +489,6 @@ class BlipBackbone(Backbone):
         return int(self.preprocess_config.crop_size[0])
 
     def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
-        from ..real.common import MLPHead
-
         if not image_block:
             raise ValueError(
                 "a BLIP backbone scores one fused feature (ImageReward's head): no image block to drop"
@@ -506,13 +497,9 @@ class BlipBackbone(Backbone):
         head = self._head[0]
         if head is None:  # rebuilt from a config: the model loads the head's weights
             return MLPHead(int(self.text.config.hidden_size))
-        import copy
-
         return copy.deepcopy(head)
 
     def features(self, images, prompts):
-        from ..real.preprocess import clip_preprocess
-
         pixels = clip_preprocess(images.to(self.device), self.preprocess_config).to(self.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
@@ -564,8 +551,6 @@ class BlipBackbone(Backbone):
             BlipVisionConfig,
             BlipVisionModel,
         )
-
-        from ..real.preprocess import PreprocessConfig
 
         tokenizer = BertTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         with _no_init_weights():

@@ -33,8 +33,13 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
+
+from compalign.io import atomic_path, atomic_write_json
+from compalign.world.suites import ASPECTS
 
 from ..base import Reward, check_inputs
+from ..real.common import resolve_dtype
 from .backbones import apply_freeze_ratio, create_backbone, head_config, list_backbones, load_saved
 from .folder import (  # noqa: F401 (the folder format is part of this module's API)
     BACKBONE_DIR,
@@ -53,7 +58,7 @@ ASPECT_SHORT = {v: k.removeprefix("itercomp-") for k, v in SHIPPED.items()}
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """The model folder of a shipped name (``weights/<name>``), a model folder or a run folder
     (its ``final/``)."""
-    from ..world_clip.reward import RewardNotTrainedError
+    from ..world_clip.reward import RewardNotTrainedError  # lazy: loads transformers
 
     path = Path(name_or_path)
     for cand in (path, path / "final"):
@@ -114,10 +119,6 @@ class CompositionRewardModel(Reward):
         frozen: bool | None = None,
     ):
         super().__init__()
-        from compalign.world.suites import ASPECTS
-
-        from ..real.common import resolve_dtype
-
         is_saved = isinstance(source, Path) or (
             isinstance(source, str) and source.partition(":")[0] not in _backbone_names()
         )
@@ -230,10 +231,6 @@ class CompositionRewardModel(Reward):
     # ------------------------------------------------------------------------------ io
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, record: dict | None = None):
         """Write the model folder (`dtype`: e.g. torch.float16 for shipping; `record`: training.json)."""
-        from safetensors.torch import save_model
-
-        from compalign.io import atomic_path, atomic_write_json
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         model = self
