@@ -78,7 +78,8 @@ class FusionHead(torch.nn.Module):
     ``image_block=False`` leaves the image-only block ``sqrt(D) i`` out of the head's input: every
     term that reads the image then reads it through its product with the prompt, so the head has
     no prompt-independent image term. (Measured on the world: lower pair accuracy and no better as
-    a ReNO reward; see docs/results/reward_models_world, round 3.)
+    a ReNO reward; see docs/results/reward_models_world, "The ReNO step size of standardised
+    rewards".)
     """
 
     def __init__(

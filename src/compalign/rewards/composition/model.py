@@ -24,7 +24,8 @@ are standardised the same way). Its default ReNO weight is 0.1, not ImageReward'
 world-onestep a standardised score's noise gradient is 3-5x the world CLIP cosine's, so at weight 1
 ReNO's gradient clip (0.1) binds on nearly every step (measured with `scripts/reno_grad_norms.py`:
 75-81% of samples still clipped after 8 steps, against 28% for the world CLIP), and weight 0.1 gave
-higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, round 3).
+higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, "The ReNO step
+size of standardised rewards").
 """
 
 from __future__ import annotations
