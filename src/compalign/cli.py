@@ -12,13 +12,24 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from ._cli import fail
+from ._cli import check_out_dir, fail
 from ._cli import note as _note
+from .feedback.cli import app as feedback_app
+from .gallery.cli import app as gallery_app
+from .generators.cli import register as register_generators
+from .iterate.cli import register as register_iterate
+from .noise_optimization.cli import register as register_reno
+from .pairs.cli import pairs_command
+from .prompts_io import PromptFileError, read_prompt_file
+from .ranking.cli import app as rank_app
+from .rewards.cli import app as reward_app
 
+# the world package (scipy) and rich are imported inside the commands: `compalign --help` starts fast
 STAGES = {
     "world": "Prompt suites, renderer, exact evaluator; world models.",
     "generate": "Images for prompts x seeds from any generator.",
@@ -124,8 +135,6 @@ def _suite_selection(
     category: str, split: str, limit: int | None, seed: int | None
 ) -> tuple[list[str], list[int]]:
     """(prompts, their indices in the suite): the first `limit`, or a seeded sample of `limit`."""
-    import numpy as np
-
     from .world.suites import load_suite
 
     prompts = load_suite(category, split)
@@ -213,16 +222,9 @@ def world_prompts(
 
 def _read_prompt_file(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        fail(f"{path}: prompt file not found")
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"{path}: cannot read prompt file: {e}")
-    prompts = [ln.strip() for ln in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        fail(f"{path}: no prompts (one per line; blank lines and '#' comments are skipped)")
-    return prompts
+        return read_prompt_file(path)
+    except PromptFileError as e:
+        fail(str(e))
 
 
 def _print_table(report: dict, title: str) -> None:
@@ -292,7 +294,6 @@ def world_render(
     ] = False,
 ) -> None:
     """Render suite prompts or your own prompts to PNGs plus a manifest.json."""
-    from ._cli import check_out_dir
     from .world.batch import RenderError, layouts_for, plan
 
     _check_counts(limit, seed, res)
@@ -375,25 +376,14 @@ def world_demo(
 
 def _register_stages() -> None:
     """Stages that live in their own packages add their commands here."""
-    from .feedback.cli import app as feedback_app
-    from .generators.cli import register
-    from .noise_optimization.cli import register as register_reno
-    from .rewards.cli import app as reward_app
-
-    register(app, world_app)
+    register_generators(app, world_app)
     app.add_typer(reward_app, name="reward")
     register_reno(app)
-
-    from .gallery.cli import app as gallery_app
-    from .pairs.cli import pairs_command
-    from .ranking.cli import app as rank_app
 
     app.add_typer(gallery_app, name="gallery")
     app.add_typer(rank_app, name="rank")
     app.command("pairs")(pairs_command)
     app.add_typer(feedback_app, name="feedback")
-    from .iterate.cli import register as register_iterate
-
     register_iterate(app)
     for info in [*app.registered_commands, *app.registered_groups]:
         name = info.name or getattr(info.callback, "__name__", "")

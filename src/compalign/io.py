@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "atomic_path",
@@ -87,8 +88,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def to_pil(image: Any):
     """A PIL RGB image from HxWx3 float [0, 1] / uint8 arrays, torch tensors [3, H, W] or PIL images."""
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image
     if hasattr(image, "detach"):  # torch tensor [3, H, W] (or [H, W, 3]) in [0, 1]
@@ -105,8 +104,6 @@ def to_pil(image: Any):
 
 def atomic_save_image(path: str | os.PathLike, image: Any, format: str | None = None) -> Path:
     """Save an image atomically; the format comes from `format` or the extension of `path`."""
-    from PIL import Image
-
     path = Path(path)
     pil = to_pil(image)
     fmt = format or Image.registered_extensions().get(path.suffix.lower())

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_path
+
 PASS_COLOR = "#2a2"
 FAIL_COLOR = "#d22"
 
 
 def pyplot():
     """`matplotlib.pyplot` on the Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # lazy: only plotting needs it, and it is slow to import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -29,8 +31,6 @@ def pyplot():
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Write `fig` as a PNG atomically (with the user's umask) and close it."""
-    from .io import atomic_path
-
     plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

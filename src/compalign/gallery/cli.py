@@ -7,6 +7,7 @@ an unknown model, ...) ends with one line on stderr naming the file, record and 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,12 @@ import typer
 from typer.core import TyperCommand
 
 from .._cli import fail, note
+from ..generators.options import generator_options
+from ..prompts_io import PromptFileError, read_prompt_file
+from .format import GalleryError, gallery_dir, load_gallery
+
+# the world package (scipy) and the stage modules are imported inside the commands, so that
+# `compalign --help` starts fast
 
 
 class GreedyListCommand(TyperCommand):
@@ -108,13 +115,10 @@ def generate_command(
     processes under torchrun / accelerate launch). --resolution sets diffusers models' height and
     width."""
     from ..world.suites import ASPECTS, SPLITS
-    from .format import GalleryError
     from .generate import generate_gallery, suite_prompts
 
     if aspect not in ASPECTS:
         fail(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
-    from ..generators.options import generator_options
-
     generator_options(dtype, offload, None, None)  # one-line errors for bad values
     if per_category is not None and per_category < 1:
         fail(f"--per-category must be >= 1, got {per_category}")
@@ -123,9 +127,10 @@ def generate_command(
         if prompts_file is not None:
             if per_category is not None:
                 fail("give either --prompts FILE or --per-category N (suite prompts), not both")
-            from ..cli import _read_prompt_file
-
-            prompts = _read_prompt_file(prompts_file)
+            try:
+                prompts = read_prompt_file(prompts_file)
+            except PromptFileError as e:
+                fail(str(e))
             source = {"kind": "file", "file": str(prompts_file)}
         else:
             if suite_split not in SPLITS:
@@ -169,7 +174,6 @@ def import_command(
     force: Annotated[bool, typer.Option("--force", help="Replace a gallery already in --root.")] = False,
 ) -> None:
     """Validate an IterComp gallery file and adopt it (writes ROOT/gallery.json and its sidecars)."""
-    from .format import GalleryError
     from .itercomp import import_gallery
 
     try:
@@ -191,7 +195,6 @@ def export_command(
     absolute: Annotated[bool, typer.Option("--absolute", help="Write absolute image paths.")] = False,
 ) -> None:
     """Write the gallery in IterComp's exact format (index, prompt, image_<model>, [initial_rank], rank)."""
-    from .format import GalleryError
     from .itercomp import export_gallery
 
     if path_prefix and absolute:
@@ -235,7 +238,6 @@ def expand_command(
     """Add models to a gallery: render them for every record, keep the old rank as initial_rank and
     merge (auto: re-rank; people: binary-insertion questions in `rank serve`, then `rank export`)."""
     from .expand import expand_gallery
-    from .format import GalleryError
 
     try:
         s = expand_gallery(
@@ -278,10 +280,6 @@ def check_command(
     gallery: Annotated[Path, typer.Argument(help="Gallery folder (or its gallery.json).")],
 ) -> None:
     """Check a gallery (JSON, fields, models, ranks, ties, image files) and print a summary."""
-    import json
-
-    from .format import GalleryError, gallery_dir, load_gallery
-
     try:
         g = load_gallery(gallery_dir(gallery))
     except GalleryError as e:

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..ranking.auto import rank_gallery
+from ..ranking.people import open_store
 from .format import GalleryError, gallery_dir, image_path, load_gallery
 from .generate import (
     check_model_spec,
@@ -129,8 +131,6 @@ def merge_models(g, specs, info, mode, judge, tie_break, seeds, workers=0, devic
     jobs = []
     store = None
     if mode == "people":
-        from ..ranking.people import open_store
-
         store = open_store(g)
         exported = g.ranks.get("store_rankings_at_export", 0)
         if store.count() > exported:
@@ -155,8 +155,6 @@ def merge_models(g, specs, info, mode, judge, tie_break, seeds, workers=0, devic
     g.validate(check_images=True)
     summary = {"added": names, "records": len(g.records), "mode": mode, "initial_kept": kept, "notes": notes}
     if mode == "auto":
-        from ..ranking.auto import rank_gallery
-
         g.save()
         res = rank_gallery(g, judge=judge, tie_break=tie_break, workers=workers, device=device)
         summary.update(judge=judge, tie_break=res["tie_break"], notes=notes + res["notes"])

@@ -27,9 +27,12 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from PIL import Image
 
 from ..io import atomic_write_json
 from ..ranking.order import RankError, Tiers, check_rank, check_ties, is_int, rank_to_tiers, tiers_to_rank
@@ -203,10 +206,6 @@ def check_image_files(
 
 def image_problem(path: Path) -> str | None:
     """Why `path` does not decode as an image (its checksums, then every pixel), or None."""
-    import warnings
-
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

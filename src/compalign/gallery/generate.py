@@ -19,7 +19,9 @@ name, a world model keeps its name, a folder its base name and ``prefix:source``
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import math
 import re
 import sys
 import time
@@ -28,6 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import PartialState
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .._cli import clip_text, out_place_problem
+from ..generators import create_generator
+from ..generators.generate import to_uint8
+from ..generators.registry import list_generators, shipped_models
+from ..io import atomic_save_image, atomic_write_json
+from ..noise_optimization.generator import parse_reno_spec  # also registers the reno: prefix
+from ..world.grammar import PromptError, parse_prompt
+from ..world.suites import ASPECTS, list_categories, load_suite
 from .format import (
     GALLERY_FILE,
     META_FILE,
@@ -36,6 +51,7 @@ from .format import (
     Record,
     check_model_name,
     image_path,
+    load_gallery,
     new_meta,
     parse_records,
     read_json,
@@ -52,8 +68,6 @@ class ModelSpec:
 
 
 def _adapter_prefixes() -> set[str]:
-    from ..generators.registry import list_generators
-
     return {n[:-1] for n in list_generators() if n.endswith(":")}
 
 
@@ -93,13 +107,10 @@ def parse_models(args: Sequence[str], existing: Sequence[str] = ()) -> list[Mode
 
 def check_model_spec(m: ModelSpec) -> None:
     """Fail early (before any rendering) on a model that cannot be loaded."""
-    from ..generators.registry import list_generators, shipped_models
-    from ..generators.world.config import list_presets
+    from ..generators.world.config import list_presets  # lazy: loads transformers and diffusers
 
     prefix, sep, rest = m.spec.partition(":")
     if sep and prefix == "reno":  # a differentiable base + ReNO: check the spec and its base
-        from ..noise_optimization.generator import parse_reno_spec
-
         try:
             base, _, _ = parse_reno_spec(rest)
         except ValueError as e:
@@ -132,8 +143,6 @@ def is_world_spec(spec: str) -> bool:
     pipeline / run folders, and ``reno:`` over one of them (not ``prefix:source`` adapters)."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "reno":
-        from ..noise_optimization.generator import parse_reno_spec
-
         try:
             return is_world_spec(parse_reno_spec(rest)[0])
         except ValueError:
@@ -147,9 +156,6 @@ def check_world_prompts(prompts: Sequence[str], models: Sequence[ModelSpec]) -> 
     world = next((m for m in models if is_world_spec(m.spec)), None)
     if world is None:
         return
-    from .._cli import clip_text
-    from ..world.grammar import PromptError, parse_prompt
-
     for n, p in enumerate(dict.fromkeys(prompts), 1):
         try:
             parse_prompt(p)
@@ -163,8 +169,6 @@ def check_world_prompts(prompts: Sequence[str], models: Sequence[ModelSpec]) -> 
 
 def check_sampling(steps: int | None, guidance: float | None, batch_size: int) -> None:
     """`GalleryError` for sampling settings no generator can take."""
-    import math
-
     if steps is not None and steps < 1:
         raise GalleryError(f"--steps must be >= 1, got {steps}")
     if guidance is not None and not math.isfinite(guidance):
@@ -180,8 +184,6 @@ def suite_prompts(
     aspect: str, split: str = "train", per_category: int | None = None
 ) -> list[tuple[str, str]]:
     """(prompt, category) of the world suites of `aspect`, the first `per_category` of each, deduplicated."""
-    from ..world.suites import ASPECTS, list_categories, load_suite
-
     if aspect not in ASPECTS:
         raise GalleryError(f"unknown aspect {aspect!r}; expected one of {', '.join(ASPECTS)}")
     out, seen = [], set()
@@ -202,16 +204,11 @@ def _prompts_hash(prompts: Sequence[str]) -> str:
 
 def dist_state(device: str | None = None):
     """The `accelerate` process state (one process unless launched with torchrun / accelerate)."""
-    import torch
-    from accelerate import PartialState
-
     cpu = device == "cpu" or not torch.cuda.is_available()
     return PartialState(cpu=cpu)
 
 
 def _resize(arr, size: int):
-    from PIL import Image
-
     img = Image.fromarray(arr)
     method = Image.Resampling.LANCZOS if size < arr.shape[0] else Image.Resampling.BICUBIC
     return img.resize((size, size), method)
@@ -236,14 +233,6 @@ def render_models(
 ) -> dict[str, dict]:
     """Render the missing images of this process's share; returns per model what was learnt
     (native resolution, generator settings) for the models this process loaded."""
-    import gc
-
-    from tqdm.auto import tqdm
-
-    from ..generators import create_generator
-    from ..generators.generate import to_uint8
-    from ..io import atomic_save_image
-
     state = state or dist_state(device)
     n, p = state.num_processes, state.process_index
     if device is None and n > 1:
@@ -269,7 +258,7 @@ def render_models(
             if resolution and m.spec.partition(":")[0] in adapters:
                 kw.update(height=resolution, width=resolution)
             if dtype is not None:
-                from ..generators.diffusers.common import parse_dtype
+                from ..generators.diffusers.common import parse_dtype  # lazy: loads diffusers
 
                 kw["dtype"] = parse_dtype(dtype)
             if offload is not None and m.spec.partition(":")[0] in adapters:
@@ -327,8 +316,6 @@ def manifest_records(root: Path, records: Sequence[Record], models: Sequence[str
 
 
 def write_manifest(root: Path, records: Sequence[Record], models: Sequence[str]) -> None:
-    from ..io import atomic_write_json
-
     recs = manifest_records(root, records, models)
     for r in recs:  # a rank is only valid over the full set of models
         if len(r.images) != len(models):
@@ -361,9 +348,6 @@ def generate_gallery(
 
     `prompts` default to the train suites of `aspect` (all prompts of every category of it).
     """
-    from .._cli import out_place_problem
-    from ..world.suites import ASPECTS
-
     root = Path(out)
     problem = out_place_problem(root, "--out")
     if problem is not None:
@@ -416,8 +400,6 @@ def generate_gallery(
     state = dist_state(device)
     main = state.is_main_process
     if main:
-        from ..io import atomic_write_json
-
         root.mkdir(parents=True, exist_ok=True)
         if old is None:
             meta["history"] = [
@@ -451,9 +433,6 @@ def generate_gallery(
 
 def finish(root: Path, records: Sequence[Record], meta: dict, info: dict[str, dict]) -> Gallery:
     """Main process, after every process is done: merged manifest + final metadata."""
-    from ..io import atomic_write_json
-    from .format import load_gallery
-
     names = [m["name"] for m in meta["models"]]
     for m in meta["models"]:
         m.update(info.get(m["name"], {}))

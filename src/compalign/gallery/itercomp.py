@@ -15,6 +15,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from ..io import atomic_write_json
+from ..world.suites import ASPECTS
 from .format import (
     GALLERY_FILE,
     META_FILE,
@@ -32,8 +33,6 @@ from .format import (
 
 
 def _infer_aspect(paths: list[str]) -> str | None:
-    from ..world.suites import ASPECTS
-
     found = {a for p in paths for a in ASPECTS if a in PurePosixPath(p).parts}
     return found.pop() if len(found) == 1 else None
 
@@ -42,8 +41,6 @@ def import_gallery(
     file: str | Path, root: str | Path, aspect: str | None = None, force: bool = False
 ) -> Gallery:
     """Validate an IterComp gallery file and adopt it as the gallery of folder `root`."""
-    from ..world.suites import ASPECTS
-
     file, root = Path(file), Path(root)
     if not root.is_dir():
         raise GalleryError(

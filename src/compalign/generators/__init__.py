@@ -1,4 +1,4 @@
-"""Text-to-image generators: one contract for world models and (later) real diffusers pipelines.
+"""Text-to-image generators: one contract for world models and real diffusers pipelines.
 
 `create_generator(name)` loads a shipped world model by name (``world-base``, ``world-onestep``,
 ...) with no network; `Generator.generate(prompts, seeds=...)` returns images `[B, 3, H, W]` in

@@ -1,4 +1,4 @@
-"""The generator contract shared by world models and (later) real diffusers pipelines.
+"""The generator contract shared by world models and real diffusers pipelines.
 
 A generator turns prompts plus initial noise into images `[B, 3, H, W]` float in `[0, 1]`.
 Noise is drawn per image from its seed on the CPU (`noise_for_seeds`), so the image for

@@ -2,8 +2,11 @@
 
 `create_generator(name_or_path)` resolves, in order:
 
-1. ``prefix:rest`` where `prefix` was registered with `register_generator` (the extension point
-   for real diffusers pipelines, e.g. a later ``diffusers:stabilityai/sd-turbo`` adapter);
+1. ``prefix:rest`` where `prefix` was registered with `register_generator`: the diffusers
+   families (``sd-turbo:stabilityai/sd-turbo``, ...; registered on import of
+   `compalign.generators.diffusers`, which the registry does on first use) and ``reno:`` (a
+   differentiable generator plus noise optimisation; registered on import of
+   `compalign.noise_optimization`, which the command line and the gallery tools do);
 2. a local folder: a saved `WorldPipeline` (``model_index.json``) or a training run folder
    (its ``final/`` pipeline);
 3. a world model shipped in the package (``compalign/generators/world/weights/<name>/``);
@@ -12,27 +15,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .adapters import FACTORIES as _FACTORIES
+from .adapters import GeneratorFactory, register_generator  # noqa: F401 (part of the registry's API)
 from .base import Generator
-
-GeneratorFactory = Callable[..., Generator]
-_FACTORIES: dict[str, GeneratorFactory] = {}
 
 
 class ModelNotTrainedError(LookupError):
-    """A known world model whose weights are not shipped (yet)."""
-
-
-def register_generator(prefix: str, factory: GeneratorFactory) -> None:
-    """Register `factory(rest, device=None, dtype=None, **kwargs) -> Generator` for ``prefix:rest``."""
-    if not prefix or ":" in prefix:
-        raise ValueError(f"invalid prefix {prefix!r}")
-    _FACTORIES[prefix] = factory
+    """A known world model whose weights are not shipped."""
 
 
 def weights_root() -> Path:
@@ -49,7 +43,7 @@ def shipped_models() -> list[str]:
 
 def list_generators() -> list[str]:
     """Names `create_generator` knows: shipped models, presets, and ``prefix:`` adapters."""
-    from .world.config import list_presets
+    from .world.config import list_presets  # lazy: loads transformers and diffusers
 
     _load_adapters()
     names = set(shipped_models()) | set(list_presets())
@@ -65,16 +59,8 @@ def _pipeline_dir(path: Path) -> Path | None:
 
 
 def _load_adapters() -> None:
-    """Register the built-in adapters: the diffusers families (on import of their package) and
-    ``reno:`` (a differentiable generator plus noise optimisation, `ReNOGenerator`)."""
-    if "reno" not in _FACTORIES:
-        from compalign.noise_optimization.generator import reno_factory
-
-        register_generator("reno", reno_factory)
-    try:
-        import compalign.generators.diffusers  # noqa: F401
-    except ImportError:  # pragma: no cover - diffusers is a core dependency
-        pass
+    """Register the diffusers families (on import of their package; lazy: it loads diffusers)."""
+    import compalign.generators.diffusers  # noqa: F401
 
 
 def create_generator(
@@ -84,7 +70,7 @@ def create_generator(
     **kwargs,
 ) -> Generator:
     """A ready generator (weights loaded, eval mode) for a name, folder or ``prefix:rest``."""
-    from .world.config import list_presets
+    from .world.config import list_presets  # lazy: loads transformers and diffusers
     from .world.generator import WorldGenerator
 
     _load_adapters()

@@ -22,8 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from ..gallery.format import Gallery, GalleryError, Record
+from ..rewards.registry import create_reward
+from ..world.grammar import PromptError, parse_prompt
+from ..world.quality import judge_images
 from .order import Tiers
 
 
@@ -36,8 +42,6 @@ class JudgeResult:
 
 
 def load_rgb(path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -54,11 +58,6 @@ def tiers_from_keys(keys: dict[str, tuple], models: Sequence[str]) -> Tiers:
 def _world_keys(
     g: Gallery, pairs: Sequence[tuple[Record, str]], workers: int, progress: bool
 ) -> dict[int, dict]:
-    from tqdm.auto import tqdm
-
-    from ..world.grammar import PromptError, parse_prompt
-    from ..world.quality import judge_images
-
     for r in {r.index: r for r, _ in pairs}.values():
         try:
             parse_prompt(r.prompt)
@@ -88,9 +87,6 @@ def _world_keys(
 
 
 def _reward_keys(g: Gallery, pairs: Sequence[tuple[Record, str]], reward, progress: bool) -> dict[int, dict]:
-    import torch
-    from tqdm.auto import tqdm
-
     out: dict[int, dict] = {}
     dev = next((p.device for p in reward.parameters()), torch.device("cpu"))
     per_record: dict[int, tuple[Record, list[str]]] = {}
@@ -126,8 +122,6 @@ def _judged(g: Gallery, records: Sequence[Record], names: list[str]) -> dict[int
 
 
 def _create_reward(spec: str, device):
-    from ..rewards.registry import create_reward
-
     return create_reward(spec, device=device).eval()
 
 

@@ -10,6 +10,10 @@ import typer
 
 from .._cli import fail, note
 from ..gallery.cli import progress_default
+from ..gallery.format import GalleryError, gallery_dir, load_gallery
+
+# the world package (scipy) and the stage modules are imported inside the commands, so that
+# `compalign --help` starts fast
 
 app = typer.Typer(
     help=(
@@ -50,7 +54,6 @@ def auto_command(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:
     """Rank every record's images by a judge and write the rank lists (ties kept in the sidecar)."""
-    from ..gallery.format import GalleryError, gallery_dir, load_gallery
     from .auto import rank_gallery
 
     try:
@@ -94,7 +97,6 @@ def serve_command(
     """Serve the web tool for people to rank the gallery (rankings go to GALLERY/rankings.sqlite).
 
     Off loopback (e.g. --host 0.0.0.0) every request needs the token of the printed link."""
-    from ..gallery.format import GalleryError
     from .server import LOOPBACK, make_server
 
     if not 0 <= port <= 65535:
@@ -122,7 +124,6 @@ def serve_command(
 def export_command(gallery: GalleryArg) -> None:
     """Write people's rankings into gallery.json (Borda count over annotators, ties explicit) and
     print the agreement (mean pairwise Kendall tau-b over shared records)."""
-    from ..gallery.format import GalleryError, gallery_dir, load_gallery
     from .people import export_people, open_store
     from .store import DB_FILE
 

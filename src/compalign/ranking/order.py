@@ -201,7 +201,7 @@ def kendall_agreement(
     `orders[annotator][record] = tiers`. Returns ``{"mean_tau", "n_pairs", "n_undefined",
     "annotators", "shared_records"}`` (``mean_tau`` None when no pair is defined).
     """
-    from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # lazy: scipy.stats takes seconds to import
 
     taus, undefined, shared = [], 0, set()
     names = sorted(orders)

@@ -36,6 +36,7 @@ once are all answered (the standard library's backlog of 5 reset most of them).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -54,6 +55,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..gallery.format import Gallery, GalleryError, Record, gallery_dir, load_gallery
 from .order import OUTCOMES, RankError, is_int, order_ties_to_tiers
+from .page import PAGE
 from .people import annotator_orders, open_store, task_list, valid_jobs
 from .store import StaleError
 
@@ -77,9 +79,6 @@ SECURITY_HEADERS = {
 def _csp() -> str:
     """Content-Security-Policy of every answer: the page's own inline script and style (by hash),
     images and API calls from this origin only, no frames, forms, plugins or base URLs."""
-    import base64
-
-    from .page import PAGE
 
     def digest(tag: str) -> str:
         body = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE, re.S)
@@ -372,8 +371,6 @@ class Handler(BaseHTTPRequestHandler):
         self._guard(self._post, write=True)
 
     def _get(self) -> None:
-        from .page import PAGE
-
         url = urlsplit(self.path)
         path = url.path
         if path in ("/", "/index.html"):

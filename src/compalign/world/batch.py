@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from ..io import atomic_save_image, atomic_write_json
@@ -203,8 +204,6 @@ def verdict(image, prompt: str) -> dict[str, Any] | None:
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType: fixed bitmap font
@@ -232,8 +231,6 @@ def make_grid(
 ):
     """A contact sheet: one row per category, up to `per_row` images each, captioned with the
     prompt (and PASS/FAIL in green/red when a report is given). Returns a PIL image."""
-    from PIL import Image, ImageDraw
-
     font = _font(11)
     label_font = _font(13)
     line_h = 13

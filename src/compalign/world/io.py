@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..io import atomic_write_json
 from .grammar import PromptError, Scene, parse_prompt
@@ -157,8 +158,6 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 def load_image(path: Path, resolution: int) -> np.ndarray:
     """Load one manifest image as uint8 [R, R, 3]; it must be an RGB image of the manifest's size."""
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise ManifestError(f"{path}: image file not found")
     try:

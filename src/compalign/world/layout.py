@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .grammar import BASE_SHAPES, COLORS, CONTAINER_SHAPES, SIZES, Entity, Scene
-from .render import Placed, object_mask, shape_mask
+from .render import Placed, grid, object_mask, shape_mask
 
 PX = 1 / 32
 SEPARATION = 3 * PX  # min bbox gap between objects that are not in a contact relation
@@ -44,8 +44,6 @@ def in_bounds(o: Placed, margin: float = PX) -> bool:
 
 def contained(inner: Placed, outer: Placed, margin: float = 2.5 * PX) -> bool:
     """Every point of `inner` lies inside `outer` shrunk by `margin` on each side."""
-    from .render import grid
-
     x, y = grid(32, 4)
     m = object_mask(inner, 32, 4)
     shrunk = shape_mask(outer.shape, x[m], y[m], outer.cx, outer.cy, outer.extent - 2 * margin)

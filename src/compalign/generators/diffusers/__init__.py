@@ -31,7 +31,7 @@ components the free memory requires, see `compalign.noise_optimization.memory`).
 
 from __future__ import annotations
 
-from ..registry import register_generator
+from ..adapters import register_generator
 from .common import DiffusersGenerator, OneStepGenerator, PipelineGenerator, parse_dtype
 from .flux import FluxGenerator, FluxSchnellGenerator
 from .pixart import PixArtDMDGenerator

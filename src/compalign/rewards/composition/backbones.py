@@ -27,12 +27,22 @@ A backbone rebuilds without its original checkpoint: `config()` (JSON) + `save_a
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..real.clip_score import CLIPScoreReward
+from ..real.common import MLPHead
+from ..real.image_reward import ImageRewardReward
+from ..real.preprocess import PreprocessConfig, clip_preprocess
+from .folder import BACKBONE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_weights, saved_model_dir
+
+# transformers and the world CLIP (which loads transformers) are imported where a backbone is built
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -68,7 +78,8 @@ class FusionHead(torch.nn.Module):
     ``image_block=False`` leaves the image-only block ``sqrt(D) i`` out of the head's input: every
     term that reads the image then reads it through its product with the prompt, so the head has
     no prompt-independent image term. (Measured on the world: lower pair accuracy and no better as
-    a ReNO reward; see docs/results/reward_models_world, round 3.)
+    a ReNO reward; see docs/results/reward_models_world, "The ReNO step size of standardised
+    rewards".)
     """
 
     def __init__(
@@ -119,8 +130,6 @@ def fuse(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
 
 def build_head(config: dict) -> torch.nn.Module:
     """A head from its `config()` (weights random / zero: load them afterwards)."""
-    from ..real.common import MLPHead
-
     kind = config.get("type")
     if kind == "fusion":
         return FusionHead(
@@ -135,8 +144,6 @@ def build_head(config: dict) -> torch.nn.Module:
 
 
 def head_config(head: torch.nn.Module) -> dict:
-    from ..real.common import MLPHead
-
     if isinstance(head, FusionHead):
         return head.config()
     if isinstance(head, MLPHead):
@@ -343,19 +350,13 @@ class WorldBlipBackbone(WorldCLIPBackbone):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> WorldBlipBackbone:
-        from .model import CONFIG_FILE, CompositionRewardModel, resolve_model_dir
-
-        try:
-            saved_dir = resolve_model_dir(source) if source else None
-        except (FileNotFoundError, LookupError, ValueError):  # a world-CLIP folder or name
-            saved_dir = None
-        if saved_dir is not None and (saved_dir / CONFIG_FILE).is_file():
-            saved = CompositionRewardModel(saved_dir, frozen=False)
-            bb = saved.backbone
+        saved_dir = saved_model_dir(source) if source else None
+        if saved_dir is not None:
+            config, bb, head = load_saved(saved_dir)
             if not isinstance(bb, WorldBlipBackbone):
                 raise ValueError(f"{source}: a {bb.kind} reward model, not a world-blip one")
             bb.requires_grad_(True)
-            bb._pretrained_head = [saved.head.requires_grad_(True)]
+            bb._pretrained_head = [head.requires_grad_(True)]
             bb.source = str(source)
             return bb
         base = WorldCLIPBackbone.from_spec(source)
@@ -363,8 +364,6 @@ class WorldBlipBackbone(WorldCLIPBackbone):
 
     def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
         if self._pretrained_head[0] is not None:
-            import copy
-
             if image_block != self._pretrained_head[0].image_block:
                 raise ValueError(
                     f"this world-blip backbone ({self.source}) brings its trained head "
@@ -414,8 +413,6 @@ class CLIPBackbone(_DualEncoder):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> CLIPBackbone:
-        from ..real.clip_score import CLIPScoreReward
-
         r = CLIPScoreReward(source, frozen=False)
         return cls(r.model, r.tokenizer, r.preprocess_config, r.max_length, source=r.source)
 
@@ -427,8 +424,6 @@ class CLIPBackbone(_DualEncoder):
         return int(self.preprocess_config.crop_size[0])
 
     def features(self, images, prompts):
-        from ..real.preprocess import clip_preprocess
-
         pixels = clip_preprocess(images.to(self.device), self.preprocess_config).to(self.dtype)
         img = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
         tok = self.tokenizer(
@@ -456,8 +451,6 @@ class CLIPBackbone(_DualEncoder):
     @classmethod
     def from_config(cls, config: dict, folder: Path, source: str) -> CLIPBackbone:
         from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-        from ..real.preprocess import PreprocessConfig
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         with _no_init_weights():
@@ -487,8 +480,6 @@ class BlipBackbone(Backbone):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> BlipBackbone:
-        from ..real.image_reward import ImageRewardReward
-
         r = ImageRewardReward(source, frozen=False)
         return cls(
             r.vision, r.text, r.tokenizer, r.preprocess_config, r.max_length, head=r.head, source=r.source
@@ -499,8 +490,6 @@ class BlipBackbone(Backbone):
         return int(self.preprocess_config.crop_size[0])
 
     def make_head(self, hidden: int = 256, image_block: bool = True) -> torch.nn.Module:
-        from ..real.common import MLPHead
-
         if not image_block:
             raise ValueError(
                 "a BLIP backbone scores one fused feature (ImageReward's head): no image block to drop"
@@ -509,13 +498,9 @@ class BlipBackbone(Backbone):
         head = self._head[0]
         if head is None:  # rebuilt from a config: the model loads the head's weights
             return MLPHead(int(self.text.config.hidden_size))
-        import copy
-
         return copy.deepcopy(head)
 
     def features(self, images, prompts):
-        from ..real.preprocess import clip_preprocess
-
         pixels = clip_preprocess(images.to(self.device), self.preprocess_config).to(self.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
@@ -567,8 +552,6 @@ class BlipBackbone(Backbone):
             BlipVisionConfig,
             BlipVisionModel,
         )
-
-        from ..real.preprocess import PreprocessConfig
 
         tokenizer = BertTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         with _no_init_weights():
@@ -625,6 +608,22 @@ def backbone_from_config(kind: str, config: dict, folder: Path, source: str = "<
     if kind not in _BACKBONES:
         raise KeyError(f"unknown backbone kind {kind!r}; known: {', '.join(list_backbones())}")
     return _BACKBONES[kind].from_config(config, Path(folder), source)
+
+
+def load_saved(folder: Path) -> tuple[dict, Backbone, torch.nn.Module]:
+    """(config, backbone, head) of a saved composition reward model folder, weights loaded (float32,
+    eval mode)."""
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r} "
+            f"is not supported (expected {FORMAT_VERSION})"
+        )
+    bb = config["backbone"]
+    backbone = backbone_from_config(bb["kind"], bb["config"], folder / BACKBONE_DIR, bb["source"])
+    parts = torch.nn.ModuleDict({"backbone": backbone.float(), "head": build_head(config["head"])})
+    load_weights(parts, folder / WEIGHTS_FILE)  # a config may carry the dtype it was saved in
+    return config, parts["backbone"].eval(), parts["head"].eval()
 
 
 # ------------------------------------------------------------------------------------------- freezing

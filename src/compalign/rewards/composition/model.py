@@ -24,50 +24,42 @@ are standardised the same way). Its default ReNO weight is 0.1, not ImageReward'
 world-onestep a standardised score's noise gradient is 3-5x the world CLIP cosine's, so at weight 1
 ReNO's gradient clip (0.1) binds on nearly every step (measured with `scripts/reno_grad_norms.py`:
 75-81% of samples still clipped after 8 steps, against 28% for the world CLIP), and weight 0.1 gave
-higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, round 3).
+higher held-out accuracy than 1 for every aspect (docs/results/reward_models_world, "The ReNO step
+size of standardised rewards").
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
+
+from compalign.io import atomic_path, atomic_write_json
+from compalign.world.suites import ASPECTS
 
 from ..base import Reward, check_inputs
-from .backbones import (
-    apply_freeze_ratio,
-    backbone_from_config,
-    build_head,
-    create_backbone,
-    head_config,
+from ..real.common import resolve_dtype
+from .backbones import apply_freeze_ratio, create_backbone, head_config, list_backbones, load_saved
+from .folder import (  # noqa: F401 (the folder format is part of this module's API)
+    BACKBONE_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    RECORD_FILE,
+    SHIPPED,
+    WEIGHTS_FILE,
+    weights_root,
 )
+from .folder import load_weights as _load_weights  # noqa: F401 (the trainer's name for it)
 
-CONFIG_FILE = "composition_reward.json"
-WEIGHTS_FILE = "model.safetensors"
-BACKBONE_DIR = "backbone"
-RECORD_FILE = "training.json"
-FORMAT_VERSION = 1
-
-# shipped models: package folder name -> aspect
-SHIPPED = {
-    "itercomp-attribute": "attribute_binding",
-    "itercomp-spatial": "spatial_relationship",
-    "itercomp-nonspatial": "non_spatial_relationship",
-}
 ASPECT_SHORT = {v: k.removeprefix("itercomp-") for k, v in SHIPPED.items()}
-
-
-def weights_root() -> Path:
-    """Folder of the shipped composition reward models inside the package."""
-    return Path(__file__).resolve().parent / "weights"
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """The model folder of a shipped name (``weights/<name>``), a model folder or a run folder
     (its ``final/``)."""
-    from ..world_clip.reward import RewardNotTrainedError
+    from ..world_clip.reward import RewardNotTrainedError  # lazy: loads transformers
 
     path = Path(name_or_path)
     for cand in (path, path / "final"):
@@ -128,10 +120,6 @@ class CompositionRewardModel(Reward):
         frozen: bool | None = None,
     ):
         super().__init__()
-        from compalign.world.suites import ASPECTS
-
-        from ..real.common import resolve_dtype
-
         is_saved = isinstance(source, Path) or (
             isinstance(source, str) and source.partition(":")[0] not in _backbone_names()
         )
@@ -139,17 +127,7 @@ class CompositionRewardModel(Reward):
             if aspect is not None or head is not None or freeze_ratio is not None:
                 raise ValueError("aspect, head and freeze_ratio apply to new models, not to a saved one")
             folder = resolve_model_dir(source)
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            if config.get("format_version") != FORMAT_VERSION:
-                raise ValueError(
-                    f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r} "
-                    f"is not supported (expected {FORMAT_VERSION})"
-                )
-            bb = config["backbone"]
-            backbone = backbone_from_config(bb["kind"], bb["config"], folder / BACKBONE_DIR, bb["source"])
-            self.backbone = backbone.float()  # a config may carry the dtype it was saved in
-            self.head = build_head(config["head"])
-            _load_weights(self, folder / WEIGHTS_FILE)
+            config, self.backbone, self.head = load_saved(folder)
             self.config = config
             self.source = str(folder)
             frozen = True if frozen is None else frozen
@@ -254,10 +232,6 @@ class CompositionRewardModel(Reward):
     # ------------------------------------------------------------------------------ io
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, record: dict | None = None):
         """Write the model folder (`dtype`: e.g. torch.float16 for shipping; `record`: training.json)."""
-        from safetensors.torch import save_model
-
-        from compalign.io import atomic_path, atomic_write_json
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         model = self
@@ -282,29 +256,4 @@ class CompositionRewardModel(Reward):
 
 
 def _backbone_names() -> set[str]:
-    from .backbones import list_backbones
-
     return set(list_backbones())
-
-
-def _load_weights(model: torch.nn.Module, file: Path) -> None:
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: weights file not found")
-    state = load_file(str(file))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    # safetensors' save_model drops tensors that share memory with a kept one (tied weights)
-    missing = [k for k in missing if not _is_shared(own, k, state)]
-    if missing or unexpected:
-        raise ValueError(
-            f"{file}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(state, strict=False)
-
-
-def _is_shared(own: dict, key: str, saved: dict) -> bool:
-    t = own[key]
-    return any(k in saved and own[k].data_ptr() == t.data_ptr() for k in own if k != key)

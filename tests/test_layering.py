@@ -1,0 +1,136 @@
+"""The import graph of `src/compalign`: no cycles, and every import points down the layering.
+
+Layers, lowest first (a module may import its own layer and the ones below):
+
+    shared helpers (io, cache, _config, plots, prompts_io) -> world -> command-line helpers (_cli)
+    -> generators -> rewards -> noise_optimization -> gallery / ranking / pairs -> feedback
+    -> iterate -> cli
+
+The graph is read with `ast` from the source, imports at module level and inside functions alike,
+so a lazy import still counts as an edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+LAYERS = [
+    ["compalign", "compalign.io", "compalign.cache", "compalign._config", "compalign.plots"]
+    + ["compalign.prompts_io"],
+    ["compalign.world"],
+    ["compalign._cli"],
+    ["compalign.generators"],
+    ["compalign.rewards"],
+    ["compalign.noise_optimization"],
+    ["compalign.gallery", "compalign.ranking", "compalign.pairs"],
+    ["compalign.feedback"],
+    ["compalign.iterate"],
+    ["compalign.cli"],
+]
+
+# iterate/loop.py <-> iterate/report.py: goes when `iterate` is split into one module per stage
+KNOWN_CYCLES = [{"compalign.iterate.loop", "compalign.iterate.report"}]
+
+
+def modules() -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is a package's __init__)."""
+    out = {}
+    for path in sorted((SRC / "compalign").rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    return out
+
+
+def _targets(name: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods: dict) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "compalign"]
+    base = node.module or ""
+    if node.level:
+        package = name.split(".") if is_pkg else name.split(".")[:-1]
+        package = package[: len(package) - node.level + 1]
+        base = ".".join(package + ([node.module] if node.module else []))
+    if base.split(".")[0] != "compalign":
+        return []
+    subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+    return subs + ([base] if len(subs) < len(node.names) else [])
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported module: line of the first such import}."""
+    mods = modules()
+    graph: dict[str, dict[str, int]] = {m: {} for m in mods}
+    for name, (path, is_pkg) in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            for target in _targets(name, is_pkg, node, mods):
+                while target not in mods:  # `import compalign.x.y.Name` -> the module that has it
+                    target = target.rpartition(".")[0]
+                if target != name:
+                    graph[name].setdefault(target, node.lineno)
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[set[str]]:
+    """Strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def layer(module: str) -> int:
+    """Index in `LAYERS` of the entry that names the module or the subpackage it lies in (the
+    bare ``compalign`` entry is the package's ``__init__`` only)."""
+    best, depth = None, -1
+    for i, names in enumerate(LAYERS):
+        for prefix in names:
+            inside = prefix != "compalign" and module.startswith(prefix + ".")
+            if (module == prefix or inside) and prefix.count(".") > depth:
+                best, depth = i, prefix.count(".")
+    assert best is not None, f"{module} is in no layer; add it to LAYERS"
+    return best
+
+
+def test_no_import_cycles():
+    found = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
+
+
+def test_imports_point_down_the_layering():
+    graph = import_graph()
+    upward = [
+        f"{src} (line {line}) imports {dst}"
+        for src, targets in graph.items()
+        for dst, line in targets.items()
+        if layer(dst) > layer(src)
+    ]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
