@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from compalign._cli import fail as _fail
-from compalign.generators.options import generator_options, load_generator
+from compalign.generators.options import (
+    Device,
+    Dtype,
+    Height,
+    NumSeeds,
+    Offload,
+    Overwrite,
+    PromptsFile,
+    Seeds,
+    Width,
+    generator_options,
+    load_generator,
+)
 
 WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
@@ -58,9 +70,7 @@ def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_sca
 
 def reno_command(
     prompt: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to optimise (quote each).")] = None,
-    prompts_file: Annotated[
-        Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
-    ] = None,
+    prompts_file: PromptsFile = None,
     suite: Annotated[str | None, typer.Option("--suite", help="World suite (color, spatial, ...).")] = None,
     split: Annotated[str, typer.Option("--split", help="Suite split: heldout or train.")] = "heldout",
     geneval: Annotated[
@@ -86,10 +96,8 @@ def reno_command(
         list[str] | None,
         typer.Option("--benchmark-reward", help="Reward logged every iteration, never optimised."),
     ] = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", help="Seed(s) (default 0).")] = None,
-    num_seeds: Annotated[
-        int, typer.Option("--num-seeds", "-n", help="Seeds per prompt from each --seed.")
-    ] = 1,
+    seed: Seeds = None,
+    num_seeds: NumSeeds = 1,
     iterations: Annotated[int, typer.Option("--iterations", help="Generator evaluations per image.")] = 50,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate on the noise.")] = 5.0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or lbfgs.")] = "sgd",
@@ -115,28 +123,22 @@ def reno_command(
             "--evaluate/--no-evaluate", help="World prompts: exact-evaluator accuracy before/after."
         ),
     ] = True,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")
-    ] = None,
-    offload: Annotated[
-        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
-    ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    offload: Offload = None,
     gradient_checkpointing: Annotated[
         str,
         typer.Option(
             "--gradient-checkpointing", help="auto (only what the free memory requires), on or off."
         ),
     ] = "auto",
-    height: Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")] = None,
+    height: Height = None,
+    width: Width = None,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the generator and the rewards.")
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
-    ] = False,
+    overwrite: Overwrite = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Optimise the initial noise of a one-step generator against weighted rewards (ReNO).
