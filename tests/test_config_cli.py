@@ -1,0 +1,72 @@
+"""`config_options`: command-line options derived from a config dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import typer
+from typer.testing import CliRunner
+
+from compalign.config_cli import Opt, config_options, field_docs
+
+
+@dataclass
+class Toy:
+    """A config."""
+
+    learning_rate: float = 0.1
+    """Peak learning rate (see `steps`)."""
+    steps: int | None = None
+    """Optimizer steps."""
+    tags: list[str] = field(default_factory=list)
+    """Tags."""
+    ema: bool = False
+    undocumented: str = "x"
+
+
+def _app(**kw) -> typer.Typer:
+    app = typer.Typer(rich_markup_mode=None)
+    seen = {}
+
+    @app.command()
+    @config_options(Toy, {"learning_rate": Opt(aliases=("--lr",)), "ema": Opt(aliases=("/--plain",))}, **kw)
+    def run(fresh: bool = False, *, fields: dict) -> None:
+        seen.update(fields, fresh=fresh)
+
+    @app.command()
+    def other() -> None: ...
+
+    app.seen = seen  # type: ignore[attr-defined]
+    return app
+
+
+def test_field_docs_are_the_strings_under_the_fields():
+    assert field_docs(Toy) == {
+        "learning_rate": "Peak learning rate (see `steps`).",
+        "steps": "Optimizer steps.",
+        "tags": "Tags.",
+    }
+
+
+def test_one_option_per_field_old_spellings_hidden():
+    app = _app()
+    r = CliRunner().invoke(app, ["run", "--help"])
+    assert "--learning-rate" in r.output and "Peak learning rate (see --steps)." in r.output
+    assert "--lr" not in r.output and "--plain" not in r.output and "--ema / --no-ema" in r.output
+    r = CliRunner().invoke(
+        app, ["run", "--lr", "0.5", "--steps", "3", "--tags", "a", "--tags", "b", "--fresh"]
+    )
+    assert r.exit_code == 0, r.output
+    assert app.seen == {
+        "learning_rate": 0.5, "steps": 3, "tags": ["a", "b"], "ema": False, "undocumented": "x",
+        "fresh": True,
+    }  # fmt: skip
+    CliRunner().invoke(app, ["run", "--ema"])
+    assert app.seen["ema"] is True and app.seen["learning_rate"] == 0.1
+    CliRunner().invoke(app, ["run", "--plain"])
+    assert app.seen["ema"] is False
+
+
+def test_skipped_fields_have_no_option():
+    r = CliRunner().invoke(_app(skip=("undocumented",)), ["run", "--help"])
+    assert "--undocumented" not in r.output and "--steps" in r.output
