@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import typer
 from typer.testing import CliRunner
 
-from compalign.config_cli import Opt, config_options, field_docs
+from compalign.config_cli import Opt, config_fields, config_options, field_docs
 
 
 @dataclass
@@ -70,3 +70,24 @@ def test_one_option_per_field_old_spellings_hidden():
 def test_skipped_fields_have_no_option():
     r = CliRunner().invoke(_app(skip=("undocumented",)), ["run", "--help"])
     assert "--undocumented" not in r.output and "--steps" in r.output
+
+
+def test_fields_read_from_source_match_the_class():
+    """`reward train` reads RewardTrainConfig from its source (its module imports the backbones):
+    the same fields, types, defaults and docs as the class."""
+    from compalign.rewards.composition.train import RewardTrainConfig
+
+    source = config_fields("compalign.rewards.composition.train:RewardTrainConfig")
+    assert source == config_fields(RewardTrainConfig) and len(source) > 30
+
+
+def test_reward_train_options_are_the_config_fields(cli):
+    import dataclasses
+
+    from compalign.rewards.composition.train import RewardTrainConfig
+
+    r = cli("reward", "train", "--help")
+    assert r.exit_code == 0
+    for f in dataclasses.fields(RewardTrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name
+    assert "--head-lr" not in r.stdout and "--grad-accum " not in r.stdout

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import itertools
 import re
@@ -27,6 +28,7 @@ import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -57,25 +59,100 @@ class Opt:
     """Added to the field's docstring in ``--help`` (what only the command line needs to say)."""
 
 
+def _docs(body: list[ast.stmt]) -> dict[str, str]:
+    """The string under each annotated name of a class body, by name."""
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _class_body(source: str, name: str) -> list[ast.stmt]:
+    tree = ast.parse(textwrap.dedent(source))
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name).body
+
+
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of dataclass `cls` and its dataclass bases, by field name."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = next(n for n in tree.body if isinstance(n, ast.ClassDef)).body
-        for node, nxt in itertools.pairwise(body):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+        if dataclasses.is_dataclass(klass):
+            docs.update(_docs(_class_body(inspect.getsource(klass), klass.__name__)))
     return docs
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """A field of a config dataclass as the command line needs it."""
+
+    name: str
+    type: Any
+    default: Any
+    """The field's default (``...``: none)."""
+    doc: str
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return ...
+
+
+_SOURCE_TYPES = {t.__name__: t for t in (int, float, str, bool, list, tuple, dict)} | {"None": None}
+
+
+def _source_default(node: ast.expr | None) -> Any:
+    """A field's default read from its source: a literal, or ``field(default_factory=...)`` of one."""
+    if node is None:
+        return ...
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "field":
+        kw = {k.arg: k.value for k in node.keywords}
+        if "default" in kw:
+            return ast.literal_eval(kw["default"])
+        factory = kw["default_factory"]
+        if isinstance(factory, ast.Lambda):
+            return ast.literal_eval(factory.body)
+        return _SOURCE_TYPES[factory.id]()  # list, dict
+    return ast.literal_eval(node)
+
+
+@functools.cache
+def config_fields(cls: type | str) -> tuple[ConfigField, ...]:
+    """The fields of a config dataclass: of the class, or, for ``"package.module:Class"``, read from
+    the module's source without importing it (a config that lives beside heavy imports; its
+    field types may use builtins only, its defaults literals only)."""
+    if not isinstance(cls, str):
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        return tuple(ConfigField(f.name, hints[f.name], _default(f), docs.get(f.name, ""))
+                     for f in dataclasses.fields(cls))  # fmt: skip
+    module, _, name = cls.partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"{cls}: no module {module}")
+    body = _class_body(Path(spec.origin).read_text(encoding="utf-8"), name)
+    docs, out = _docs(body), []
+    for node in body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            annotation = ast.unparse(node.annotation)
+            if annotation.startswith("ClassVar"):
+                continue
+            try:
+                tp = eval(annotation, {"__builtins__": {}}, _SOURCE_TYPES)  # builtins' names only
+                default = _source_default(node.value)
+            except (NameError, KeyError, ValueError, TypeError, SyntaxError) as e:
+                raise ValueError(f"{cls}.{node.target.id}: cannot read its type or default ({e})") from e
+            out.append(ConfigField(node.target.id, tp, default, docs.get(node.target.id, "")))
+    return tuple(out)
 
 
 def _help(text: str, names: set[str]) -> str:
@@ -90,14 +167,6 @@ def _flag(name: str) -> str:
 
 def _is_flag(tp: Any) -> bool:
     return tp is bool
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return ...
 
 
 def _option(name: str, tp: Any, opt: Opt, help: str) -> Any:
@@ -121,42 +190,38 @@ def _alias(tp: Any, decl: str) -> Any:
 
 
 def config_options(
-    cls: type, options: dict[str, Opt] | None = None, skip: tuple[str, ...] = ()
+    cls: type | str, options: dict[str, Opt] | None = None, skip: tuple[str, ...] = ()
 ) -> Callable[[Callable], Callable]:
-    """Decorator: one option per field of the config dataclass `cls` (but `skip`), the command's
-    own parameters after them; the command gets the fields' values as ``fields``."""
+    """Decorator: one option per field of the config dataclass `cls` (a class, or
+    ``"package.module:Class"``: see `config_fields`) but `skip`, the command's own parameters after
+    them; the command gets the fields' values as ``fields``."""
     options = options or {}
-    hints = typing.get_type_hints(cls)
-    unknown = set(options) - set(hints)
+    fields = [f for f in config_fields(cls) if f.name not in skip]
+    names = {f.name for f in config_fields(cls)}
+    unknown = set(options) - names
     if unknown:
-        raise ValueError(f"options for fields {cls.__name__} does not have: {sorted(unknown)}")
-    docs = field_docs(cls)
+        raise ValueError(f"options for fields {cls} does not have: {sorted(unknown)}")
+    none_default = {f.name for f in fields if f.default is None}
 
     def decorate(command: Callable) -> Callable:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fields"]
         params, aliases = [], []  # aliases: (parameter name, field name, decl)
-        for f in dataclasses.fields(cls):
-            if f.name in skip:
-                continue
+        for f in fields:
             opt = options.get(f.name, Opt())
-            tp = opt.cli_type or hints[f.name]
-            default = _field_default(f) if opt.default is _FIELD_DEFAULT else opt.default
-            help = _help(" ".join(x for x in (docs.get(f.name, ""), opt.note) if x), set(hints))
-            annotation = _option(f.name, tp, opt, help)
+            tp = opt.cli_type or f.type
+            default = f.default if opt.default is _FIELD_DEFAULT else opt.default
+            help = _help(" ".join(x for x in (f.doc, opt.note) if x), names)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                            annotation=annotation))  # fmt: skip
+                                            annotation=_option(f.name, tp, opt, help)))  # fmt: skip
             for i, decl in enumerate(opt.aliases):
                 pname = f"old_{f.name}_{i}"
                 aliases.append((pname, f.name, decl))
                 params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=None,
                                                 annotation=_alias(tp, decl)))  # fmt: skip
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-        names = {p.name for p in own}
-        clash = names & {p.name for p in params}
+        clash = {p.name for p in own} & {p.name for p in params}
         if clash:
-            raise ValueError(
-                f"{command.__name__} parameters clash with {cls.__name__} fields: {sorted(clash)}"
-            )
+            raise ValueError(f"{command.__name__} parameters clash with {cls} fields: {sorted(clash)}")
 
         def run(**kw: Any) -> Any:
             ctx = kw.pop(_CONTEXT)
@@ -165,23 +230,23 @@ def config_options(
                 source = ctx.get_parameter_source(name)
                 return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
-            fields = {p.name: kw.pop(p.name) for p in params if not p.name.startswith("old_")}
+            values = {f.name: kw.pop(f.name) for f in fields}
             for pname, field, decl in aliases:
                 value = kw.pop(pname)
                 if given(pname):
                     if given(field):
                         fail(f"give {_flag(field)} or {decl.lstrip('/')}, not both")
-                    fields[field] = value
-            for name, value in fields.items():
-                if isinstance(value, list | tuple) and not value and _field_default_of(cls, name) is None:
-                    fields[name] = None  # a repeatable option not given: the field's None
+                    values[field] = value
+            for name, value in values.items():
+                if isinstance(value, list | tuple) and not value and name in none_default:
+                    values[name] = None  # a repeatable option not given: the field's None
                 opt = options.get(name)
                 if opt is not None and opt.parse is not None:
                     try:
-                        fields[name] = opt.parse(fields[name])
+                        values[name] = opt.parse(values[name])
                     except ValueError as e:
                         fail(e)
-            return command(**kw, fields=fields)
+            return command(**kw, fields=values)
 
         run.__name__, run.__qualname__ = command.__name__, command.__qualname__
         run.__doc__, run.__module__ = command.__doc__, command.__module__
@@ -192,7 +257,3 @@ def config_options(
         return run
 
     return decorate
-
-
-def _field_default_of(cls: type, name: str) -> Any:
-    return _field_default(next(f for f in dataclasses.fields(cls) if f.name == name))
