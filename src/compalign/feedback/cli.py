@@ -15,11 +15,11 @@ import typer
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
 from compalign.config_cli import Opt, config_options
+from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
+from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
+from compalign.rewards.objective import default_rewards, parse_weights
 
 from .config import DEFAULT_STOP_RANGE, FeedbackConfig
-
-WORLD_DEFAULT_REWARDS = ["world-clip=1"]
-REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
 
 app = typer.Typer(
     help="Feedback learning: fine-tune a generator against weighted rewards (ReFL, IterComp style).",
@@ -39,19 +39,7 @@ def _is_adapter(base: str) -> bool:
     return bool(sep) and prefix in _FACTORIES
 
 
-def _pairs(items: list[str] | None, what: str, need_value: bool = False) -> dict[str, float]:
-    """``NAME=VALUE`` options as a dict (a bare NAME: the reward's default weight, when allowed)."""
-    from compalign.noise_optimization.cli import parse_reward_spec
-
-    out: dict[str, float] = {}
-    for text in items or []:
-        if need_value and "=" not in text:
-            raise ValueError(f"{what} {text!r}: expected NAME=VALUE")
-        name, value = parse_reward_spec(text)
-        if name in out:
-            raise ValueError(f"{what} {name!r} given twice")
-        out[name] = value
-    return out
+_pairs = parse_weights  # its earlier name
 
 
 def _stop_range(text: str, option: str = "--stop-range") -> list:
@@ -77,7 +65,7 @@ FIELD_OPTIONS = {
         cli_type=list[str] | None,
         default=None,
         metavar="NAME=WEIGHT",
-        parse=lambda texts: _pairs(texts, "reward") if texts else None,
+        parse=lambda texts: parse_weights(texts, "reward") if texts else None,
         note="Repeatable. Default: world-clip=1 on world models, hpsv2=5 imagereward=1 pickscore=0.05 else.",
     ),
     "reward_caps": Opt(
@@ -85,7 +73,7 @@ FIELD_OPTIONS = {
         cli_type=list[str] | None,
         default=None,
         metavar="NAME=C",
-        parse=lambda texts: _pairs(texts, "reward cap", True),
+        parse=lambda texts: parse_weights(texts, "reward cap", need_value=True),
         note="Repeatable.",
     ),
     "prompts_file": Opt(aliases=("--prompts",), cli_type=Path | None, parse=_path_str),
@@ -130,7 +118,7 @@ def train_command(
         if export and adapter:
             raise ValueError("--export ships world models only; an SD run's final/ loads with sd:<folder>")
         if fields["rewards"] is None:
-            fields["rewards"] = _pairs(REAL_DEFAULT_REWARDS if adapter else WORLD_DEFAULT_REWARDS, "reward")
+            fields["rewards"] = parse_weights(default_rewards(world=not adapter), "reward")
         config = FeedbackConfig(**fields)
     except (ValueError, KeyError) as e:
         _fail(e)

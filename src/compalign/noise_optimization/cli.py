@@ -21,51 +21,15 @@ from compalign.generators.options import (
     generator_options,
     load_generator,
 )
-
-WORLD_DEFAULT_REWARDS = ["world-clip=1"]
-REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
-
-
-def parse_reward_spec(text: str) -> tuple[str, float]:
-    """``NAME=WEIGHT`` (``NAME`` may be ``name:source,key=value,...``); a bare NAME takes the
-    reward's default weight."""
-    name, sep, w = text.rpartition("=") if "=" in text else (text, "", "")
-    if sep and ":" in name and "," in name:
-        try:
-            float(w)
-        except ValueError:  # the last '=' belongs to a source option: no weight given
-            name, sep, w = text, "", ""
-    name = name.strip()
-    if not name:
-        raise ValueError(f"reward {text!r}: expected NAME=WEIGHT")
-    if not sep:
-        from compalign.rewards.registry import reward_class
-
-        cls = reward_class(name.split(":", 1)[0])
-        return name, float(getattr(cls, "default_weight", 1.0)) if cls is not None else 1.0
-    try:
-        return name, float(w)
-    except ValueError as e:
-        raise ValueError(f"reward {text!r}: weight {w!r} is not a number") from e
+from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
+from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
+from compalign.rewards.objective import default_rewards, load_rewards, parse_objective
+from compalign.rewards.objective import parse_reward_spec as parse_reward_spec  # (its earlier home)
 
 
 def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_scaled: bool = False) -> list:
-    from compalign.rewards.registry import create_reward
-
-    from .reno import WeightedReward
-
-    out, seen = [], set()
-    for spec, optimize in [(s, True) for s in specs] + [(s, False) for s in benchmark]:
-        name, weight = parse_reward_spec(spec) if optimize else (spec.split("=", 1)[0], 0.0)
-        if name in seen:
-            raise ValueError(f"reward {name!r} given twice")
-        seen.add(name)
-        if optimize and weight == 0:
-            continue  # switched off: not even loaded
-        kw = {"scaled": True} if world_clip_scaled and name.split(":")[0] == "world-clip" else {}
-        reward = create_reward(name, device=device, **kw)
-        out.append(WeightedReward(name=name, reward=reward, weight=weight, optimize=optimize and weight != 0))
-    return out
+    """The loaded terms of `specs` (``NAME=WEIGHT``, optimised) and `benchmark` (logged only)."""
+    return load_rewards(parse_objective(specs, benchmark), device, world_clip_scaled)
 
 
 def reno_command(
@@ -186,7 +150,7 @@ def reno_command(
             early_stop_loss=stop_loss, progress=progress,
         )  # fmt: skip
         items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
-        specs = [parse_reward_spec(r) for r in reward or []]
+        given = parse_objective(reward or [], benchmark_reward or [])
     except (TaskError, ValueError) as e:
         _fail(e)
     settings = {
@@ -195,7 +159,7 @@ def reno_command(
         "source": [sources[0][0], str(sources[0][1]) if sources[0][0] != "prompt" else None],
         "images": [[it.out, it.prompt, it.seed] for it in items],
         "config": {k: v for k, v in config.__dict__.items() if k != "progress"},
-        "rewards": [list(x) for x in specs] or None,
+        "rewards": [[t.spec, t.weight] for t in given if t.optimize] or None,
         "benchmark_rewards": list(benchmark_reward or []),
         "dtype": dtype,
         "height": height,
@@ -207,9 +171,9 @@ def reno_command(
     is_world = isinstance(gen, WorldGenerator)
     if is_world:
         check_world_prompts([it.prompt for it in items], f"world model {model}")
-    specs_text = reward or (WORLD_DEFAULT_REWARDS if is_world else REAL_DEFAULT_REWARDS)
     try:
-        rewards = build_rewards(specs_text, benchmark_reward or [], gen.device)
+        objective = given if reward else parse_objective(default_rewards(is_world), benchmark_reward or [])
+        rewards = load_rewards(objective, gen.device)
     except (LookupError, ValueError, OSError, RuntimeError) as e:
         _fail(e)
     if not any(r.optimize for r in rewards):
