@@ -91,3 +91,15 @@ def test_reward_train_options_are_the_config_fields(cli):
     for f in dataclasses.fields(RewardTrainConfig):
         assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name
     assert "--head-lr" not in r.stdout and "--grad-accum " not in r.stdout
+
+
+def test_reno_options_are_the_config_fields(cli):
+    import dataclasses
+
+    from compalign.noise_optimization.reno import ReNOConfig
+
+    r = cli("reno", "--help")
+    assert r.exit_code == 0
+    for f in dataclasses.fields(ReNOConfig):
+        if f.name != "keep_all_images":  # the library's; the command saves images with --save-iterations
+            assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name

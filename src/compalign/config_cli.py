@@ -7,12 +7,13 @@ spellings kept as hidden aliases)::
 
     @app.command("train")
     @config_options(FeedbackConfig, {"learning_rate": Opt(aliases=("--lr",))})
-    def train_command(fresh: bool = False, *, fields: dict) -> None:
+    def train_command(*, fields: dict, fresh: bool = False) -> None:
         config = FeedbackConfig(**fields)
 
-The command receives the fields' values in `fields` (one entry per field, parsed); its own
-parameters stay ordinary Typer options. A value a parser refuses, or a field given under its new
-and its old name at once, is a one-line error (exit 2).
+The fields' options take the place of the `fields` parameter, which receives their values (one
+entry per field, parsed); the command's other parameters stay ordinary Typer options. A value a
+parser refuses, or a field given under its new and its old name at once, is a one-line error
+(exit 2).
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ def config_options(
     cls: type | str, options: dict[str, Opt] | None = None, skip: tuple[str, ...] = ()
 ) -> Callable[[Callable], Callable]:
     """Decorator: one option per field of the config dataclass `cls` (a class, or
-    ``"package.module:Class"``: see `config_fields`) but `skip`, the command's own parameters after
-    them; the command gets the fields' values as ``fields``."""
+    ``"package.module:Class"``: see `config_fields`) but `skip`, in the place of the command's
+    ``fields`` parameter, which gets the fields' values."""
     options = options or {}
     fields = [f for f in config_fields(cls) if f.name not in skip]
     names = {f.name for f in config_fields(cls)}
@@ -204,7 +205,9 @@ def config_options(
     none_default = {f.name for f in fields if f.default is None}
 
     def decorate(command: Callable) -> Callable:
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fields"]
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        at = [p.name for p in own].index("fields")
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "fields"]
         params, aliases = [], []  # aliases: (parameter name, field name, decl)
         for f in fields:
             opt = options.get(f.name, Opt())
@@ -218,7 +221,6 @@ def config_options(
                 aliases.append((pname, f.name, decl))
                 params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=None,
                                                 annotation=_alias(tp, decl)))  # fmt: skip
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
         clash = {p.name for p in own} & {p.name for p in params}
         if clash:
             raise ValueError(f"{command.__name__} parameters clash with {cls} fields: {sorted(clash)}")
@@ -251,7 +253,7 @@ def config_options(
         run.__name__, run.__qualname__ = command.__name__, command.__qualname__
         run.__doc__, run.__module__ = command.__doc__, command.__module__
         context = inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        signature = inspect.Signature([*params, *own, context])
+        signature = inspect.Signature([*own[:at], *params, *own[at:], context])
         run.__signature__ = signature  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
         return run

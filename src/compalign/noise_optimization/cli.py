@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from compalign._cli import fail as _fail
+from compalign.config_cli import Opt, config_options
 from compalign.generators.options import (
     Device,
     Dtype,
@@ -26,12 +27,19 @@ from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_R
 from compalign.rewards.objective import default_rewards, load_rewards, parse_objective
 from compalign.rewards.objective import parse_reward_spec as parse_reward_spec  # (its earlier home)
 
+from .reno import ReNOConfig
+
 
 def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_scaled: bool = False) -> list:
     """The loaded terms of `specs` (``NAME=WEIGHT``, optimised) and `benchmark` (logged only)."""
     return load_rewards(parse_objective(specs, benchmark), device, world_clip_scaled)
 
 
+RENO_OPTIONS = {"grad_clip": Opt(parse=lambda clip: clip or None, note="0: off.")}
+"""How `ReNOConfig`'s fields appear on the command line (the rest: `config_options`' defaults)."""
+
+
+@config_options(ReNOConfig, RENO_OPTIONS, skip=("keep_all_images",))
 def reno_command(
     prompt: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to optimise (quote each).")] = None,
     prompts_file: PromptsFile = None,
@@ -62,21 +70,8 @@ def reno_command(
     ] = None,
     seed: Seeds = None,
     num_seeds: NumSeeds = 1,
-    iterations: Annotated[int, typer.Option("--iterations", help="Generator evaluations per image.")] = 50,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the noise.")] = 5.0,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or lbfgs.")] = "sgd",
-    grad_clip: Annotated[
-        float, typer.Option("--grad-clip", help="Per-sample gradient-norm clip (0: off).")
-    ] = 0.1,
-    reg_weight: Annotated[float, typer.Option("--reg-weight", help="Noise-norm regulariser weight.")] = 0.01,
-    search: Annotated[str, typer.Option("--search", help="reno, best-of-n or none.")] = "reno",
-    patience: Annotated[
-        int | None,
-        typer.Option("--early-stop-patience", help="Stop an image after N iterations without gain."),
-    ] = None,
-    stop_loss: Annotated[
-        float | None, typer.Option("--early-stop-loss", help="Stop an image once its reward loss is <= this.")
-    ] = None,
+    *,
+    fields: dict,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images optimised together.")] = 16,
     save_iterations: Annotated[
         bool, typer.Option("--save-iterations", help="Keep every iteration's image (in _iters/).")
@@ -103,7 +98,6 @@ def reno_command(
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
     overwrite: Overwrite = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Optimise the initial noise of a one-step generator against weighted rewards (ReNO).
 
@@ -115,7 +109,6 @@ def reno_command(
     from compalign.generators.world.generator import WorldGenerator
     from compalign.world.batch import verdict
 
-    from .reno import ReNOConfig
     from .runner import run_task
     from .tasks import TaskError, build_task
 
@@ -144,11 +137,7 @@ def reno_command(
     seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
     options = generator_options(dtype, offload, height, width, gradient_checkpointing)
     try:
-        config = ReNOConfig(
-            iterations=iterations, lr=lr, optimizer=optimizer, grad_clip=grad_clip or None,
-            reg_weight=reg_weight, search=search, early_stop_patience=patience,
-            early_stop_loss=stop_loss, progress=progress,
-        )  # fmt: skip
+        config = ReNOConfig(**fields)
         items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
         given = parse_objective(reward or [], benchmark_reward or [])
     except (TaskError, ValueError) as e:
@@ -206,7 +195,7 @@ def reno_command(
             config,
             batch_size,
             save_iterations,
-            progress,
+            config.progress,
             judge=judge,
             run_info=run_info,
         )
