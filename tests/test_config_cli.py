@@ -103,3 +103,10 @@ def test_reno_options_are_the_config_fields(cli):
     for f in dataclasses.fields(ReNOConfig):
         if f.name != "keep_all_images":  # the library's; the command saves images with --save-iterations
             assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name
+
+
+def test_world_clip_fields_read_from_source_match_the_class():
+    from compalign.rewards.world_clip.train import WorldCLIPTrainConfig
+
+    name = "compalign.rewards.world_clip.train:WorldCLIPTrainConfig"
+    assert config_fields(name, ("arch",)) == config_fields(WorldCLIPTrainConfig, ("arch",))

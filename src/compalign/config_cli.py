@@ -128,14 +128,14 @@ def _source_default(node: ast.expr | None) -> Any:
 
 
 @functools.cache
-def config_fields(cls: type | str) -> tuple[ConfigField, ...]:
-    """The fields of a config dataclass: of the class, or, for ``"package.module:Class"``, read from
-    the module's source without importing it (a config that lives beside heavy imports; its
-    field types may use builtins only, its defaults literals only)."""
+def config_fields(cls: type | str, skip: tuple[str, ...] = ()) -> tuple[ConfigField, ...]:
+    """The fields of a config dataclass but `skip`: of the class, or, for ``"package.module:Class"``,
+    read from the module's source without importing it (a config that lives beside heavy imports;
+    the types of its fields may use builtins only, their defaults literals only)."""
     if not isinstance(cls, str):
         hints, docs = typing.get_type_hints(cls), field_docs(cls)
         return tuple(ConfigField(f.name, hints[f.name], _default(f), docs.get(f.name, ""))
-                     for f in dataclasses.fields(cls))  # fmt: skip
+                     for f in dataclasses.fields(cls) if f.name not in skip)  # fmt: skip
     module, _, name = cls.partition(":")
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
@@ -143,7 +143,11 @@ def config_fields(cls: type | str) -> tuple[ConfigField, ...]:
     body = _class_body(Path(spec.origin).read_text(encoding="utf-8"), name)
     docs, out = _docs(body), []
     for node in body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id not in skip
+        ):
             annotation = ast.unparse(node.annotation)
             if annotation.startswith("ClassVar"):
                 continue
@@ -197,8 +201,8 @@ def config_options(
     ``"package.module:Class"``: see `config_fields`) but `skip`, in the place of the command's
     ``fields`` parameter, which gets the fields' values."""
     options = options or {}
-    fields = [f for f in config_fields(cls) if f.name not in skip]
-    names = {f.name for f in config_fields(cls)}
+    fields = config_fields(cls, skip)
+    names = {f.name for f in fields} | set(skip)
     unknown = set(options) - names
     if unknown:
         raise ValueError(f"options for fields {cls} does not have: {sorted(unknown)}")

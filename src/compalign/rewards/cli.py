@@ -30,75 +30,39 @@ app = typer.Typer(
 )
 
 
+def _path_str(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+WORLD_CLIP_OPTIONS = {
+    "output_dir": Opt(short="-o", cli_type=Path, parse=str),
+    "pool_dir": Opt(cli_type=Path | None, parse=_path_str),
+    "pool_per_category": Opt(aliases=("--per-category",)),
+    "time_limit_s": Opt(aliases=("--time-limit",)),
+}
+"""How `WorldCLIPTrainConfig`'s fields appear on the command line (the rest: `config_options`'
+defaults; `arch` keeps its default); the aliases are the options' earlier names."""
+
+
 @app.command("train-world-clip")
+@config_options("compalign.rewards.world_clip.train:WorldCLIPTrainConfig", WORLD_CLIP_OPTIONS, skip=("arch",))
 def train_world_clip_command(
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder.")] = Path(
-        "runs/world-clip"
-    ),
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Optimizer steps (default 20000).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Pairs per step (default 256).")
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(
-            "--time-limit",
-            help="Stop after this many seconds of training; the final model is written at the step reached.",
-        ),
-    ] = None,
-    pool_dir: Annotated[
-        Path | None, typer.Option("--pool-dir", help="Scene-pool folder (default: the per-user cache).")
-    ] = None,
-    per_category: Annotated[
-        int | None, typer.Option("--per-category", help="Pool scenes per category (default 4096).")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same run.")] = 0,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", help="Checkpoint interval in steps (default 1000).")
-    ] = None,
-    eval_per_category: Annotated[
-        int | None,
-        typer.Option(
-            "--eval-per-category",
-            help="Held-out prompts per category evaluated at the end (default 50; 0 skips).",
-        ),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
-    ] = None,
+    *,
+    fields: dict,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
     ] = False,
     export: Annotated[
         bool, typer.Option("--export", help="When done, write the model into the package (fp16).")
     ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Train the world CLIP on the scene pool (InfoNCE + hard negatives); resumes when possible."""
-    if seed < 0:
-        _fail(f"--seed must be >= 0, got {seed}")
+    if fields["seed"] < 0:
+        _fail(f"--seed must be >= 0, got {fields['seed']}")
     from .world_clip.train import WorldCLIPTrainConfig, export_world_clip, folder_size, train_world_clip
 
-    given = {
-        "output_dir": str(output_dir),
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "time_limit_s": time_limit,
-        "pool_dir": str(pool_dir) if pool_dir else None,
-        "pool_per_category": per_category,
-        "device": device,
-        "checkpoint_every": checkpoint_every,
-        "eval_per_category": eval_per_category,
-        "mixed_precision": mixed_precision,
-    }
-    kw = {k: v for k, v in given.items() if v is not None}
     try:
-        config = WorldCLIPTrainConfig(seed=seed, progress=progress, **kw)
+        config = WorldCLIPTrainConfig(**fields)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     limit = f", time limit {config.time_limit_s:g} s" if config.time_limit_s else ""
@@ -187,10 +151,6 @@ def _aspect(value: str) -> str:
             "(or attribute, spatial, nonspatial)"
         )
     return aspect
-
-
-def _path_str(path: Path | None) -> str | None:
-    return str(path) if path else None
 
 
 TRAIN_OPTIONS = {
