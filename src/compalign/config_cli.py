@@ -56,6 +56,7 @@ class Opt:
     parse: Callable[[Any], Any] | None = None
     """Command-line value -> field value; raises ValueError on bad input."""
     metavar: str | None = None
+    """The value's name in ``--help`` (``NAME=WEIGHT``)."""
     note: str = ""
     """Added to the field's docstring in ``--help`` (what only the command line needs to say)."""
 
@@ -158,6 +159,11 @@ def config_fields(cls: type | str, skip: tuple[str, ...] = ()) -> tuple[ConfigFi
                 raise ValueError(f"{cls}.{node.target.id}: cannot read its type or default ({e})") from e
             out.append(ConfigField(node.target.id, tp, default, docs.get(node.target.id, "")))
     return tuple(out)
+
+
+def path_str(path: Path | None) -> str | None:
+    """A path option's value for a ``str | None`` field (`Opt.parse` of such options)."""
+    return str(path) if path else None
 
 
 def _help(text: str, names: set[str]) -> str:

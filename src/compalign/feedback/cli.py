@@ -14,10 +14,10 @@ import typer
 
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
-from compalign.config_cli import Opt, config_options
+from compalign.config_cli import Opt, config_options, path_str
+from compalign.rewards.objective import DEFAULT_REWARDS_HELP, default_rewards, parse_weights
 from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
 from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
-from compalign.rewards.objective import default_rewards, parse_weights
 
 from .config import DEFAULT_STOP_RANGE, FeedbackConfig
 
@@ -52,13 +52,9 @@ def _stop_range(text: str, option: str = "--stop-range") -> list:
         raise ValueError(f"{option} {text!r}: expected two numbers") from None
 
 
-def _path_str(path: Path | None) -> str | None:
-    return str(path) if path else None
-
-
 FIELD_OPTIONS = {
     "base": Opt(short="-b"),
-    "output_dir": Opt(short="-o", cli_type=Path | None, parse=_path_str),
+    "output_dir": Opt(short="-o", cli_type=Path | None, parse=path_str),
     "rewards": Opt(
         short="-r",
         aliases=("--reward",),
@@ -66,7 +62,7 @@ FIELD_OPTIONS = {
         default=None,
         metavar="NAME=WEIGHT",
         parse=lambda texts: parse_weights(texts, "reward") if texts else None,
-        note="Repeatable. Default: world-clip=1 on world models, hpsv2=5 imagereward=1 pickscore=0.05 else.",
+        note="Repeatable. " + DEFAULT_REWARDS_HELP,
     ),
     "reward_caps": Opt(
         aliases=("--reward-cap",),
@@ -76,7 +72,7 @@ FIELD_OPTIONS = {
         parse=lambda texts: parse_weights(texts, "reward cap", need_value=True),
         note="Repeatable.",
     ),
-    "prompts_file": Opt(aliases=("--prompts",), cli_type=Path | None, parse=_path_str),
+    "prompts_file": Opt(aliases=("--prompts",), cli_type=Path | None, parse=path_str),
     "aspects": Opt(aliases=("--aspect",), note="Repeatable."),
     "categories": Opt(aliases=("--category",), note="Repeatable."),
     "total_steps": Opt(aliases=("--steps",)),
@@ -85,7 +81,7 @@ FIELD_OPTIONS = {
     ),
     "guidance_scale": Opt(aliases=("--guidance",)),
     "reg_type": Opt(aliases=("--reg",)),
-    "pool_dir": Opt(cli_type=Path | None, parse=_path_str),
+    "pool_dir": Opt(cli_type=Path | None, parse=path_str),
     "train_text_encoder": Opt(aliases=("/--freeze-text-encoder",)),
     "lora_rank": Opt(parse=lambda rank: rank or None),
     "lora_targets": Opt(note="Repeatable."),

@@ -22,9 +22,9 @@ from compalign.generators.options import (
     generator_options,
     load_generator,
 )
+from compalign.rewards.objective import DEFAULT_REWARDS_HELP, default_rewards, load_rewards, parse_objective
 from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
 from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
-from compalign.rewards.objective import default_rewards, load_rewards, parse_objective
 from compalign.rewards.objective import parse_reward_spec as parse_reward_spec  # (its earlier home)
 
 from .reno import ReNOConfig
@@ -60,8 +60,7 @@ def reno_command(
         typer.Option(
             "--reward",
             "-r",
-            help="NAME=WEIGHT, repeatable; weight 0 switches one off. "
-            "Default: world-clip=1 on world models, hpsv2=5 imagereward=1 pickscore=0.05 else.",
+            help="NAME=WEIGHT, repeatable; weight 0 switches one off. " + DEFAULT_REWARDS_HELP,
         ),
     ] = None,
     benchmark_reward: Annotated[

@@ -19,7 +19,7 @@ import typer
 
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
-from compalign.config_cli import Opt, config_options
+from compalign.config_cli import Opt, config_options, path_str
 
 app = typer.Typer(
     help="Rewards: differentiable image-text scores (the world CLIP) for noise optimisation.",
@@ -30,13 +30,9 @@ app = typer.Typer(
 )
 
 
-def _path_str(path: Path | None) -> str | None:
-    return str(path) if path else None
-
-
 WORLD_CLIP_OPTIONS = {
     "output_dir": Opt(short="-o", cli_type=Path, parse=str),
-    "pool_dir": Opt(cli_type=Path | None, parse=_path_str),
+    "pool_dir": Opt(cli_type=Path | None, parse=path_str),
     "pool_per_category": Opt(aliases=("--per-category",)),
     "time_limit_s": Opt(aliases=("--time-limit",)),
 }
@@ -156,12 +152,12 @@ def _aspect(value: str) -> str:
 TRAIN_OPTIONS = {
     "pairs": Opt(cli_type=Path, default=..., parse=str, note="From `compalign pairs`."),
     "aspect": Opt(default=..., parse=_aspect, note="Or attribute, spatial, nonspatial."),
-    "output_dir": Opt(short="-o", cli_type=Path | None, parse=_path_str),
+    "output_dir": Opt(short="-o", cli_type=Path | None, parse=path_str),
     "learning_rate": Opt(aliases=("--lr",)),
     "head_learning_rate": Opt(aliases=("--head-lr",)),
     "grad_accum_steps": Opt(aliases=("--grad-accum",)),
     "contrastive_categories": Opt(aliases=("--contrastive-category",), note="Repeatable."),
-    "pool_dir": Opt(cli_type=Path | None, parse=_path_str),
+    "pool_dir": Opt(cli_type=Path | None, parse=path_str),
     "time_limit_s": Opt(aliases=("--time-limit",)),
 }
 """How `RewardTrainConfig`'s fields appear on the command line (the rest: `config_options`'

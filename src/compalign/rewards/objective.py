@@ -21,6 +21,10 @@ WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 """The rewards of a world model when none are given."""
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
 """The rewards of a real (diffusers) model when none are given: ReNO's combination."""
+DEFAULT_REWARDS_HELP = (
+    f"Default: {' '.join(WORLD_DEFAULT_REWARDS)} on world models, {' '.join(REAL_DEFAULT_REWARDS)} else."
+)
+"""The default rewards as a command's help says them."""
 
 
 def default_rewards(world: bool) -> list[str]:
