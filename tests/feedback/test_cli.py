@@ -69,3 +69,54 @@ def test_feedback_train_refuses_an_out_folder_it_cannot_write(cli, tiny_base, tm
         locked.chmod(0o755)
     assert taken.read_text() == "not a folder" and not any(locked.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "taken"]
+
+
+def _config_of(cli, monkeypatch, *args) -> dict:
+    """The `FeedbackConfig` (as recorded) that `compalign feedback train ARGS` would train."""
+    from compalign.feedback import train
+
+    got = {}
+
+    def record(config, resume=True):
+        got.update(config.to_dict())
+
+    monkeypatch.setattr(train, "train_feedback", record)
+    r = cli("feedback", "train", *args)
+    assert got, r.output
+    return got
+
+
+def test_options_are_the_config_fields_and_old_spellings_stay(cli, monkeypatch):
+    """Every FeedbackConfig field is an option of its own name with its docstring as help; the
+    earlier spellings are hidden aliases that record the same config."""
+    import dataclasses
+
+    from compalign.feedback.config import FeedbackConfig
+
+    r = cli("feedback", "train", "--help")
+    assert r.exit_code == 0
+    for f in dataclasses.fields(FeedbackConfig):
+        assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name
+    assert "Peak AdamW learning rate" in r.stdout and "--lr " not in r.stdout and "--steps " not in r.stdout
+    old = _config_of(
+        cli, monkeypatch, "--reward", "world-clip=2", "--reward-cap", "world-clip=0.5", "--aspect",
+        "spatial_relationship", "--steps", "30", "--guidance", "2", "--reg", "none", "--lr", "1e-3",
+        "--warmup", "3", "--grad-clip", "0", "--ema", "0.99", "--time-limit", "10", "--threads", "2",
+        "--train-text-encoder", "--no-progress",
+    )  # fmt: skip
+    new = _config_of(
+        cli, monkeypatch, "--rewards", "world-clip=2", "--reward-caps", "world-clip=0.5", "--aspects",
+        "spatial_relationship", "--total-steps", "30", "--guidance-scale", "2", "--reg-type", "none",
+        "--learning-rate", "1e-3", "--warmup-steps", "3", "--max-grad-norm", "0", "--ema-decay", "0.99",
+        "--time-limit-s", "10", "--num-threads", "2", "--train-text-encoder", "--no-progress",
+    )  # fmt: skip
+    assert old == new
+    assert (new["learning_rate"], new["total_steps"], new["rewards"]) == (1e-3, 30, {"world-clip": 2.0})
+    assert _config_of(cli, monkeypatch, "--freeze-text-encoder")["train_text_encoder"] is False
+    assert _config_of(cli, monkeypatch, "--lora-rank", "0")["lora_rank"] is None
+    assert _config_of(cli, monkeypatch, "--adam-betas", "0.8", "0.9")["adam_betas"] == [0.8, 0.9]
+
+
+def test_an_option_given_under_both_names_is_refused(cli):
+    r = cli("feedback", "train", "--lr", "1e-3", "--learning-rate", "1e-4")
+    assert r.exit_code == 2 and r.stderr.strip() == "error: give --learning-rate or --lr, not both"

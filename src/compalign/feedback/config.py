@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._config import DictConfig
+from ..rewards.objective import RewardTerm, check_reward_names, objective_from_weights
 
 REG_TYPES = ("auto", "denoising", "distance", "none")
 SAMPLERS = ("ddim", "euler", "dpmsolver")
@@ -181,15 +182,10 @@ class FeedbackConfig(DictConfig):
             raise ValueError("rewards must be a non-empty {name: weight} mapping")
         self.rewards = {str(k): float(v) for k, v in self.rewards.items()}
         self.reward_caps = {str(k): float(v) for k, v in (self.reward_caps or {}).items()}
-        for k, w in self.rewards.items():
-            if not math.isfinite(w):
-                raise ValueError(f"reward {k!r}: weight {w} is not finite")
-        if all(w == 0 for w in self.rewards.values()):
+        terms = self.objective()
+        if not any(t.active for t in terms):
             raise ValueError("every reward weight is 0: nothing to train for")
-        self._check_reward_names()
-        unknown_caps = set(self.reward_caps) - set(self.rewards)
-        if unknown_caps:
-            raise ValueError(f"reward_caps for rewards not in rewards: {sorted(unknown_caps)}")
+        check_reward_names(terms)
         if self.prompts_file and (self.aspects or self.categories):
             raise ValueError("give prompts_file or aspects/categories, not both")
         if self.aspects is not None:
@@ -230,16 +226,11 @@ class FeedbackConfig(DictConfig):
             raise ValueError(f"reg_batch_size must be >= 1, got {self.reg_batch_size}")
         self.adam_betas = tuple(self.adam_betas)
 
-    def _check_reward_names(self) -> None:
-        from compalign.rewards.registry import list_rewards
-
-        known = list_rewards()
-        for spec in self.rewards:
-            name = spec.split(":", 1)[0]
-            if name not in known:
-                raise ValueError(f"unknown reward {name!r}; known: {', '.join(known)}")
-
     # ----------------------------------------------------------------------------- derived
+    def objective(self) -> list[RewardTerm]:
+        """The reward terms: `rewards` with their `reward_caps`."""
+        return objective_from_weights(self.rewards, self.reward_caps)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)

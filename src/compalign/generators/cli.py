@@ -19,40 +19,39 @@ import typer
 from compalign._cli import clip_text
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
+from compalign.generators.options import (
+    Device,
+    Dtype,
+    Height,
+    NumSeeds,
+    Offload,
+    Overwrite,
+    PromptsFile,
+    Seeds,
+    Width,
+)
 
 
 # ----------------------------------------------------------------------------------- generate
 def generate_command(
     prompt: Annotated[list[str] | None, typer.Argument(help="Prompts (quote each one).")] = None,
-    prompts_file: Annotated[
-        Path | None, typer.Option("--prompts", help="Text file with one prompt a line (# comments).")
-    ] = None,
+    prompts_file: PromptsFile = None,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Generator name (world-base, ...) or folder.")
     ] = "world-base",
-    seed: Annotated[
-        list[int] | None, typer.Option("--seed", "-s", help="Seed; repeat for several (default 0).")
-    ] = None,
-    num_seeds: Annotated[
-        int, typer.Option("--num-seeds", "-n", help="Seeds per prompt: each --seed S gives S..S+n-1.")
-    ] = 1,
+    seed: Seeds = None,
+    num_seeds: NumSeeds = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
-    ] = False,
+    overwrite: Overwrite = False,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (model default).")] = None,
     guidance: Annotated[
         float | None, typer.Option("--guidance", help="Guidance scale (model default).")
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")
-    ] = None,
-    offload: Annotated[
-        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
-    ] = None,
-    height: Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    offload: Offload = None,
+    height: Height = None,
+    width: Width = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the generator.")] = False,
     grid_scale: Annotated[int, typer.Option("--grid-scale", help="Grid cell size (4: 1.7 in).")] = 4,
 ) -> None:

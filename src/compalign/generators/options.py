@@ -2,11 +2,36 @@
 ``gallery generate``): ``--dtype``, ``--offload``, ``--height``, ``--width``, ``--gradient-checkpointing``.
 
 A bad value, or an option the model cannot take (a size for a world model), is a one-line error.
+The options ``generate`` and ``reno`` declare alike are the `Annotated` aliases below.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from compalign._cli import fail as _fail
+
+# options of ``compalign generate`` and ``compalign reno``
+PromptsFile = Annotated[
+    Path | None, typer.Option("--prompts", help="Text file with one prompt a line (# comments).")
+]
+Seeds = Annotated[
+    list[int] | None, typer.Option("--seed", "-s", help="Seed; repeat for several (default 0).")
+]
+NumSeeds = Annotated[
+    int, typer.Option("--num-seeds", "-n", help="Seeds per prompt: each --seed S gives S..S+n-1.")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")]
+Dtype = Annotated[str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")]
+Offload = Annotated[
+    str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
+]
+Height = Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")]
+Width = Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")]
 
 GC_MODES = ("auto", "on", "off")
 OFFLOAD_CHOICES = ("none", "model", "sequential")

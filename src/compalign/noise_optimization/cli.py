@@ -8,59 +8,41 @@ from typing import Annotated
 import typer
 
 from compalign._cli import fail as _fail
-from compalign.generators.options import generator_options, load_generator
+from compalign.config_cli import Opt, config_options
+from compalign.generators.options import (
+    Device,
+    Dtype,
+    Height,
+    NumSeeds,
+    Offload,
+    Overwrite,
+    PromptsFile,
+    Seeds,
+    Width,
+    generator_options,
+    load_generator,
+)
+from compalign.rewards.objective import DEFAULT_REWARDS_HELP, default_rewards, load_rewards, parse_objective
+from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
+from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
+from compalign.rewards.objective import parse_reward_spec as parse_reward_spec  # (its earlier home)
 
-WORLD_DEFAULT_REWARDS = ["world-clip=1"]
-REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
-
-
-def parse_reward_spec(text: str) -> tuple[str, float]:
-    """``NAME=WEIGHT`` (``NAME`` may be ``name:source,key=value,...``); a bare NAME takes the
-    reward's default weight."""
-    name, sep, w = text.rpartition("=") if "=" in text else (text, "", "")
-    if sep and ":" in name and "," in name:
-        try:
-            float(w)
-        except ValueError:  # the last '=' belongs to a source option: no weight given
-            name, sep, w = text, "", ""
-    name = name.strip()
-    if not name:
-        raise ValueError(f"reward {text!r}: expected NAME=WEIGHT")
-    if not sep:
-        from compalign.rewards.registry import reward_class
-
-        cls = reward_class(name.split(":", 1)[0])
-        return name, float(getattr(cls, "default_weight", 1.0)) if cls is not None else 1.0
-    try:
-        return name, float(w)
-    except ValueError as e:
-        raise ValueError(f"reward {text!r}: weight {w!r} is not a number") from e
+from .reno import ReNOConfig
 
 
 def build_rewards(specs: list[str], benchmark: list[str], device, world_clip_scaled: bool = False) -> list:
-    from compalign.rewards.registry import create_reward
-
-    from .reno import WeightedReward
-
-    out, seen = [], set()
-    for spec, optimize in [(s, True) for s in specs] + [(s, False) for s in benchmark]:
-        name, weight = parse_reward_spec(spec) if optimize else (spec.split("=", 1)[0], 0.0)
-        if name in seen:
-            raise ValueError(f"reward {name!r} given twice")
-        seen.add(name)
-        if optimize and weight == 0:
-            continue  # switched off: not even loaded
-        kw = {"scaled": True} if world_clip_scaled and name.split(":")[0] == "world-clip" else {}
-        reward = create_reward(name, device=device, **kw)
-        out.append(WeightedReward(name=name, reward=reward, weight=weight, optimize=optimize and weight != 0))
-    return out
+    """The loaded terms of `specs` (``NAME=WEIGHT``, optimised) and `benchmark` (logged only)."""
+    return load_rewards(parse_objective(specs, benchmark), device, world_clip_scaled)
 
 
+RENO_OPTIONS = {"grad_clip": Opt(parse=lambda clip: clip or None, note="0: off.")}
+"""How `ReNOConfig`'s fields appear on the command line (the rest: `config_options`' defaults)."""
+
+
+@config_options(ReNOConfig, RENO_OPTIONS, skip=("keep_all_images",))
 def reno_command(
     prompt: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to optimise (quote each).")] = None,
-    prompts_file: Annotated[
-        Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
-    ] = None,
+    prompts_file: PromptsFile = None,
     suite: Annotated[str | None, typer.Option("--suite", help="World suite (color, spatial, ...).")] = None,
     split: Annotated[str, typer.Option("--split", help="Suite split: heldout or train.")] = "heldout",
     geneval: Annotated[
@@ -78,33 +60,17 @@ def reno_command(
         typer.Option(
             "--reward",
             "-r",
-            help="NAME=WEIGHT, repeatable; weight 0 switches one off. "
-            "Default: world-clip=1 on world models, hpsv2=5 imagereward=1 pickscore=0.05 else.",
+            help="NAME=WEIGHT, repeatable; weight 0 switches one off. " + DEFAULT_REWARDS_HELP,
         ),
     ] = None,
     benchmark_reward: Annotated[
         list[str] | None,
         typer.Option("--benchmark-reward", help="Reward logged every iteration, never optimised."),
     ] = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", help="Seed(s) (default 0).")] = None,
-    num_seeds: Annotated[
-        int, typer.Option("--num-seeds", "-n", help="Seeds per prompt from each --seed.")
-    ] = 1,
-    iterations: Annotated[int, typer.Option("--iterations", help="Generator evaluations per image.")] = 50,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the noise.")] = 5.0,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or lbfgs.")] = "sgd",
-    grad_clip: Annotated[
-        float, typer.Option("--grad-clip", help="Per-sample gradient-norm clip (0: off).")
-    ] = 0.1,
-    reg_weight: Annotated[float, typer.Option("--reg-weight", help="Noise-norm regulariser weight.")] = 0.01,
-    search: Annotated[str, typer.Option("--search", help="reno, best-of-n or none.")] = "reno",
-    patience: Annotated[
-        int | None,
-        typer.Option("--early-stop-patience", help="Stop an image after N iterations without gain."),
-    ] = None,
-    stop_loss: Annotated[
-        float | None, typer.Option("--early-stop-loss", help="Stop an image once its reward loss is <= this.")
-    ] = None,
+    seed: Seeds = None,
+    num_seeds: NumSeeds = 1,
+    *,
+    fields: dict,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images optimised together.")] = 16,
     save_iterations: Annotated[
         bool, typer.Option("--save-iterations", help="Keep every iteration's image (in _iters/).")
@@ -115,29 +81,22 @@ def reno_command(
             "--evaluate/--no-evaluate", help="World prompts: exact-evaluator accuracy before/after."
         ),
     ] = True,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 (default: the model's).")
-    ] = None,
-    offload: Annotated[
-        str | None, typer.Option("--offload", help="Diffusers models: none, model or sequential.")
-    ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    offload: Offload = None,
     gradient_checkpointing: Annotated[
         str,
         typer.Option(
             "--gradient-checkpointing", help="auto (only what the free memory requires), on or off."
         ),
     ] = "auto",
-    height: Annotated[int | None, typer.Option("--height", help="Image height (diffusers models).")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Image width (diffusers models).")] = None,
+    height: Height = None,
+    width: Width = None,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the generator and the rewards.")
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")
-    ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Optimise the initial noise of a one-step generator against weighted rewards (ReNO).
 
@@ -149,7 +108,6 @@ def reno_command(
     from compalign.generators.world.generator import WorldGenerator
     from compalign.world.batch import verdict
 
-    from .reno import ReNOConfig
     from .runner import run_task
     from .tasks import TaskError, build_task
 
@@ -178,13 +136,9 @@ def reno_command(
     seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
     options = generator_options(dtype, offload, height, width, gradient_checkpointing)
     try:
-        config = ReNOConfig(
-            iterations=iterations, lr=lr, optimizer=optimizer, grad_clip=grad_clip or None,
-            reg_weight=reg_weight, search=search, early_stop_patience=patience,
-            early_stop_loss=stop_loss, progress=progress,
-        )  # fmt: skip
+        config = ReNOConfig(**fields)
         items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
-        specs = [parse_reward_spec(r) for r in reward or []]
+        given = parse_objective(reward or [], benchmark_reward or [])
     except (TaskError, ValueError) as e:
         _fail(e)
     settings = {
@@ -193,7 +147,7 @@ def reno_command(
         "source": [sources[0][0], str(sources[0][1]) if sources[0][0] != "prompt" else None],
         "images": [[it.out, it.prompt, it.seed] for it in items],
         "config": {k: v for k, v in config.__dict__.items() if k != "progress"},
-        "rewards": [list(x) for x in specs] or None,
+        "rewards": [[t.spec, t.weight] for t in given if t.optimize] or None,
         "benchmark_rewards": list(benchmark_reward or []),
         "dtype": dtype,
         "height": height,
@@ -205,9 +159,9 @@ def reno_command(
     is_world = isinstance(gen, WorldGenerator)
     if is_world:
         check_world_prompts([it.prompt for it in items], f"world model {model}")
-    specs_text = reward or (WORLD_DEFAULT_REWARDS if is_world else REAL_DEFAULT_REWARDS)
     try:
-        rewards = build_rewards(specs_text, benchmark_reward or [], gen.device)
+        objective = given if reward else parse_objective(default_rewards(is_world), benchmark_reward or [])
+        rewards = load_rewards(objective, gen.device)
     except (LookupError, ValueError, OSError, RuntimeError) as e:
         _fail(e)
     if not any(r.optimize for r in rewards):
@@ -240,7 +194,7 @@ def reno_command(
             config,
             batch_size,
             save_iterations,
-            progress,
+            config.progress,
             judge=judge,
             run_info=run_info,
         )

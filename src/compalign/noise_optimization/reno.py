@@ -33,6 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generators.base import Generator, noise_for_seeds
+from ..rewards.objective import WeightedReward
+
+__all__ = ["ReNOConfig", "ReNOResult", "WeightedReward", "chi_regularizer", "optimize_noise"]
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 SEARCHES = ("reno", "best-of-n", "none")
@@ -75,22 +78,6 @@ class ReNOConfig:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-
-
-@dataclass
-class WeightedReward:
-    """One term of the objective: a reward, its weight, and whether it is optimised."""
-
-    name: str
-    reward: torch.nn.Module
-    weight: float = 1.0
-    optimize: bool = True
-    """False: a benchmark reward, computed every iteration and logged but never optimised."""
-
-    @property
-    def offset(self) -> float:
-        """The reward's loss is ``offset - score`` (bounded below for bounded rewards)."""
-        return float(getattr(self.reward, "loss_offset", 0.0))
 
 
 @dataclass

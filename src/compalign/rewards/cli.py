@@ -19,6 +19,7 @@ import typer
 
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
+from compalign.config_cli import Opt, config_options, path_str
 
 app = typer.Typer(
     help="Rewards: differentiable image-text scores (the world CLIP) for noise optimisation.",
@@ -29,75 +30,35 @@ app = typer.Typer(
 )
 
 
+WORLD_CLIP_OPTIONS = {
+    "output_dir": Opt(short="-o", cli_type=Path, parse=str),
+    "pool_dir": Opt(cli_type=Path | None, parse=path_str),
+    "pool_per_category": Opt(aliases=("--per-category",)),
+    "time_limit_s": Opt(aliases=("--time-limit",)),
+}
+"""How `WorldCLIPTrainConfig`'s fields appear on the command line (the rest: `config_options`'
+defaults; `arch` keeps its default); the aliases are the options' earlier names."""
+
+
 @app.command("train-world-clip")
+@config_options("compalign.rewards.world_clip.train:WorldCLIPTrainConfig", WORLD_CLIP_OPTIONS, skip=("arch",))
 def train_world_clip_command(
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder.")] = Path(
-        "runs/world-clip"
-    ),
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Optimizer steps (default 20000).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Pairs per step (default 256).")
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(
-            "--time-limit",
-            help="Stop after this many seconds of training; the final model is written at the step reached.",
-        ),
-    ] = None,
-    pool_dir: Annotated[
-        Path | None, typer.Option("--pool-dir", help="Scene-pool folder (default: the per-user cache).")
-    ] = None,
-    per_category: Annotated[
-        int | None, typer.Option("--per-category", help="Pool scenes per category (default 4096).")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same run.")] = 0,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", help="Checkpoint interval in steps (default 1000).")
-    ] = None,
-    eval_per_category: Annotated[
-        int | None,
-        typer.Option(
-            "--eval-per-category",
-            help="Held-out prompts per category evaluated at the end (default 50; 0 skips).",
-        ),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
-    ] = None,
+    *,
+    fields: dict,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
     ] = False,
     export: Annotated[
         bool, typer.Option("--export", help="When done, write the model into the package (fp16).")
     ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Train the world CLIP on the scene pool (InfoNCE + hard negatives); resumes when possible."""
-    if seed < 0:
-        _fail(f"--seed must be >= 0, got {seed}")
+    if fields["seed"] < 0:
+        _fail(f"--seed must be >= 0, got {fields['seed']}")
     from .world_clip.train import WorldCLIPTrainConfig, export_world_clip, folder_size, train_world_clip
 
-    given = {
-        "output_dir": str(output_dir),
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "time_limit_s": time_limit,
-        "pool_dir": str(pool_dir) if pool_dir else None,
-        "pool_per_category": per_category,
-        "device": device,
-        "checkpoint_every": checkpoint_every,
-        "eval_per_category": eval_per_category,
-        "mixed_precision": mixed_precision,
-    }
-    kw = {k: v for k, v in given.items() if v is not None}
     try:
-        config = WorldCLIPTrainConfig(seed=seed, progress=progress, **kw)
+        config = WorldCLIPTrainConfig(**fields)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     limit = f", time limit {config.time_limit_s:g} s" if config.time_limit_s else ""
@@ -188,104 +149,24 @@ def _aspect(value: str) -> str:
     return aspect
 
 
+TRAIN_OPTIONS = {
+    "pairs": Opt(cli_type=Path, default=..., parse=str, note="From `compalign pairs`."),
+    "aspect": Opt(default=..., parse=_aspect, note="Or attribute, spatial, nonspatial."),
+    "output_dir": Opt(short="-o", cli_type=Path | None, parse=path_str),
+    "learning_rate": Opt(aliases=("--lr",)),
+    "head_learning_rate": Opt(aliases=("--head-lr",)),
+    "grad_accum_steps": Opt(aliases=("--grad-accum",)),
+    "contrastive_categories": Opt(aliases=("--contrastive-category",), note="Repeatable."),
+    "pool_dir": Opt(cli_type=Path | None, parse=path_str),
+    "time_limit_s": Opt(aliases=("--time-limit",)),
+}
+"""How `RewardTrainConfig`'s fields appear on the command line (the rest: `config_options`'
+defaults); the aliases are the options' earlier names."""
+
+
 @app.command("train")
+@config_options("compalign.rewards.composition.train:RewardTrainConfig", TRAIN_OPTIONS)
 def train_reward_command(
-    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (JSONL, from `compalign pairs`).")],
-    aspect: Annotated[
-        str,
-        typer.Option(
-            "--aspect",
-            help="attribute_binding, spatial_relationship or non_spatial_relationship "
-            "(or attribute, spatial, nonspatial).",
-        ),
-    ],
-    backbone: Annotated[
-        str,
-        typer.Option("--backbone", help="world-clip[:FOLDER], clip:PATH_OR_ID or blip:PATH (ImageReward)."),
-    ] = "world-clip",
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 5).")] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Backbone learning rate (default 1e-5, IterComp's).")
-    ] = None,
-    head_lr: Annotated[
-        float | None,
-        typer.Option(
-            "--head-lr", help="Head learning rate (default 1e-3 for a new head, --lr for ImageReward's)."
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Pairs per step over all processes (default 64).")
-    ] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option("--grad-accum", help="Micro-batches per process and step (default 1).")
-    ] = None,
-    freeze_ratio: Annotated[
-        float | None,
-        typer.Option(
-            "--freeze-ratio", help="Fraction of backbone layers frozen from the bottom (default 0.7)."
-        ),
-    ] = None,
-    head_hidden: Annotated[
-        int | None,
-        typer.Option(
-            "--head-hidden",
-            help="Hidden width of the fusion head's MLP (default 256; 0: linear head, no MLP).",
-        ),
-    ] = None,
-    head_image_block: Annotated[
-        bool,
-        typer.Option(
-            "--head-image-block/--no-head-image-block",
-            help="Fusion head input: with the image-only block (default), or only the prompt and the "
-            "image-prompt product (no prompt-independent image term).",
-        ),
-    ] = True,
-    margin: Annotated[
-        float | None, typer.Option("--margin", help="Bradley-Terry margin (default 0).")
-    ] = None,
-    contrastive_weight: Annotated[
-        float | None,
-        typer.Option(
-            "--contrastive-weight",
-            help="Add the world CLIP's contrastive objective on the reward's score (clean renders vs. "
-            "other prompts and grammar-edited negatives) with this weight (world-clip backbones; "
-            "default 0: off).",
-        ),
-    ] = None,
-    contrastive_category: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--contrastive-category",
-            help="Scene category of the contrastive renders (repeatable; default: the aspect's).",
-        ),
-    ] = None,
-    pool_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--pool-dir",
-            help="Scene-pool folder for the contrastive renders (default: the per-user cache).",
-        ),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (default no).")
-    ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", help="Run folder (default runs/reward-ASPECT).")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same seed, same run.")] = 0,
-    time_limit: Annotated[
-        float | None,
-        typer.Option("--time-limit", help="Stop after this many seconds; the best model so far is kept."),
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Load images at this size (default: the backbone's).")
-    ] = None,
-    augment: Annotated[
-        bool, typer.Option("--augment", help="Light augmentation of training images.")
-    ] = False,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu forces the CPU (default: a GPU if any).")
-    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
     ] = False,
@@ -298,51 +179,24 @@ def train_reward_command(
             "itercomp-nonspatial).",
         ),
     ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+    *,
+    fields: dict,
 ) -> None:
     """Train a composition reward model of one aspect (pairwise Bradley-Terry, held-out selection).
 
     Several GPUs: ``accelerate launch --multi_gpu --num_processes 4 $(which compalign) reward train ...``;
     several CPU processes: ``torchrun --nproc_per_node 2 $(which compalign) reward train ... --device cpu``.
     """
-    if seed < 0:
-        _fail(f"--seed must be >= 0, got {seed}")
-    aspect = _aspect(aspect)
+    if fields["seed"] < 0:
+        _fail(f"--seed must be >= 0, got {fields['seed']}")
+    aspect, backbone = fields["aspect"], fields["backbone"]
     from .composition.data import PairsFileError
     from .composition.train import RewardTrainConfig, export_reward_model, train_reward_model
     from .world_clip.reward import RewardNotTrainedError
     from .world_clip.train import folder_size
 
-    given = {
-        "output_dir": str(output_dir) if output_dir else None,
-        "epochs": epochs,
-        "learning_rate": lr,
-        "head_learning_rate": head_lr,
-        "batch_size": batch_size,
-        "grad_accum_steps": grad_accum,
-        "freeze_ratio": freeze_ratio,
-        "head_hidden": head_hidden,
-        "head_image_block": head_image_block,
-        "margin": margin,
-        "contrastive_weight": contrastive_weight,
-        "contrastive_categories": contrastive_category or None,
-        "pool_dir": str(pool_dir) if pool_dir else None,
-        "mixed_precision": mixed_precision,
-        "time_limit_s": time_limit,
-        "image_size": image_size,
-        "device": device,
-    }
-    kw = {k: v for k, v in given.items() if v is not None}
     try:
-        config = RewardTrainConfig(
-            pairs=str(pairs),
-            aspect=aspect,
-            backbone=backbone,
-            seed=seed,
-            augment=augment,
-            progress=progress,
-            **kw,
-        )
+        config = RewardTrainConfig(**fields)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     if export is not None and (not export or "/" in export or export.startswith(".")):
