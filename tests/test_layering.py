@@ -2,8 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-    shared helpers (io, cache, _config, plots, prompts_io) -> world -> command-line helpers (_cli)
-    -> generators -> rewards -> noise_optimization -> gallery / ranking / pairs -> feedback
+    shared helpers (io, cache, _config, plots, prompts_io) -> training utilities (training) -> world
+    -> command-line helpers (_cli, config_cli) -> generators -> rewards -> noise_optimization -> gallery / ranking / pairs -> feedback
     -> iterate -> cli
 
 The graph is read with `ast` from the source, imports at module level and inside functions alike,
@@ -20,8 +20,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     ["compalign", "compalign.io", "compalign.cache", "compalign._config", "compalign.plots"]
     + ["compalign.prompts_io"],
+    ["compalign.training"],
     ["compalign.world"],
-    ["compalign._cli"],
+    ["compalign._cli", "compalign.config_cli"],
     ["compalign.generators"],
     ["compalign.rewards"],
     ["compalign.noise_optimization"],
