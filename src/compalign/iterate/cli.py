@@ -203,7 +203,8 @@ def iterate_command(
     if workdir is None:
         _fail("give --workdir DIR (the work folder: created, or resumed when it holds a state.json)")
     from .config import IterateConfig
-    from .loop import IterateError, IterateInterrupted, run_iterate
+    from .run import run_iterate
+    from .state import IterateError, IterateInterrupted
 
     try:
         config = IterateConfig(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..plots import frame, pyplot, save_figure, wrap
 from .config import STAGES, base_name
+from .eval_store import eval_images_path, load_eval_images
 
 
 def _pct(x) -> str:
@@ -149,7 +150,6 @@ def sample_grid(run, check: dict | None, path: Path, per_aspect: int = 6) -> Pat
     import numpy as np
 
     from ..world.suites import CATEGORY_ASPECT
-    from .loop import eval_images_path, load_eval_images
 
     if not check or len(check.get("files", {})) != 2 or not check.get("aspects"):
         return None
