@@ -7,7 +7,7 @@ when `files` names the evaluation file of the model's spec, rendered again other
 aspect reward model's score and the exact evaluator's verdict (from the evaluation's records). Per
 aspect: mean reward and accuracy of both bases, and, over the (prompt, seed) pairs whose verdicts
 differ, how often the reward prefers the base the evaluator prefers (its pair accuracy on exactly
-the changes feedback training made).
+the changes feedback training made). `report_lines` is the report's section on it.
 """
 
 from __future__ import annotations
@@ -122,3 +122,52 @@ def _score_rendered(ws: Workspace, gens: dict, name: str, spec: str, cats: list[
         workers=c.workers, progress=False, generate=generate,
     )["records"]  # fmt: skip
     return got, recs
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def reward_check_verdict(reward_delta: float, accuracy_delta: float, agreement: float | None) -> str:
+    """One sentence on whether a reward model saw what feedback training changed (`reward_delta`
+    in the reward's units, `accuracy_delta` a fraction, `agreement` its pair accuracy on the
+    evaluator-decided (previous, new) image pairs)."""
+    if reward_delta <= 0:
+        text = "the reward did not rise on held-out prompts: feedback training did not move this aspect"
+    elif accuracy_delta < 0:
+        text = "the reward rose while accuracy fell: feedback training exploited this reward model"
+    elif accuracy_delta == 0:
+        text = "the reward rose, accuracy did not: the reward's gain is not compositional"
+    else:
+        text = "reward and accuracy rose together"
+    if agreement is not None and agreement <= 0.6:
+        text += f"; on the images that changed verdict the reward is near chance ({100 * agreement:.0f}%)"
+    return text
+
+
+def report_lines(check: dict | None, k: int) -> list[str]:
+    """The report's section on the check (a table per aspect with its `reward_check_verdict`)."""
+    if not check or not check.get("aspects"):
+        return []
+    prev, new = check["models"]
+    lines = [
+        "### Do the reward models see what feedback training changed?",
+        "",
+        f"Both bases render the held-out evaluation prompts (seed {check['seed']}); each image gets its "
+        f"aspect's reward model (iteration {k}'s, the one feedback training raised) and the exact "
+        "evaluator's verdict. *Agreement*: over the (prompt, seed) pairs whose verdicts differ, how often "
+        "the reward prefers the base the evaluator prefers.",
+        "",
+        f"| aspect | images | reward: {prev} -> {new} | accuracy: {prev} -> {new} | decided pairs "
+        "| agreement | reading |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for a, v in check["aspects"].items():
+        r0, r1 = v["reward"][prev], v["reward"][new]
+        a0, a1 = v["accuracy"][prev], v["accuracy"][new]
+        agree = "-" if v["agreement"] is None else _pct(v["agreement"])
+        lines.append(
+            f"| {a} | {v['images']} | {r0:.3f} -> {r1:.3f} | {_pct(a0)} -> {_pct(a1)} | "
+            f"{v['decided_pairs']} | {agree} | {reward_check_verdict(r1 - r0, a1 - a0, v['agreement'])} |"
+        )
+    return [*lines, ""]
