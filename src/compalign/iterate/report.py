@@ -183,12 +183,12 @@ def _reno(ws: Workspace, k: int, reno: dict, by_name: dict, plots: Path, made: l
             "images passing every clause (%)",
         )
     )
-    per = c.reno_prompts_per_category()
+    per, reno_config = c.reno_prompts_per_category(), c.noise_optimization
     rl = reno.get("reward_loss") or {}
     lines += [
         reno["note"],
         "",
-        f"{c.reno_iterations} ReNO iterations (lr {c.reno_lr}) per image, rewards: "
+        f"{reno_config.iterations} ReNO iterations (lr {reno_config.lr}) per image, rewards: "
         + ", ".join(f"{a} reward model x {c.reno_weight(a):g}" for a in c.aspects)
         + f"; {per} held-out prompts per category x {len(c.eval_seeds)} seed(s).",
         "",
@@ -207,6 +207,7 @@ def _reno(ws: Workspace, k: int, reno: dict, by_name: dict, plots: Path, made: l
 
 def _reward_models(c: IterateConfig, k: int, rewards: dict, plots: Path, made: list[Path]) -> list[str]:
     """The reward models' table and their held-out pair accuracy."""
+    r = c.reward_training
     rew_series = {
         "held-out pair accuracy": {
             a: v["heldout_accuracy"] for a, v in rewards.items() if v["heldout_accuracy"] is not None
@@ -225,9 +226,9 @@ def _reward_models(c: IterateConfig, k: int, rewards: dict, plots: Path, made: l
     lines = [
         "## Reward models",
         "",
-        f"One composition reward model per aspect (backbone `{c.reward_backbone}`, "
-        f"{c.reward_epochs} epoch(s), batch {c.reward_batch_size}, lr {c.reward_lr}, freeze ratio "
-        f"{c.reward_freeze_ratio}), trained on the train pairs. Held-out pairs come from held-out prompts "
+        f"One composition reward model per aspect (backbone `{r.backbone}`, "
+        f"{r.epochs} epoch(s), batch {r.batch_size}, lr {r.learning_rate}, freeze ratio "
+        f"{r.freeze_ratio}), trained on the train pairs. Held-out pairs come from held-out prompts "
         "only (split by prompt); the epoch kept is the best on them, so with several epochs the accuracy "
         "below is slightly optimistic.",
         "",
@@ -255,14 +256,15 @@ def _feedback(ws: Workspace, k: int, fb: dict, plots: Path, made: list[Path]) ->
     if fb_plot is not None:
         made.append(fb_plot)
     settings = fb.get("settings") or {}
+    reg_weight = c.feedback_training.reg_weight
     lines = [
         "## Feedback training",
         "",
-        f"{fb.get('steps')} steps x {c.feedback_batch_size} samples (ReFL: stop index in "
+        f"{fb.get('steps')} steps x {c.feedback_training.batch_size} samples (ReFL: stop index in "
         f"{settings.get('stop_indices')} of {settings.get('total_steps')} steps, "
         f"lr {settings.get('learning_rate')}), "
         f"rewards: " + ", ".join(f"{a} x {c.weight(a)}" for a in c.aspects) + "; regulariser "
-        f"{settings.get('reg_type')} x {c.reg_weight} (final value {_fmt(fb.get('final_reg'), 4)}); "
+        f"{settings.get('reg_type')} x {reg_weight} (final value {_fmt(fb.get('final_reg'), 4)}); "
         f"{fb.get('wall_time_s')} s.",
         "",
         "| aspect reward | first steps | last steps |",

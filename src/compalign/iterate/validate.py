@@ -1,5 +1,6 @@
 """Checks of an `IterateConfig` before any work: sizes, names, stage references, the work folder,
-and that the models, the reward backbone and the trainers' configs load (`validate`)."""
+and that the models and the reward backbone load (`validate`; the trainers' nested configs check
+their own fields when they are built)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from ..gallery.format import GalleryError
 from ..gallery.generate import ModelSpec, check_model_spec, parse_models
 from ..world.suites import ASPECTS, CATEGORIES, N_HELDOUT
-from .config import REG_TYPES, TIE_BREAKS, IterateConfig, base_name, parse_stage_ref
+from .config import TIE_BREAKS, IterateConfig, base_name, parse_stage_ref
 from .state import LOCK_FILE, STATE_FILE, IterateError
 
 
@@ -43,15 +44,9 @@ def validate(config: IterateConfig) -> None:
         ("--reward-heldout-per-category", c.reward_heldout_per_category, 0),
         ("--seeds-per-prompt", c.seeds_per_prompt, 1),
         ("--gallery-batch-size", c.gallery_batch_size, 1),
-        ("--reward-epochs", c.reward_epochs, 1),
-        ("--reward-batch-size", c.reward_batch_size, 1),
-        ("--feedback-steps", c.feedback_steps, 1),
-        ("--feedback-batch-size", c.feedback_batch_size, 1),
-        ("--pool-per-category", c.pool_per_category, 1),
-        ("--feedback-checkpoint-every", c.feedback_checkpoint_every, 1),
+        ("--pool-per-category", c.feedback_training.pool_per_category, 1),
         ("--eval-per-category", c.eval_per_category, 1),
         ("--eval-batch-size", c.eval_batch_size, 1),
-        ("--reno-iterations", c.reno_iterations, 1),
         ("--workers", c.workers, 0),
     ):
         need(v >= lo, f"{name} must be >= {lo}, got {v}")
@@ -63,11 +58,7 @@ def validate(config: IterateConfig) -> None:
     need(
         c.tie_break in TIE_BREAKS, f"unknown --tie-break {c.tie_break!r}; expected {' or '.join(TIE_BREAKS)}"
     )
-    need(
-        c.reg_type in REG_TYPES, f"unknown --reg-type {c.reg_type!r}; expected one of {', '.join(REG_TYPES)}"
-    )
-    need(c.reg_weight >= 0, f"--reg-weight must be >= 0, got {c.reg_weight}")
-    need(c.reno_lr > 0, f"--reno-lr must be > 0, got {c.reno_lr}")
+    need(c.noise_optimization.lr > 0, f"--reno-lr must be > 0, got {c.noise_optimization.lr}")
     need(c.reno_reward_scale > 0, f"--reno-reward-scale must be > 0, got {c.reno_reward_scale}")
     for a, w in c.reward_weights.items():
         need(a in c.aspects, f"--reward-weights: {a!r} is not one of the aspects ({', '.join(c.aspects)})")
@@ -117,8 +108,7 @@ def validate(config: IterateConfig) -> None:
         check_model_spec(ModelSpec("base", c.base))
     except GalleryError as e:
         raise IterateError(str(e)) from None
-    _check_reward_backbone(c.reward_backbone)
-    _check_trainer_configs(c)
+    _check_reward_backbone(c.reward_training.backbone)
     if c.reno:
         _check_reno(c)
 
@@ -146,27 +136,6 @@ def _check_reward_backbone(spec: str) -> None:
             raise IterateError(f"--reward-backbone {spec}: {e}") from None
     elif source and (source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists()):
         raise IterateError(f"--reward-backbone {spec}: folder {source} does not exist")
-
-
-def _check_trainer_configs(c: IterateConfig) -> None:
-    """The reward and feedback trainers' own checks, on placeholder paths."""
-    from ..feedback.config import FeedbackConfig
-    from ..rewards.composition.train import RewardTrainConfig
-
-    try:
-        RewardTrainConfig(
-            pairs="-", aspect=c.aspects[0], output_dir="-", backbone=c.reward_backbone,
-            freeze_ratio=c.reward_freeze_ratio, epochs=c.reward_epochs, batch_size=c.reward_batch_size,
-            learning_rate=c.reward_lr, head_learning_rate=c.reward_head_lr, seed=c.seed,
-        )  # fmt: skip
-        FeedbackConfig(
-            base=c.base, output_dir="-", rewards={"composition:-": 1.0}, aspects=list(c.aspects),
-            max_steps=c.feedback_steps, batch_size=c.feedback_batch_size, learning_rate=c.feedback_lr,
-            stop_range=list(c.feedback_stop_range), reg_type=c.reg_type, reg_weight=c.reg_weight,
-            pool_per_category=c.pool_per_category, seed=c.seed,
-        )  # fmt: skip
-    except ValueError as e:
-        raise IterateError(str(e)) from None
 
 
 def _is_adapter(spec: str) -> bool:

@@ -66,7 +66,8 @@ class Workspace:
     def pool_dir(self) -> Path:
         from ..cache import scene_pool_dir
 
-        return Path(self.config.pool_dir) if self.config.pool_dir else scene_pool_dir()
+        pool = self.config.feedback_training.pool_dir
+        return Path(pool) if pool else scene_pool_dir()
 
     def current_base(self, k: int) -> tuple[str, str, str]:
         """(name, spec to load, spec as recorded) of the base fine-tuned in iteration k."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
-from ...feedback.config import DEFAULT_STOP_RANGE, FeedbackConfig
+from ...feedback.config import FeedbackConfig
 from ..config import base_name
 from ..state import IterateError, IterateInterrupted, plain
 from ..workspace import Workspace
@@ -15,47 +16,31 @@ from ..workspace import Workspace
 
 def settings(ws: Workspace, k: int) -> dict:
     c = ws.config
+    name = "feedback_training"
     return plain(
         {
             "base": ws.current_base(k)[2],
             "weights": {a: c.weight(a) for a in c.aspects},
-            "steps": c.feedback_steps,
-            "batch_size": c.feedback_batch_size,
-            "lr": c.feedback_lr,
-            "reg_type": c.reg_type,
-            "reg_weight": c.reg_weight,
-            "pool_per_category": c.pool_per_category,
+            **c.recorded(name),
             "seed": c.seed,
-            # recorded only when not the default, so older work folders still match
-            **(
-                {"stop_range": c.feedback_stop_range}
-                if c.feedback_stop_range != list(DEFAULT_STOP_RANGE)
-                else {}
-            ),
+            **c.changed(name),
         }
     )
 
 
 def feedback_config(ws: Workspace, k: int) -> FeedbackConfig:
-    """The `FeedbackConfig` of iteration k: the current base against iteration k's reward models."""
+    """The `FeedbackConfig` of iteration k, `feedback_training` with its per-run fields set: the
+    current base against iteration k's reward models."""
     c = ws.config
-    rewards = {f"composition:{ws.reward_model(k, a)}": c.weight(a) for a in c.aspects}
-    return FeedbackConfig(
+    return replace(
+        c.feedback_training,
         name=base_name(k),
         base=ws.current_base(k)[1],
         output_dir=str((ws.iter_dir(k) / "feedback").resolve()),
-        rewards=rewards,
+        rewards={f"composition:{ws.reward_model(k, a)}": c.weight(a) for a in c.aspects},
         aspects=list(c.aspects),
-        max_steps=c.feedback_steps,
-        batch_size=c.feedback_batch_size,
-        learning_rate=c.feedback_lr,
-        stop_range=list(c.feedback_stop_range),
-        reg_type=c.reg_type,
-        reg_weight=c.reg_weight,
         pool_dir=str(ws.pool_dir().resolve()),
-        pool_per_category=c.pool_per_category,
         seed=c.seed,
-        checkpoint_every=c.feedback_checkpoint_every,
         num_threads=c.num_threads,
         device=c.device,
         progress=c.progress,

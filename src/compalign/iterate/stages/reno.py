@@ -4,6 +4,7 @@ with ReNO, the aspect reward models as rewards (``iter_<k>/reno/plain.json``, ``
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from ...gallery.generate import default_model_name
 from ...io import atomic_write_json
@@ -21,12 +22,12 @@ def settings(ws: Workspace, k: int) -> dict:
         {
             "enabled": True,
             "model": c.reno_model,
-            "iterations": c.reno_iterations,
-            "lr": c.reno_lr,
+            **c.recorded("noise_optimization"),
             "per_category": c.reno_prompts_per_category(),
             "seeds": c.eval_seeds,
             "categories": c.evaluation_categories(),
             "weights": {a: c.reno_weight(a) for a in c.aspects},
+            **c.changed("noise_optimization"),
         }
     )
 
@@ -85,8 +86,8 @@ def run(ws: Workspace, k: int) -> dict:
     reno_key = {
         **key,
         "reno": {
-            "iterations": c.reno_iterations,
-            "lr": c.reno_lr,
+            **c.recorded("noise_optimization"),
+            **c.changed("noise_optimization"),
             "rewards": {a: {"model": rewards_out[a]["model"], "weight": c.reno_weight(a)} for a in c.aspects},
         },
     }
@@ -115,7 +116,7 @@ def _with_reno(ws: Workspace, k: int, name: str, spec: str, gen, per_cat: int) -
     """The evaluation of `gen` with ReNO on every batch (and the mean weighted reward loss)."""
     import torch
 
-    from ...noise_optimization.reno import ReNOConfig, WeightedReward, optimize_noise
+    from ...noise_optimization.reno import WeightedReward, optimize_noise
     from ...rewards.registry import create_reward
 
     c = ws.config
@@ -129,7 +130,7 @@ def _with_reno(ws: Workspace, k: int, name: str, spec: str, gen, per_cat: int) -
         for a in c.aspects
         if c.reno_weight(a) != 0
     ]
-    rcfg = ReNOConfig(iterations=c.reno_iterations, lr=c.reno_lr, progress=False)
+    rcfg = replace(c.noise_optimization, progress=False)
     losses = {"initial": [], "best": []}
 
     def generate(prompts, seeds):
@@ -140,7 +141,7 @@ def _with_reno(ws: Workspace, k: int, name: str, spec: str, gen, per_cat: int) -
         return res.best_images
 
     n_img = len(c.evaluation_categories()) * per_cat * len(c.eval_seeds)
-    ws.log(f"  {name} with ReNO: {n_img} images x {c.reno_iterations} iterations")
+    ws.log(f"  {name} with ReNO: {n_img} images x {rcfg.iterations} iterations")
     res = evaluate_model(ws, f"{name}+ReNO", spec, per_cat, generate=generate, gen=gen)
     res["reward_loss"] = {
         "initial_mean": sum(losses["initial"]) / max(1, len(losses["initial"])),

@@ -4,6 +4,7 @@ the model in ``final/``), trained on the train pairs, selected and scored on the
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ...rewards.composition.data import PairsFileError
@@ -13,35 +14,19 @@ from ..workspace import Workspace
 
 def settings(ws: Workspace, k: int) -> dict:
     c = ws.config
-    return plain(
-        {
-            "aspects": c.aspects,
-            "backbone": c.reward_backbone,
-            "epochs": c.reward_epochs,
-            "batch_size": c.reward_batch_size,
-            "lr": c.reward_lr,
-            "head_lr": c.reward_head_lr,
-            "freeze_ratio": c.reward_freeze_ratio,
-            "seed": c.seed,
-        }
-    )
+    name = "reward_training"
+    return plain({"aspects": c.aspects, **c.recorded(name), "seed": c.seed, **c.changed(name)})
 
 
 def reward_config(ws: Workspace, k: int, aspect: str):
-    """The `RewardTrainConfig` of the reward model of `aspect` in iteration k."""
-    from ...rewards.composition.train import RewardTrainConfig
-
+    """The `RewardTrainConfig` of the reward model of `aspect` in iteration k: `reward_training`
+    with its per-run fields set."""
     c = ws.config
-    return RewardTrainConfig(
+    return replace(
+        c.reward_training,
         pairs=str(ws.pairs_file(k, aspect).resolve()),
         aspect=aspect,
         output_dir=str(ws.reward_run(k, aspect).resolve()),
-        backbone=c.reward_backbone,
-        freeze_ratio=c.reward_freeze_ratio,
-        epochs=c.reward_epochs,
-        batch_size=c.reward_batch_size,
-        learning_rate=c.reward_lr,
-        head_learning_rate=c.reward_head_lr,
         seed=c.seed,
         device=c.device,
         num_threads=c.num_threads,
