@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from .._config import DictConfig
+from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
+from ..feedback.config import FeedbackConfig
 
-if TYPE_CHECKING:  # the trainers' modules load torch: imported where a config is built
-    from ..feedback.config import FeedbackConfig
+if TYPE_CHECKING:  # these trainers' modules load torch: imported where a config is built
     from ..noise_optimization.reno import ReNOConfig
     from ..rewards.composition.train import RewardTrainConfig
 
@@ -126,8 +127,6 @@ def nested_class(name: str) -> type:
 
         return RewardTrainConfig
     if name == "feedback_training":
-        from ..feedback.config import FeedbackConfig
-
         return FeedbackConfig
     if name == "noise_optimization":
         from ..noise_optimization.reno import ReNOConfig
@@ -143,9 +142,7 @@ def runtime_fields(name: str) -> frozenset[str]:
 
         return RUNTIME_FIELDS
     if name == "feedback_training":
-        from ..feedback.config import RUNTIME_FIELDS
-
-        return RUNTIME_FIELDS
+        return FEEDBACK_RUNTIME_FIELDS
     return frozenset({"progress", "keep_all_images"})
 
 

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..cache import scene_pool_dir
+from ..gallery.generate import default_model_name
 from .config import IterateConfig, base_name
 from .state import State
 
@@ -64,16 +66,12 @@ class Workspace:
         return p if p.is_absolute() else (self.root / p).resolve()
 
     def pool_dir(self) -> Path:
-        from ..cache import scene_pool_dir
-
         pool = self.config.feedback_training.pool_dir
         return Path(pool) if pool else scene_pool_dir()
 
     def current_base(self, k: int) -> tuple[str, str, str]:
         """(name, spec to load, spec as recorded) of the base fine-tuned in iteration k."""
         if k == 1:
-            from ..gallery.generate import default_model_name
-
             return default_model_name(self.config.base), abs_spec(self.config.base), self.config.base
         return base_name(k - 1), str(self.base_dir(k - 1).resolve()), f"iter_{k - 1}/base"
 
