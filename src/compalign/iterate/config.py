@@ -7,7 +7,7 @@ The trainers' own configs are nested, not copied: `reward_training` (`RewardTrai
 their historical names and every other changed field under its own (`IterateConfig.changed`), and
 `from_dict` reads the flat fields of earlier versions (`LEGACY`), so older work folders resume.
 
-The defaults are sized so that one iteration on the shipped world models takes about 16 minutes
+The defaults are sized so that one iteration on the shipped world models takes about 15 minutes
 on a 2-core CPU (see `ESTIMATE`); every size is an option.
 """
 

@@ -1,33 +1,18 @@
 """The names earlier versions of ``compalign.iterate`` defined here, re-exported from the modules
-that now hold them (``state.py``, ``validate.py``, ``eval_store.py``, ``reward_check.py``,
-``stages/``, ``run.py``); new code imports from those."""
+that now hold them (``state.py``, ``validate.py``, ``eval_store.py``, ``stages/``, ``run.py``,
+``workspace.py``); new code imports from those."""
 
 from __future__ import annotations
 
 from .eval_store import eval_images_path, load_eval_images
-from .eval_store import fingerprint as _fingerprint
-from .eval_store import save_eval_images as _save_eval_images
 from .run import IterateRun, Outcome, run_iterate
 from .stages.gallery import gallery_prompts
 from .stages.pairs import no_train_pairs_message
-from .stages.rank import JUDGE
-from .state import (
-    LOCK_FILE,
-    STATE_FILE,
-    STATE_VERSION,
-    IterateError,
-    IterateInterrupted,
-    State,
-    WaitingForPeople,
-)
+from .state import IterateError, IterateInterrupted, State, WaitingForPeople
 from .validate import validate
 from .workspace import abs_spec as _abs_spec
 
 __all__ = [
-    "JUDGE",
-    "LOCK_FILE",
-    "STATE_FILE",
-    "STATE_VERSION",
     "IterateError",
     "IterateInterrupted",
     "IterateRun",
@@ -35,8 +20,6 @@ __all__ = [
     "State",
     "WaitingForPeople",
     "_abs_spec",
-    "_fingerprint",
-    "_save_eval_images",
     "eval_images_path",
     "gallery_prompts",
     "load_eval_images",
