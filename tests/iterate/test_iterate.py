@@ -292,11 +292,11 @@ def test_people_mode_waits_then_continues(env, cli, tmp_path):
         (["--reward-weights", "spatial_relationship=x"], "is not a number"),
         (["--reward-weights", "attribute=1"], "'attribute' is not one of the aspects"),
         (["--eval-per-category", "99", "--reward-heldout-per-category", "5"], "must not overlap"),
-        (["--feedback-steps", "0"], "--feedback-steps must be >= 1"),
+        (["--feedback-steps", "0"], "feedback_training: max_steps must be >= 1, got 0"),
         (["--seeds-per-prompt", "0"], "--seeds-per-prompt must be >= 1"),
         (["--feedback-stop-range", "0.5"], "--feedback-stop-range '0.5': expected LO,HI"),
         (["--reno-reward-scale", "0"], "--reno-reward-scale must be > 0, got 0.0"),
-        (["--feedback-stop-range", "0.5,0.2"], "feedback_stop_range: stop_range fractions must satisfy"),
+        (["--feedback-stop-range", "0.5,0.2"], "feedback_training: stop_range fractions must satisfy"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(env, cli, tmp_path, extra, message):
@@ -418,3 +418,67 @@ def test_kill_9_during_reward_training_then_resume_gives_the_same_iteration(done
         assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), f
     ea, eb = (read(x / "eval" / "iter1.json")["result"] for x in (a, b))
     assert ea["records"] == eb["records"] and ea["overall"] == eb["overall"]
+
+
+def test_config_nests_the_trainers_configs_and_reads_earlier_flat_fields():
+    """The trainers' configs live inside `IterateConfig` with iterate's defaults; the flat fields of
+    earlier versions (older ``state.json`` configs) map onto them; `to_dict` leaves out what each
+    iteration sets, and round-trips."""
+    from compalign.iterate.config import IterateConfig
+
+    c = IterateConfig()
+    assert (c.reward_training.epochs, c.reward_training.batch_size) == (2, 32)
+    assert (c.feedback_training.max_steps, c.feedback_training.batch_size) == (150, 8)
+    assert c.noise_optimization.iterations == 20 and c.noise_optimization.progress is False
+    old = IterateConfig.from_dict(
+        {
+            "reward_lr": 1e-3,
+            "feedback_steps": 3,
+            "feedback_stop_range": [0, 1],
+            "pool_dir": "/p",
+            "reno_lr": 2.0,
+        }
+    )
+    assert old.reward_training.learning_rate == 1e-3 and old.reward_training.epochs == 2
+    assert old.feedback_training.max_steps == 3 and old.feedback_training.stop_range == [0, 1]
+    assert old.feedback_training.pool_dir == "/p" and old.noise_optimization.lr == 2.0
+    d = old.to_dict()
+    assert (
+        "reward_lr" not in d and "base" not in d["feedback_training"] and "aspect" not in d["reward_training"]
+    )
+    assert IterateConfig.from_dict(json.loads(json.dumps(d))).to_dict() == d
+    with pytest.raises(ValueError, match=r"feedback_training.base is set by each iteration"):
+        IterateConfig(feedback_training={"base": "world-small"})
+    with pytest.raises(ValueError, match=r"reward_training: unknown fields \['lr'\]"):
+        IterateConfig(reward_training={"lr": 1.0})
+
+
+def test_recorded_settings_keep_their_names_and_add_changed_fields():
+    """A stage records its trainer's main fields under the names ``state.json`` has always used;
+    any other field that changes the result is recorded once it differs from the default (so a
+    changed setting is a conflict), and runtime fields (checkpoints, pool folder) never are."""
+    from compalign.iterate.config import IterateConfig
+    from compalign.iterate.run import IterateRun
+
+    def settings(**kw):
+        run = IterateRun(IterateConfig(workdir="unused", **kw))
+        return {s: run.settings(1, s) for s in ("rewards", "feedback", "reno")}
+
+    base = settings()
+    assert {k: base["rewards"][k] for k in ("epochs", "lr", "head_lr")} == {
+        "epochs": 2,
+        "lr": 1e-5,
+        "head_lr": None,
+    }
+    assert list(base["feedback"])[2:] == [
+        "steps", "batch_size", "lr", "reg_type", "reg_weight", "pool_per_category", "seed",
+    ]  # fmt: skip
+    assert base["reno"]["iterations"] == 20 and base["reno"]["lr"] == 5.0
+    changed = settings(
+        reward_training={"margin": 0.5},
+        feedback_training={"warmup_steps": 5, "checkpoint_every": 7, "pool_dir": "/elsewhere"},
+        noise_optimization={"optimizer": "adam", "keep_all_images": True},
+    )
+    assert changed["rewards"] == {**base["rewards"], "margin": 0.5}
+    assert changed["feedback"] == {**base["feedback"], "warmup_steps": 5}
+    assert changed["reno"] == {**base["reno"], "optimizer": "adam"}

@@ -203,7 +203,8 @@ def iterate_command(
     if workdir is None:
         _fail("give --workdir DIR (the work folder: created, or resumed when it holds a state.json)")
     from .config import IterateConfig
-    from .loop import IterateError, IterateInterrupted, run_iterate
+    from .run import run_iterate
+    from .state import IterateError, IterateInterrupted
 
     try:
         config = IterateConfig(
@@ -214,22 +215,27 @@ def iterate_command(
             gallery_resolution=gallery_resolution, gallery_steps=gallery_steps,
             gallery_guidance=gallery_guidance, gallery_batch_size=gallery_batch_size, rank=rank,
             tie_break=tie_break, pairs_decided_only=pairs_decided_only,
-            seeds_per_prompt=seeds_per_prompt, reward_backbone=reward_backbone, reward_epochs=reward_epochs,
-            reward_batch_size=reward_batch_size, reward_lr=reward_lr, reward_head_lr=reward_head_lr,
-            reward_freeze_ratio=reward_freeze_ratio, reward_weights=_weights(reward_weights),
-            feedback_steps=feedback_steps, feedback_batch_size=feedback_batch_size, feedback_lr=feedback_lr,
-            feedback_stop_range=(
-                _stop_range(feedback_stop_range, "--feedback-stop-range")
-                if feedback_stop_range else list(DEFAULT_STOP_RANGE)
+            seeds_per_prompt=seeds_per_prompt,
+            reward_training=dict(
+                backbone=reward_backbone, epochs=reward_epochs, batch_size=reward_batch_size,
+                learning_rate=reward_lr, head_learning_rate=reward_head_lr, freeze_ratio=reward_freeze_ratio,
             ),
-            reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
-            pool_per_category=pool_per_category, feedback_checkpoint_every=feedback_checkpoint_every,
+            reward_weights=_weights(reward_weights),
+            feedback_training=dict(
+                max_steps=feedback_steps, batch_size=feedback_batch_size, learning_rate=feedback_lr,
+                stop_range=(
+                    _stop_range(feedback_stop_range, "--feedback-stop-range")
+                    if feedback_stop_range else list(DEFAULT_STOP_RANGE)
+                ),
+                reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
+                pool_per_category=pool_per_category, checkpoint_every=feedback_checkpoint_every,
+            ),
             eval_categories=list(eval_categories) if eval_categories else None,
             eval_single_object=eval_single_object,
             eval_per_category=eval_per_category, eval_seeds=list(eval_seeds) if eval_seeds else [0, 1],
             eval_batch_size=eval_batch_size, reno=reno, reno_model=reno_model,
-            reno_iterations=reno_iterations,
-            reno_lr=reno_lr, reno_reward_scale=reno_reward_scale, reno_per_category=reno_per_category,
+            noise_optimization=dict(iterations=reno_iterations, lr=reno_lr),
+            reno_reward_scale=reno_reward_scale, reno_per_category=reno_per_category,
             device=device, num_threads=threads,
             workers=workers, progress=sys.stderr.isatty() if progress is None else progress,
             force_stages=list(force_stage or []), stop_after=stop_after,

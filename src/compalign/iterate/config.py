@@ -1,28 +1,40 @@
 """Configuration of ``compalign iterate``: IterComp's loop (gallery -> rank -> pairs -> reward models
 -> feedback training -> evaluation -> report), one or more iterations in one work folder.
 
-The defaults are sized so that one iteration on the shipped world models takes about 16 minutes
+The trainers' own configs are nested, not copied: `reward_training` (`RewardTrainConfig`),
+`feedback_training` (`FeedbackConfig`) and `noise_optimization` (`ReNOConfig`), with iterate's
+`DEFAULTS`; each iteration fills their `PER_RUN` fields. The stages record `RECORDED` fields under
+their historical names and every other changed field under its own (`IterateConfig.changed`), and
+`from_dict` reads the flat fields of earlier versions (`LEGACY`), so older work folders resume.
+
+The defaults are sized so that one iteration on the shipped world models takes about 15 minutes
 on a 2-core CPU (see `ESTIMATE`); every size is an option.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from .._config import DictConfig
-from ..feedback.config import DEFAULT_STOP_RANGE
+from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
+from ..feedback.config import FeedbackConfig
+
+if TYPE_CHECKING:  # these trainers' modules load torch: imported where a config is built
+    from ..noise_optimization.reno import ReNOConfig
+    from ..rewards.composition.train import RewardTrainConfig
 
 STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno", "report")
 """The stages of one iteration, in order."""
 RANK_MODES = ("auto", "people")
 TIE_BREAKS = ("world-clip", "none")
-REG_TYPES = ("auto", "denoising", "distance", "none")
 DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr", "world-short")
 
 ESTIMATE = """\
-One iteration with the defaults on the shipped world models, this 2-core CPU, nothing else running
-(measured 2026-12-05, `compalign iterate --iterations 1 --seed 0`, two threads, a fresh folder):
+One iteration with the defaults on the shipped world models, on a 2-core x86 CPU with nothing else
+running (`compalign iterate --iterations 1 --seed 0`, two threads, a fresh folder):
   gallery   5 models x 199 prompts (159 train + 40 held-out)    80 s render, 59 s judge (rank)
   rewards   3 aspect models x 2 epochs (~1250 train pairs)      34 s
   feedback  150 steps x 8 samples + the scene pool (once)        342 s
@@ -38,6 +50,120 @@ far slower)."""
 def base_name(k: int) -> str:
     """The gallery / report name of the base fine-tuned in iteration `k`."""
     return f"iter{k}"
+
+
+NESTED = ("reward_training", "feedback_training", "noise_optimization")
+"""The trainers' configs an `IterateConfig` holds."""
+
+DEFAULTS = {
+    "reward_training": {"epochs": 2, "batch_size": 32},
+    "feedback_training": {"max_steps": 150, "batch_size": 8},
+    "noise_optimization": {"iterations": 20, "progress": False},
+}
+"""Where iterate's defaults differ from the trainers' own (one iteration in about 15 minutes on a
+2-core CPU, see `ESTIMATE`)."""
+
+PER_RUN = {
+    "reward_training": ("pairs", "aspect", "output_dir", "seed", "device", "num_threads", "progress"),
+    "feedback_training": (
+        "name", "base", "output_dir", "rewards", "aspects", "seed", "device", "num_threads", "progress",
+    ),
+    "noise_optimization": ("progress",),
+}  # fmt: skip
+"""Fields of the nested configs that each iteration sets, from the iteration and the top-level
+fields (`seed`, `device`, `num_threads`, `progress`); they are not settings of their own."""
+
+RECORDED = {
+    "reward_training": {
+        "backbone": "backbone",
+        "epochs": "epochs",
+        "batch_size": "batch_size",
+        "learning_rate": "lr",
+        "head_learning_rate": "head_lr",
+        "freeze_ratio": "freeze_ratio",
+    },
+    "feedback_training": {
+        "max_steps": "steps",
+        "batch_size": "batch_size",
+        "learning_rate": "lr",
+        "reg_type": "reg_type",
+        "reg_weight": "reg_weight",
+        "pool_per_category": "pool_per_category",
+    },
+    "noise_optimization": {"iterations": "iterations", "lr": "lr"},
+}
+"""Fields of the nested configs their stage always records, under the names ``state.json`` has
+always used for them. Every other field that changes what a stage computes is recorded under its
+own name when it differs from iterate's default (`IterateConfig.changed`), so work folders of
+earlier versions resume."""
+
+LEGACY = {
+    "reward_backbone": ("reward_training", "backbone"),
+    "reward_epochs": ("reward_training", "epochs"),
+    "reward_batch_size": ("reward_training", "batch_size"),
+    "reward_lr": ("reward_training", "learning_rate"),
+    "reward_head_lr": ("reward_training", "head_learning_rate"),
+    "reward_freeze_ratio": ("reward_training", "freeze_ratio"),
+    "feedback_steps": ("feedback_training", "max_steps"),
+    "feedback_batch_size": ("feedback_training", "batch_size"),
+    "feedback_lr": ("feedback_training", "learning_rate"),
+    "feedback_stop_range": ("feedback_training", "stop_range"),
+    "reg_type": ("feedback_training", "reg_type"),
+    "reg_weight": ("feedback_training", "reg_weight"),
+    "pool_dir": ("feedback_training", "pool_dir"),
+    "pool_per_category": ("feedback_training", "pool_per_category"),
+    "feedback_checkpoint_every": ("feedback_training", "checkpoint_every"),
+    "reno_iterations": ("noise_optimization", "iterations"),
+    "reno_lr": ("noise_optimization", "lr"),
+}
+"""The flat fields of earlier versions (``state.json``'s ``config`` of older work folders; the
+command line's options) -> (nested config, its field)."""
+
+
+def nested_class(name: str) -> type:
+    """The config class of nested field `name` (imported on use: the trainers load torch)."""
+    if name == "reward_training":
+        from ..rewards.composition.train import RewardTrainConfig
+
+        return RewardTrainConfig
+    if name == "feedback_training":
+        return FeedbackConfig
+    if name == "noise_optimization":
+        from ..noise_optimization.reno import ReNOConfig
+
+        return ReNOConfig
+    raise KeyError(name)
+
+
+def runtime_fields(name: str) -> frozenset[str]:
+    """Fields of nested config `name` that change how its run executes, not what it computes."""
+    if name == "reward_training":
+        from ..rewards.composition.train import RUNTIME_FIELDS
+
+        return RUNTIME_FIELDS
+    if name == "feedback_training":
+        return FEEDBACK_RUNTIME_FIELDS
+    return frozenset({"progress", "keep_all_images"})
+
+
+def _nested(name: str, values: dict | None = None):
+    """Nested config `name` with iterate's `DEFAULTS`, then `values` (a ValueError names it)."""
+    cls, values = nested_class(name), dict(values or {})
+    per_run = sorted(set(values) & set(PER_RUN[name]))
+    if per_run:
+        raise ValueError(f"{name}.{per_run[0]} is set by each iteration, not by the config")
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{name}: unknown fields {unknown}")
+    try:
+        return cls(**{**DEFAULTS[name], **values})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def _json(value):
+    """JSON round trip (tuples -> lists), so values compare as they are stored."""
+    return json.loads(json.dumps(value))
 
 
 @dataclass
@@ -98,45 +224,20 @@ class IterateConfig(DictConfig):
         return self.pairs_decided_only and self.rank == "auto"
 
     # ----------------------------------------------------------------------------- reward models
-    reward_backbone: str = "world-clip"
-    """Backbone of the composition reward models (``world-clip``, ``world-clip:FOLDER``,
-    ``clip:PATH``, ``blip:PATH``)."""
-    reward_epochs: int = 2
-    """Epochs of reward-model training (the held-out-best epoch is kept)."""
-    reward_batch_size: int = 32
-    """Pairs per reward-model optimizer step."""
-    reward_lr: float = 1e-5
-    """Peak learning rate of the reward backbone's trainable layers (IterComp: 1e-5)."""
-    reward_head_lr: float | None = None
-    """Learning rate of the reward head (None: the trainer's default, 1e-3 for a fresh head)."""
-    reward_freeze_ratio: float = 0.7
-    """Fraction of each reward-backbone tower frozen (IterComp's fix_rate 0.7)."""
+    reward_training: RewardTrainConfig = field(default_factory=lambda: _nested("reward_training"))
+    """How each aspect's composition reward model trains (`RewardTrainConfig`; here 2 epochs of
+    batch 32 by default: the held-out-best epoch is kept). Its `PER_RUN` fields (pairs, aspect,
+    run folder, seed, device, threads, progress) are set by each iteration."""
 
     # ----------------------------------------------------------------------------- feedback
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each aspect's reward model in feedback training (missing: 1.0); ReNO scales it by
     `reno_reward_scale`."""
-    feedback_steps: int = 150
-    """Optimizer steps of feedback training (ReFL) per iteration."""
-    feedback_batch_size: int = 8
-    """ReFL samples per step."""
-    feedback_lr: float | None = None
-    """Feedback learning rate (None: the trainer's default, 1e-4 for world models)."""
-    feedback_stop_range: list[float] = field(default_factory=lambda: list(DEFAULT_STOP_RANGE))
-    """ReFL stop range (`FeedbackConfig.stop_range`): fractions ``[lo, hi)`` of the sampler's
-    schedule, or two ints as inclusive indices."""
-    reg_type: str = "auto"
-    """Regulariser against drift: ``auto`` (world: denoising loss on rendered scenes; SD: distance
-    to the frozen base), ``denoising``, ``distance``, or ``none`` (not advised)."""
-    reg_weight: float = 1.0
-    """Weight of the regulariser."""
-    pool_dir: str | None = None
-    """Scene pool of the denoising regulariser (None: the per-user cache,
-    `compalign.cache.scene_pool_dir`, shared by the iterations and every other run)."""
-    pool_per_category: int = 1024
-    """Rendered scenes per category in the scene pool."""
-    feedback_checkpoint_every: int = 50
-    """Feedback-training checkpoint interval (steps)."""
+    feedback_training: FeedbackConfig = field(default_factory=lambda: _nested("feedback_training"))
+    """How feedback training (ReFL) fine-tunes the base each iteration (`FeedbackConfig`; here 150
+    steps of 8 samples by default). Its `PER_RUN` fields (name, base, run folder, rewards, aspects,
+    seed, device, threads, progress) are set by each iteration; its `pool_dir` (None: the per-user
+    cache, `compalign.cache.scene_pool_dir`) is shared by the iterations and every other run."""
 
     # ----------------------------------------------------------------------------- evaluation
     eval_categories: list[str] | None = None
@@ -158,15 +259,14 @@ class IterateConfig(DictConfig):
     reno_model: str = "world-onestep"
     """One/two-step generator ReNO runs on when the base is multi-step (a one/two-step base is
     optimised itself)."""
-    reno_iterations: int = 20
-    """ReNO iterations per image."""
-    reno_lr: float = 5.0
-    """ReNO learning rate on the noise."""
+    noise_optimization: ReNOConfig = field(default_factory=lambda: _nested("noise_optimization"))
+    """How ReNO optimises each image's noise (`ReNOConfig`; here 20 iterations by default, no
+    progress bar)."""
     reno_reward_scale: float = 0.1
     """Factor on each aspect's `reward_weights` in ReNO. The composition rewards are standardised:
     their noise gradient is 3-5x the world CLIP's, and at weight 1 ReNO's gradient clip (0.1)
-    binds on nearly every step; 0.1 matches the world CLIP's step size (round 3 of
-    ``docs/results/reward_models_world``)."""
+    binds on nearly every step; 0.1 matches the world CLIP's step size
+    (``docs/results/reward_models_world``)."""
     reno_per_category: int | None = None
     """Held-out prompts per category for ReNO (None: `eval_per_category`; seeds: `eval_seeds`)."""
 
@@ -191,14 +291,49 @@ class IterateConfig(DictConfig):
         self.eval_seeds = [int(s) for s in self.eval_seeds]
         self.force_stages = list(self.force_stages or [])
         self.reward_weights = {str(k): float(v) for k, v in (self.reward_weights or {}).items()}
-        from ..feedback.config import _check_stop_range
-
-        try:
-            self.feedback_stop_range = _check_stop_range(self.feedback_stop_range)
-        except ValueError as e:
-            raise ValueError(f"feedback_stop_range: {e}") from None
         if self.eval_categories is not None:
             self.eval_categories = list(self.eval_categories)
+        for name in NESTED:  # a dict (from JSON or the command line) becomes its config
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _nested(name, value))
+            elif not isinstance(value, nested_class(name)):
+                raise ValueError(f"{name}: expected a {nested_class(name).__name__} or a dict, got {value!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready; the nested configs without their `PER_RUN` fields."""
+        d = super().to_dict()
+        for name in NESTED:
+            d[name] = {k: v for k, v in d[name].items() if k not in PER_RUN[name]}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IterateConfig:
+        """`to_dict`'s inverse; also reads the flat fields of earlier versions (`LEGACY`)."""
+        d = dict(d)
+        nested = {name: dict(d.pop(name, None) or {}) for name in NESTED}
+        for old, (name, f) in LEGACY.items():
+            if old in d:
+                nested[name].setdefault(f, d.pop(old))
+        return super().from_dict({**d, **nested})
+
+    # ----------------------------------------------------------------------------- recorded settings
+    def recorded(self, name: str) -> dict:
+        """The fields of nested config `name` that its stage always records (`RECORDED`)."""
+        config = getattr(self, name)
+        return _json({rec: getattr(config, f) for f, rec in RECORDED[name].items()})
+
+    def changed(self, name: str) -> dict:
+        """The other fields of nested config `name` that change what its stage computes and differ
+        from iterate's default (recorded under their own names)."""
+        config, default = getattr(self, name), _nested(name)
+        skip = set(RECORDED[name]) | set(PER_RUN[name]) | runtime_fields(name)
+        out = {}
+        for f in fields(config):
+            value = _json(getattr(config, f.name))
+            if f.name not in skip and value != _json(getattr(default, f.name)):
+                out[f.name] = value
+        return out
 
     # ----------------------------------------------------------------------------- derived
     def weight(self, aspect: str) -> float:
