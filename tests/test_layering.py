@@ -3,8 +3,8 @@
 Layers, lowest first (a module may import its own layer and the ones below):
 
     shared helpers (io, cache, _config, plots, prompts_io) -> training utilities (training) -> world
-    -> command-line helpers (_cli, config_cli) -> generators -> rewards -> noise_optimization -> gallery / ranking / pairs -> feedback
-    -> iterate -> cli
+    -> command-line helpers (_cli, config_cli) -> generators -> rewards -> noise_optimization
+    -> gallery / ranking / pairs -> feedback -> iterate -> cli
 
 The graph is read with `ast` from the source, imports at module level and inside functions alike,
 so a lazy import still counts as an edge.
