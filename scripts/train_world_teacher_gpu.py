@@ -1,7 +1,7 @@
-"""One GPU lease: a longer world-base teacher, then its one-step and two-step students.
+"""A world-base teacher, then its one-step and two-step students, within a fixed time budget.
 
-Made for a short lease (15 minutes of device time, one command of at most 10 minutes). Every
-stage is `compalign world train` on a preset; the script only decides how many steps fit:
+Made for a fixed time budget on one GPU (e.g. one command of at most 10 minutes). Every stage is
+`compalign world train` on a preset; the script only decides how many steps fit:
 
     0. probe: a few seconds of the teacher preset measure its steps/s on this device
     1. teacher: the teacher preset with `max_steps` fitted to its share of the deadline (the
@@ -11,9 +11,9 @@ stage is `compalign world train` on a preset; the script only decides how many s
     3. extras (only while time is left): GPU benchmarks, each a shell command
     4. pack: one tar per run (final weights, training.json, log.jsonl) plus the logs
 
-    python scripts/lease_world_teacher.py --deadline 540 --pool-dir gpu_carry/_scene_pool --out $OUT
+    python scripts/train_world_teacher_gpu.py --deadline 540 --pool-dir runs/_scene_pool --out OUT
 
-On a CPU it runs the same stages (use --set to shrink them for a rehearsal).
+On a CPU it runs the same stages (use --set to shrink them for a dry run).
 """
 
 from __future__ import annotations
@@ -83,13 +83,13 @@ def main() -> None:
     ap.add_argument("--probe-time", type=float, default=20.0)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--pool-dir", default="runs/_scene_pool")
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (rehearsals).")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (dry runs).")
     ap.add_argument("--extra", action="append", default=[], help="Shell command for stage 3.")
-    ap.add_argument("--out", default="lease_out")
+    ap.add_argument("--out", default="runs/teacher_out")
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logs = runs / "lease_logs"
+    logs = runs / "train_logs"
     logs.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -115,7 +115,7 @@ def main() -> None:
     # 2. students in parallel, each fitted to its share (a two-step student costs two UNet passes)
     left = args.deadline - (time.time() - T0) - args.extra_time - 20
     # UNet passes/s of each process, assuming the GPU is time-sliced between them (conservative: on
-    # the 2026-11-27 H100 lease two students ran at full speed side by side)
+    # one H100 two students ran at full speed side by side)
     share = r / max(1, len(args.students))
     train_s = max(5.0, left - 35)  # pairs + start-up
     procs = {}
@@ -144,7 +144,7 @@ def main() -> None:
 
     # 4. logs
     with tarfile.open(out / "logs.tar", "w") as tar:
-        tar.add(logs, arcname="lease_logs")
+        tar.add(logs, arcname="train_logs")
     say("done")
 
 
