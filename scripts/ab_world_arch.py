@@ -3,7 +3,7 @@
 Arms are presets (``world-ab-<arm>``): the same data (scene pool, data seed, categories), batch,
 learning-rate schedule shape and seed, from scratch; only the denoiser differs, each at about
 world-base's parameter count. The arms' step counts give each the same training compute (one
-thread of this CPU, measured by ``bench``), and every arm checkpoints at each tenth of its run.
+thread of a 2-core x86 CPU as measured by ``bench``), and every arm checkpoints at each tenth of its run.
 
     python scripts/ab_world_arch.py bench --arms unet coord pos dit   # s/step at batch 64, one thread
     python scripts/ab_world_arch.py train --parallel 3     # train (or resume) every arm, logs in runs/ab/

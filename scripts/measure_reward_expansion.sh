@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue-6 measurement, round 2: composition reward models trained the IterComp way with gallery
-# expansion, and used as ReNO rewards.
+# Composition reward models trained the IterComp way with gallery expansion, measured as pair
+# classifiers and as ReNO rewards.
 #
-#   round 0  gallery of the seven shipped world models (train prompts + the held-out prompts that
-#            pick the epoch), ranked by the exact evaluator, evaluator-decided pairs, plus clean
+#   shipped-model gallery   the seven shipped world models (train prompts + the held-out prompts
+#            that pick the epoch), ranked by the exact evaluator, evaluator-decided pairs, plus clean
 #            render pairs (a correct render vs. one with a clause corrupted); reward model r0
 #            (world-CLIP backbone frozen, fusion head trained);
-#   round 1  the gallery expanded with the "improved model": world-onestep + ReNO on r0
+#   expanded gallery   the same gallery expanded with the improved model: world-onestep + ReNO on r0
 #            (`reno:` generator), re-ranked; reward model r1 on all decided pairs + the clean pairs.
 # Then: pair accuracy on a test gallery (other held-out prompts, other seeds), and ReNO on
 # world-onestep with the world CLIP alone vs. r1 (alone and next to the world CLIP), on the first

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-6 measurement: one composition reward model per IterComp aspect, trained on an auto-ranked
+# Measurement: one composition reward model per IterComp aspect, trained on an auto-ranked
 # world gallery (train-split prompts only), scored on pairs from held-out prompts whose exact-evaluator
 # verdicts differ (`pairs --decided-only`). Two held-out sets per aspect:
 #   heldout  the last 25 held-out suite prompts per category (2 seeds), in the training gallery's

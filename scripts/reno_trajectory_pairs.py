@@ -1,4 +1,4 @@
-"""On-policy preference pairs from ReNO trajectories (issue 6 probe).
+"""On-policy preference pairs from ReNO trajectories (a probe of reward training data).
 
 ReNO (world-onestep + a reward, default the world CLIP) runs on train prompts of one aspect; images
 along each trajectory (a few iterations + the best) are judged by the exact world evaluator, and

@@ -1,12 +1,12 @@
-"""Train the whole world-model gallery on one machine (made for a short GPU lease), then ship it.
+"""Train the whole world-model gallery on one machine within a fixed time budget, then ship it.
 
 Stage 1 trains every diffusion preset at once (one process each; the models are small, so one GPU
 serves them all), each stopped by a time limit (presets use a constant learning rate after
 warm-up, so a run stopped at step N is exactly the preset with ``max_steps=N``). Stage 2 distils
 the one-step (and two-step) generators from the fresh ``world-base``. Stage 3 exports all of them
-as fp16 into a weights folder and packs them, one tar per model, for the trip back.
+as fp16 into a weights folder and packs them, one tar per model, to copy off the machine.
 
-    python scripts/train_world_gallery.py --runs runs --pool-dir gpu_carry/_scene_pool \\
+    python scripts/train_world_gallery.py --runs runs --pool-dir runs/_scene_pool \\
         --diffusion-time 280 --distill-time 150 --out $OUT
 
 Extra processes (e.g. the world CLIP trainer) can run alongside stage 1 with ``--also 'CMD'``.
