@@ -172,8 +172,8 @@ class FeedbackConfig(DictConfig):
     progress: bool = True
     """Show a tqdm progress bar."""
     time_limit_s: float | None = None
-    """Stop after this many seconds of this session's loop and finish the run at the step
-    reached (saved and recorded as such)."""
+    """Stop after this many seconds of this call's loop and finish the run at the step reached
+    (saved and recorded as such)."""
 
     def __post_init__(self) -> None:
         from compalign.world.suites import ASPECTS, CATEGORIES

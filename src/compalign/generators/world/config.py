@@ -137,9 +137,9 @@ class WorldTrainConfig(DictConfig):
     progress: bool = True
     """Show a tqdm progress bar."""
     time_limit_s: float | None = None
-    """Stop training after this many seconds of this session's training loop and finish the run
-    as if `max_steps` were the step reached (the record says so). With ``lr_schedule="constant"``
-    that run is exactly the run with `max_steps` set to that step; used to fit a GPU lease."""
+    """Stop training after this many seconds of this call's training loop and finish the run as
+    if `max_steps` were the step reached (the record says so). With ``lr_schedule="constant"``
+    that run is exactly the run with `max_steps` set to that step; used to fit a fixed time budget."""
 
     def __post_init__(self) -> None:
         if isinstance(self.arch, dict):
