@@ -82,7 +82,7 @@ def test_wrong_renders_are_rejected(figures_32):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("res", [32, 64])
-def test_issue_figures_full(res):
+def test_readme_figures_full(res):
     """The figures the README reports: every category, all 100 held-out prompts."""
     figs = _figures(res, per_category=100)
     for c in CATEGORIES:

@@ -584,7 +584,7 @@ def test_bfloat16_and_float16(prefix, tiny_folders):
     try:
         out = half.generate(PROMPTS[:1], seeds=0)
     except RuntimeError as e:  # an op without a CPU float16 kernel
-        pytest.skip(f"float16 forward unsupported on this CPU build: {e}")
+        pytest.skip(f"float16 forward unsupported by this torch CPU build: {e}")
     assert out.shape == (1, 3, SIZE, SIZE)
 
 
