@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..base import Generator, noise_for_seeds, seeds_for
-from ..world.generator import _dtype_kwarg, quiet_loading
+from ..world.generator import dtype_kwarg, quiet_loading
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -90,7 +90,7 @@ def load_pipeline(pipeline_cls, source: str | Path, dtype: torch.dtype, **kwargs
     components = {k: v for k, v in kwargs.items() if k not in HUB_KEYS}
     with quiet_loading():
         pipe = pipeline_cls.from_pretrained(
-            source, **{_dtype_kwarg(): dtype}, **hub_kwargs(source, kwargs), **components
+            source, **{dtype_kwarg(): dtype}, **hub_kwargs(source, kwargs), **components
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -105,8 +105,8 @@ def load_model(model_cls, source: str | Path, subfolder: str | None, dtype: torc
         if subfolder and is_local(source) and not (Path(source) / subfolder).is_dir():
             subfolder = None  # a folder holding the model itself
         if subfolder:
-            return model_cls.from_pretrained(source, subfolder=subfolder, **{_dtype_kwarg(): dtype}, **hub)
-        return model_cls.from_pretrained(source, **{_dtype_kwarg(): dtype}, **hub)
+            return model_cls.from_pretrained(source, subfolder=subfolder, **{dtype_kwarg(): dtype}, **hub)
+        return model_cls.from_pretrained(source, **{dtype_kwarg(): dtype}, **hub)
 
 
 def load_vae(source: str | Path, dtype: torch.dtype, **kwargs):

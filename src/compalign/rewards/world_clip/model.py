@@ -106,7 +106,7 @@ def clip_config(arch: WorldCLIPArch):
 
 
 @contextmanager
-def _quiet():
+def quiet_transformers():
     """Silence transformers' loading / saving progress bars, restoring their state."""
     from transformers.utils import logging as tlog
 
@@ -221,7 +221,7 @@ class WorldCLIPModel(torch.nn.Module):
             import copy
 
             clip = copy.deepcopy(clip).to(dtype)
-        with _quiet():
+        with quiet_transformers():
             clip.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
         meta = {
@@ -245,7 +245,7 @@ class WorldCLIPModel(torch.nn.Module):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{path} is not a world-clip model folder (no {WORLD_CLIP_FILE})")
         meta = json.loads(meta_path.read_text())
-        with _quiet():
+        with quiet_transformers():
             clip = CLIPModel.from_pretrained(path).float()
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         model = cls(clip, tokenizer, meta["mean"], meta["std"], meta.get("arch"))
