@@ -21,7 +21,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import importlib.util
 import inspect
 import itertools
 import re
@@ -110,55 +109,12 @@ def _default(f: dataclasses.Field) -> Any:
     return ...
 
 
-_SOURCE_TYPES = {t.__name__: t for t in (int, float, str, bool, list, tuple, dict)} | {"None": None}
-
-
-def _source_default(node: ast.expr | None) -> Any:
-    """A field's default read from its source: a literal, or ``field(default_factory=...)`` of one."""
-    if node is None:
-        return ...
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "field":
-        kw = {k.arg: k.value for k in node.keywords}
-        if "default" in kw:
-            return ast.literal_eval(kw["default"])
-        factory = kw["default_factory"]
-        if isinstance(factory, ast.Lambda):
-            return ast.literal_eval(factory.body)
-        return _SOURCE_TYPES[factory.id]()  # list, dict
-    return ast.literal_eval(node)
-
-
 @functools.cache
-def config_fields(cls: type | str, skip: tuple[str, ...] = ()) -> tuple[ConfigField, ...]:
-    """The fields of a config dataclass but `skip`: of the class, or, for ``"package.module:Class"``,
-    read from the module's source without importing it (a config that lives beside heavy imports;
-    the types of its fields may use builtins only, their defaults literals only)."""
-    if not isinstance(cls, str):
-        hints, docs = typing.get_type_hints(cls), field_docs(cls)
-        return tuple(ConfigField(f.name, hints[f.name], _default(f), docs.get(f.name, ""))
-                     for f in dataclasses.fields(cls) if f.name not in skip)  # fmt: skip
-    module, _, name = cls.partition(":")
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"{cls}: no module {module}")
-    body = _class_body(Path(spec.origin).read_text(encoding="utf-8"), name)
-    docs, out = _docs(body), []
-    for node in body:
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and node.target.id not in skip
-        ):
-            annotation = ast.unparse(node.annotation)
-            if annotation.startswith("ClassVar"):
-                continue
-            try:
-                tp = eval(annotation, {"__builtins__": {}}, _SOURCE_TYPES)  # builtins' names only
-                default = _source_default(node.value)
-            except (NameError, KeyError, ValueError, TypeError, SyntaxError) as e:
-                raise ValueError(f"{cls}.{node.target.id}: cannot read its type or default ({e})") from e
-            out.append(ConfigField(node.target.id, tp, default, docs.get(node.target.id, "")))
-    return tuple(out)
+def config_fields(cls: type, skip: tuple[str, ...] = ()) -> tuple[ConfigField, ...]:
+    """The fields of the config dataclass `cls` but `skip`."""
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    return tuple(ConfigField(f.name, hints[f.name], _default(f), docs.get(f.name, ""))
+                 for f in dataclasses.fields(cls) if f.name not in skip)  # fmt: skip
 
 
 def path_str(path: Path | None) -> str | None:
@@ -201,11 +157,10 @@ def _alias(tp: Any, decl: str) -> Any:
 
 
 def config_options(
-    cls: type | str, options: dict[str, Opt] | None = None, skip: tuple[str, ...] = ()
+    cls: type, options: dict[str, Opt] | None = None, skip: tuple[str, ...] = ()
 ) -> Callable[[Callable], Callable]:
-    """Decorator: one option per field of the config dataclass `cls` (a class, or
-    ``"package.module:Class"``: see `config_fields`) but `skip`, in the place of the command's
-    ``fields`` parameter, which gets the fields' values."""
+    """Decorator: one option per field of the config dataclass `cls` but `skip`, in the place of
+    the command's ``fields`` parameter, which gets the fields' values."""
     options = options or {}
     fields = config_fields(cls, skip)
     names = {f.name for f in fields} | set(skip)

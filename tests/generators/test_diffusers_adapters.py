@@ -404,7 +404,7 @@ class _Stop(Exception):
 
 def test_empty_source_means_the_default_hub_id(monkeypatch):
     """``"<prefix>:"`` loads the family's default model (loading itself is stopped: no network)."""
-    from compalign.generators.diffusers import common, pixart
+    from compalign.generators.diffusers import generator, pixart
 
     seen = []
 
@@ -412,7 +412,7 @@ def test_empty_source_means_the_default_hub_id(monkeypatch):
         seen.append(str(args[1]))
         raise _Stop
 
-    monkeypatch.setattr(common, "load_pipeline", record)
+    monkeypatch.setattr(generator, "load_pipeline", record)
     monkeypatch.setattr(pixart, "load_model", record)
     for prefix in ["sd-turbo", "sdxl-turbo", "flux-schnell", "pixart-dmd", *MULTI_STEP]:
         with pytest.raises(_Stop):

@@ -786,13 +786,13 @@ def test_shipped_models_follow_the_reward_contract(name):
 def test_config_diff_counts_missing_fields_as_defaults():
     """A run started before a config field existed resumes (the field counts as its default);
     a real change of that field is still refused."""
-    from compalign.rewards.composition.train import RewardTrainConfig, _config_diff
+    from compalign.rewards.composition.train import RewardTrainConfig, reward_config_diff
 
     new = RewardTrainConfig(pairs="p.jsonl").to_dict()
     old = {k: v for k, v in new.items() if k != "head_image_block"}
-    assert _config_diff(old, new) == []
-    assert _config_diff(old, {**new, "head_image_block": False}) == ["head_image_block"]
-    assert _config_diff(new, {**new, "margin": 0.5}) == ["margin"]
+    assert reward_config_diff(old, new) == []
+    assert reward_config_diff(old, {**new, "head_image_block": False}) == ["head_image_block"]
+    assert reward_config_diff(new, {**new, "margin": 0.5}) == ["margin"]
 
 
 # ----------------------------------------------------------------------------- contrastive term

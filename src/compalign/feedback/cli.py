@@ -32,17 +32,15 @@ app = typer.Typer(
 
 def _is_adapter(base: str) -> bool:
     """True for ``prefix:source`` specs of diffusers adapters (not world models)."""
-    from compalign.generators.registry import _FACTORIES, _load_adapters
+    from compalign.generators.registry import FACTORIES, load_adapters
 
-    _load_adapters()
+    load_adapters()
     prefix, sep, _ = base.partition(":")
-    return bool(sep) and prefix in _FACTORIES
+    return bool(sep) and prefix in FACTORIES
 
 
-_pairs = parse_weights  # its earlier name
-
-
-def _stop_range(text: str, option: str = "--stop-range") -> list:
+def parse_stop_range(text: str, option: str = "--stop-range") -> list:
+    """``"LO,HI"`` -> ``[lo, hi]`` (integers stay integers: step indices; else fractions)."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2:
         raise ValueError(f"{option} {text!r}: expected LO,HI (fractions 0.75,1 or indices 30,39)")
@@ -50,6 +48,9 @@ def _stop_range(text: str, option: str = "--stop-range") -> list:
         return [int(p) if p.lstrip("-").isdigit() else float(p) for p in parts]
     except ValueError:
         raise ValueError(f"{option} {text!r}: expected two numbers") from None
+
+
+_stop_range = parse_stop_range  # kept for iterate
 
 
 FIELD_OPTIONS = {
@@ -77,7 +78,7 @@ FIELD_OPTIONS = {
     "categories": Opt(aliases=("--category",), note="Repeatable."),
     "total_steps": Opt(aliases=("--steps",)),
     "stop_range": Opt(
-        cli_type=str, default=",".join(map(str, DEFAULT_STOP_RANGE)), metavar="LO,HI", parse=_stop_range
+        cli_type=str, default=",".join(map(str, DEFAULT_STOP_RANGE)), metavar="LO,HI", parse=parse_stop_range
     ),
     "guidance_scale": Opt(aliases=("--guidance",)),
     "reg_type": Opt(aliases=("--reg",)),

@@ -198,7 +198,7 @@ class FeedbackConfig(DictConfig):
             bad = [c for c in self.categories if c not in CATEGORIES]
             if bad:
                 raise ValueError(f"unknown categories {bad}; expected some of {list(CATEGORIES)}")
-        self.stop_range = _check_stop_range(self.stop_range)
+        self.stop_range = check_stop_range(self.stop_range)
         if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
         if self.total_steps is not None:
@@ -314,7 +314,8 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_stop_range(r) -> list:
+def check_stop_range(r) -> list:
+    """`r` as ``[lo, hi]``: two step indices ``0 <= lo <= hi`` or two fractions ``0 <= lo < hi <= 1``."""
     try:
         vals = list(r)
     except TypeError:
@@ -335,9 +336,12 @@ def _check_stop_range(r) -> list:
     return [lo, hi]
 
 
+_check_stop_range = check_stop_range  # kept for iterate
+
+
 def stop_indices(stop_range, total_steps: int) -> tuple[int, int]:
     """Inclusive `(first, last)` stop index of `stop_range` in a `total_steps` schedule."""
-    lo, hi = _check_stop_range(stop_range)
+    lo, hi = check_stop_range(stop_range)
     n = int(total_steps)
     if _is_int(lo) and _is_int(hi):
         if hi >= n:

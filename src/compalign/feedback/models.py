@@ -191,7 +191,7 @@ def clean_prediction(scheduler, out: torch.Tensor, sample: torch.Tensor, t, inde
     formula at ``alphas_cumprod[t]`` (with the scheduler's clipping / thresholding)."""
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-    from ..generators.diffusers.common import vp_clean_latent
+    from ..generators.diffusers.schedulers import vp_clean_latent
 
     kind = scheduler.config.prediction_type
     if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):

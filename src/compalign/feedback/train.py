@@ -104,7 +104,7 @@ def feedback_config_diff(a: dict, b: dict) -> list[str]:
     return config_diff(a, b, RUNTIME_FIELDS)
 
 
-_config_diff = feedback_config_diff  # the name `iterate` imports
+_config_diff = feedback_config_diff  # kept for iterate
 
 
 class _Reward:
@@ -114,7 +114,7 @@ class _Reward:
 
 def build_rewards(config: FeedbackConfig, device) -> list[_Reward]:
     """The weighted rewards (weight 0: not loaded), frozen, with their caps."""
-    from ..rewards.registry import _accepts, _resolve, create_reward
+    from ..rewards.registry import create_reward, factory_accepts, reward_factory
 
     out = []
     for spec, w in config.rewards.items():
@@ -122,7 +122,8 @@ def build_rewards(config: FeedbackConfig, device) -> list[_Reward]:
             continue
         try:
             # a plain `Reward` subclass takes no device argument: build it, then move it
-            kw = {"device": device} if _accepts(_resolve(spec.split(":", 1)[0]), "device") else {}
+            takes_device = factory_accepts(reward_factory(spec.split(":", 1)[0]), "device")
+            kw = {"device": device} if takes_device else {}
             r = create_reward(spec, **kw).to(device)
         except (LookupError, ImportError, OSError) as e:  # unknown, not trained, missing weights
             raise ValueError(f"reward {spec!r}: {e}") from e

@@ -258,7 +258,7 @@ def render_models(
             if resolution and m.spec.partition(":")[0] in adapters:
                 kw.update(height=resolution, width=resolution)
             if dtype is not None:
-                from ..generators.diffusers.common import parse_dtype  # lazy: loads diffusers
+                from ..generators.diffusers.loading import parse_dtype  # lazy: loads diffusers
 
                 kw["dtype"] = parse_dtype(dtype)
             if offload is not None and m.spec.partition(":")[0] in adapters:

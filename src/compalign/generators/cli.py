@@ -234,7 +234,7 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List generators in three sections: shipped world models, presets to train, adapters."""
-    from .registry import _FACTORIES, list_generators, shipped_models, weights_root
+    from .registry import FACTORIES, list_generators, shipped_models, weights_root
     from .world.config import list_presets, preset_description
 
     shipped = set(shipped_models())
@@ -242,7 +242,7 @@ def models_command(
     rows = []
     for name in names:
         if name.endswith(":"):
-            factory = _FACTORIES.get(name[:-1])
+            factory = FACTORIES.get(name[:-1])
             cls = getattr(factory, "__self__", None)
             if cls is not None:
                 steps = "one-step, differentiable" if cls.differentiable else "multi-step"

@@ -48,7 +48,7 @@ def generator_options(
     (diffusers adapters) that were given. A bad value is a one-line error."""
     kw: dict = {}
     if dtype is not None:
-        from compalign.generators.diffusers.common import parse_dtype
+        from compalign.generators.diffusers.loading import parse_dtype
 
         try:
             kw["dtype"] = parse_dtype(dtype)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .adapters import FACTORIES as _FACTORIES
-from .adapters import GeneratorFactory, register_generator  # noqa: F401 (part of the registry's API)
+from .adapters import FACTORIES, GeneratorFactory, register_generator  # noqa: F401 (the registry's API)
 from .base import Generator
 
 
@@ -45,12 +44,14 @@ def list_generators() -> list[str]:
     """Names `create_generator` knows: shipped models, presets, and ``prefix:`` adapters."""
     from .world.config import list_presets  # lazy: loads transformers and diffusers
 
-    _load_adapters()
+    load_adapters()
     names = set(shipped_models()) | set(list_presets())
-    return sorted(names) + sorted(f"{p}:" for p in _FACTORIES)
+    return sorted(names) + sorted(f"{p}:" for p in FACTORIES)
 
 
-def _pipeline_dir(path: Path) -> Path | None:
+def pipeline_dir(path: Path) -> Path | None:
+    """The saved `WorldPipeline` folder of `path`: itself (``model_index.json``), its ``final/``
+    (a finished training run), or None."""
     if (path / "model_index.json").is_file():
         return path
     if (path / "final" / "model_index.json").is_file():
@@ -58,9 +59,12 @@ def _pipeline_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_adapters() -> None:
+def load_adapters() -> None:
     """Register the diffusers families (on import of their package; lazy: it loads diffusers)."""
     import compalign.generators.diffusers  # noqa: F401
+
+
+_FACTORIES, _pipeline_dir, _load_adapters = FACTORIES, pipeline_dir, load_adapters  # kept for iterate
 
 
 def create_generator(
@@ -73,14 +77,14 @@ def create_generator(
     from .world.config import list_presets  # lazy: loads transformers and diffusers
     from .world.generator import WorldGenerator
 
-    _load_adapters()
+    load_adapters()
     text = str(name_or_path)
     prefix, sep, rest = text.partition(":")
-    if sep and prefix in _FACTORIES:
-        return _FACTORIES[prefix](rest, device=device, dtype=dtype, **kwargs)
+    if sep and prefix in FACTORIES:
+        return FACTORIES[prefix](rest, device=device, dtype=dtype, **kwargs)
     path = Path(text)
     if path.exists():
-        pipe_dir = _pipeline_dir(path)
+        pipe_dir = pipeline_dir(path)
         if pipe_dir is None:
             raise FileNotFoundError(
                 f"{path} is neither a saved world pipeline (model_index.json) nor a finished run (final/)"
@@ -88,8 +92,8 @@ def create_generator(
         return WorldGenerator.from_pretrained(pipe_dir, name=path.name, device=device, dtype=dtype)
     if text in shipped_models():
         return WorldGenerator.from_pretrained(weights_root() / text, name=text, device=device, dtype=dtype)
-    if not sep and text in _FACTORIES:  # a plain adapter name: its default hub id
-        return _FACTORIES[text]("", device=device, dtype=dtype, **kwargs)
+    if not sep and text in FACTORIES:  # a plain adapter name: its default hub id
+        return FACTORIES[text]("", device=device, dtype=dtype, **kwargs)
     if text in list_presets():
         raise ModelNotTrainedError(
             f"model {text} has no shipped weights; train it with `compalign world train --preset {text}`"

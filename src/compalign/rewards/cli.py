@@ -21,6 +21,9 @@ from compalign._cli import fail as _fail
 from compalign._cli import note as _note
 from compalign.config_cli import Opt, config_options, path_str
 
+from .composition.config import RewardTrainConfig
+from .world_clip.config import WorldCLIPTrainConfig
+
 app = typer.Typer(
     help="Rewards: differentiable image-text scores (the world CLIP) for noise optimisation.",
     no_args_is_help=True,
@@ -41,7 +44,7 @@ defaults; `arch` keeps its default); the aliases are the options' earlier names.
 
 
 @app.command("train-world-clip")
-@config_options("compalign.rewards.world_clip.train:WorldCLIPTrainConfig", WORLD_CLIP_OPTIONS, skip=("arch",))
+@config_options(WorldCLIPTrainConfig, WORLD_CLIP_OPTIONS, skip=("arch",))
 def train_world_clip_command(
     *,
     fields: dict,
@@ -55,7 +58,7 @@ def train_world_clip_command(
     """Train the world CLIP on the scene pool (InfoNCE + hard negatives); resumes when possible."""
     if fields["seed"] < 0:
         _fail(f"--seed must be >= 0, got {fields['seed']}")
-    from .world_clip.train import WorldCLIPTrainConfig, export_world_clip, folder_size, train_world_clip
+    from .world_clip.train import export_world_clip, folder_size, train_world_clip
 
     try:
         config = WorldCLIPTrainConfig(**fields)
@@ -165,7 +168,7 @@ defaults); the aliases are the options' earlier names."""
 
 
 @app.command("train")
-@config_options("compalign.rewards.composition.train:RewardTrainConfig", TRAIN_OPTIONS)
+@config_options(RewardTrainConfig, TRAIN_OPTIONS)
 def train_reward_command(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start over: delete checkpoints instead of resuming.")
@@ -191,7 +194,7 @@ def train_reward_command(
         _fail(f"--seed must be >= 0, got {fields['seed']}")
     aspect, backbone = fields["aspect"], fields["backbone"]
     from .composition.data import PairsFileError
-    from .composition.train import RewardTrainConfig, export_reward_model, train_reward_model
+    from .composition.train import export_reward_model, train_reward_model
     from .world_clip.reward import RewardNotTrainedError
     from .world_clip.train import folder_size
 

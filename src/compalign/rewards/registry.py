@@ -59,7 +59,8 @@ def list_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _resolve(name: str) -> Factory:
+def reward_factory(name: str) -> Factory:
+    """The factory registered as `name` (an import path is imported here)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown reward {name!r}; known: {', '.join(list_rewards())}")
     factory = _REGISTRY[name]
@@ -78,11 +79,12 @@ def _resolve(name: str) -> Factory:
 def reward_class(name: str) -> type[Reward] | None:
     """The `Reward` class behind `name` (to read ``loss_offset`` / ``default_weight`` without loading
     weights), or ``None`` when the factory is a plain function."""
-    factory = _resolve(name)
+    factory = reward_factory(name)
     return factory if isinstance(factory, type) and issubclass(factory, Reward) else None
 
 
-def _accepts(factory: Factory, param: str) -> bool:
+def factory_accepts(factory: Factory, param: str) -> bool:
+    """True when `factory` (a class or a function) takes a keyword argument `param`."""
     target = factory.__init__ if isinstance(factory, type) else factory
     if target in (torch.nn.Module.__init__, object.__init__):  # no constructor arguments of its own
         return False
@@ -127,20 +129,20 @@ def create_reward(
     name, sep, source = spec.partition(":")
     if sep and not source:
         raise ValueError(f"reward spec {spec!r} has an empty source after ':'")
-    factory = _resolve(name)
+    factory = reward_factory(name)
     source, options = split_source(source)
     call = dict(kwargs)
     aliases = getattr(factory, "source_options", {}) or {}
     for key, value in options.items():
         param = aliases.get(key, key)
-        if not _accepts(factory, param):
+        if not factory_accepts(factory, param):
             known = ", ".join(aliases) or "none"
             raise ValueError(f"reward {name!r} takes no option {key!r} (its options: {known})")
         call[param] = value
     if device is not None:
         call["device"] = device
     if dtype is not None:
-        if _accepts(factory, "dtype"):
+        if factory_accepts(factory, "dtype"):
             call["dtype"] = dtype
         elif dtype not in ("fp32", "float32", torch.float32):
             raise ValueError(f"reward {name!r} runs in float32 only (got dtype {dtype!r})")

@@ -32,8 +32,11 @@ components the free memory requires, see `compalign.noise_optimization.memory`).
 from __future__ import annotations
 
 from ..adapters import register_generator
-from .common import DiffusersGenerator, OneStepGenerator, PipelineGenerator, parse_dtype
 from .flux import FluxGenerator, FluxSchnellGenerator
+from .generator import DiffusersGenerator
+from .loading import parse_dtype
+from .multistep import PipelineGenerator
+from .onestep import OneStepGenerator
 from .pixart import PixArtDMDGenerator
 from .sd3 import StableDiffusion3Generator
 from .stable_diffusion import (

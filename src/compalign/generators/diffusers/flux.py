@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import OneStepGenerator, PipelineGenerator
+from .multistep import PipelineGenerator
+from .onestep import OneStepGenerator
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:

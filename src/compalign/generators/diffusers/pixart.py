@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .common import OneStepGenerator, cat_cond, cfg_combine, hub_kwargs, is_local, load_model, one_step_latent
+from .loading import hub_kwargs, is_local, load_model
+from .onestep import OneStepGenerator, cat_cond, cfg_combine
+from .schedulers import one_step_latent
 
 PIXART_BASE = "PixArt-alpha/PixArt-XL-2-1024-MS"
 PIXART_DMD = "PixArt-alpha/PixArt-Alpha-DMD-XL-2-512x512"

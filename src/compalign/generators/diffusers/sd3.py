@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import PipelineGenerator
+from .multistep import PipelineGenerator
 
 
 class StableDiffusion3Generator(PipelineGenerator):

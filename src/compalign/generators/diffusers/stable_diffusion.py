@@ -20,16 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .common import (
-    OneStepGenerator,
-    PipelineGenerator,
-    cat_cond,
-    cfg_combine,
-    hub_kwargs,
-    is_local,
-    one_step_latent,
-    vp_sample,
-)
+from .loading import hub_kwargs, is_local
+from .multistep import PipelineGenerator
+from .onestep import OneStepGenerator, cat_cond, cfg_combine
+from .schedulers import one_step_latent, vp_sample
 
 
 def _timesteps(t: int, n: int, device) -> torch.Tensor:

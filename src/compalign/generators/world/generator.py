@@ -32,7 +32,8 @@ def quiet_loading():
                 log.enable_progress_bar()
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
+    """The name of the dtype argument of diffusers' ``from_pretrained`` (``dtype`` or ``torch_dtype``)."""
     from diffusers.pipelines import pipeline_utils
 
     # diffusers >= 0.36 renamed `torch_dtype` to `dtype` (the old name warns)
@@ -42,7 +43,7 @@ def _dtype_kwarg() -> str:
 def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> WorldPipeline:
     """Load a saved `WorldPipeline` folder (offline: a local folder never touches the network)."""
     with quiet_loading():
-        pipe = WorldPipeline.from_pretrained(str(path), local_files_only=True, **{_dtype_kwarg(): dtype})
+        pipe = WorldPipeline.from_pretrained(str(path), local_files_only=True, **{dtype_kwarg(): dtype})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

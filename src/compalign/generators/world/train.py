@@ -175,9 +175,9 @@ def _init_weights(pipe: WorldPipeline, source: str) -> None:
 def init_record(source: str | None) -> dict | None:
     if not source:
         return None
-    from ..registry import _pipeline_dir
+    from ..registry import pipeline_dir
 
-    d = _pipeline_dir(Path(source)) if Path(source).exists() else None
+    d = pipeline_dir(Path(source)) if Path(source).exists() else None
     rec = (d / RECORD_FILE) if d is not None else None
     if rec is not None and rec.is_file():
         r = json.loads(rec.read_text())
@@ -238,11 +238,11 @@ def resolve_teacher(config: WorldTrainConfig) -> str:
     """The teacher as a folder when one exists: a path, or the sibling run ``<runs>/<teacher>``
     of this run (so ``world-onestep`` finds ``runs/world-base`` before it is shipped); else the
     name of a shipped model."""
-    from ..registry import _pipeline_dir
+    from ..registry import pipeline_dir
 
     for cand in (Path(config.teacher), config.run_dir.parent / config.teacher):
-        if cand.exists() and _pipeline_dir(cand) is not None:
-            return str(_pipeline_dir(cand))
+        if cand.exists() and pipeline_dir(cand) is not None:
+            return str(pipeline_dir(cand))
     return config.teacher
 
 
@@ -597,10 +597,10 @@ def export_model(
     dtype: torch.dtype = torch.float16,
 ) -> Path:
     """Copy a finished run (or pipeline folder) into the package weights as `name`, in fp16."""
-    from ..registry import _pipeline_dir, weights_root
+    from ..registry import pipeline_dir, weights_root
     from .generator import load_pipeline
 
-    src = _pipeline_dir(Path(source))
+    src = pipeline_dir(Path(source))
     if src is None:
         raise FileNotFoundError(f"{source} has no saved pipeline (model_index.json or final/)")
     pipe = load_pipeline(src, dtype)

@@ -5,8 +5,9 @@ non-spatial relationships.
   images; a `Reward` (``create_reward("composition:itercomp-spatial")``);
 - `create_backbone`, `apply_freeze_ratio` (``backbones.py``): ``world-clip``, ``clip:PATH``,
   ``blip:PATH`` (ImageReward's BLIP) with IterComp's frozen-layer ratio;
-- `RewardTrainConfig`, `train_reward_model`, `export_reward_model` (``train.py``): pairwise
-  Bradley-Terry training with held-out model selection, accelerate (mixed precision, DDP), resume;
+- `RewardTrainConfig` (``config.py``): a training run's configuration;
+- `train_reward_model`, `export_reward_model` (``train.py``): pairwise Bradley-Terry training with
+  held-out model selection, accelerate (mixed precision, DDP), resume;
 - `read_pairs`, `PairSet`, `PairsFileError` (``data.py``): the pairs file;
 - `make_world_pairs` (``synthetic.py``): a synthetic world pairs file.
 
@@ -23,7 +24,7 @@ _EXPORTS = {
     "apply_freeze_ratio": "backbones",
     "create_backbone": "backbones",
     "register_backbone": "backbones",
-    "RewardTrainConfig": "train",
+    "RewardTrainConfig": "config",
     "train_reward_model": "train",
     "export_reward_model": "train",
     "evaluate_pair_set": "train",

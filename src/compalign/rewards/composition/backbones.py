@@ -302,9 +302,9 @@ class WorldCLIPBackbone(_DualEncoder):
     def from_config(cls, config: dict, folder: Path, source: str) -> WorldCLIPBackbone:
         from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
-        from ..world_clip.model import WorldCLIPModel, _quiet
+        from ..world_clip.model import WorldCLIPModel, quiet_transformers
 
-        with _quiet():
+        with quiet_transformers():
             tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / TOKENIZER_DIR)
         with _no_init_weights():
             clip = CLIPModel(CLIPConfig.from_dict(config["clip_config"]))

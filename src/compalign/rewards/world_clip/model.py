@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from compalign.generators.world.tokenizer import BOS, EOS, MAX_LENGTH, PAD, build_tokenizer, build_vocab
 
-from ..._config import DictConfig
+from .config import WorldCLIPArch  # also importable from here
 
 WORLD_CLIP_FILE = "world_clip.json"
 FORMAT_VERSION = 1
@@ -37,37 +36,6 @@ IMAGE_SIZE = 32
 # pixel normalisation: (x - mean) / std on images in [0, 1] (the world's background is ~0.08)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-
-
-@dataclass
-class WorldCLIPArch(DictConfig):
-    """Architecture of a world CLIP (the defaults are the shipped ``world-clip``: ~1.3 M parameters,
-    ~2.6 MB as fp16)."""
-
-    _fields_name = "world-clip arch fields"
-
-    vision_hidden: int = 128
-    """Width of the vision transformer."""
-    vision_layers: int = 4
-    """Vision transformer layers."""
-    vision_heads: int = 4
-    """Vision attention heads."""
-    vision_mlp: int = 512
-    """Vision MLP width."""
-    patch_size: int = 4
-    """Pixels per patch side (32 px images: 8 x 8 patches)."""
-    text_hidden: int = 128
-    """Width of the text transformer."""
-    text_layers: int = 3
-    """Text transformer layers."""
-    text_heads: int = 4
-    """Text attention heads."""
-    text_mlp: int = 384
-    """Text MLP width."""
-    projection_dim: int = 96
-    """Dimension of the shared image-text embedding."""
-    logit_scale_init: float = 2.6592
-    """Initial log of the (learned) contrastive temperature's inverse (CLIP: log(1 / 0.07))."""
 
 
 def clip_config(arch: WorldCLIPArch):
@@ -106,7 +74,7 @@ def clip_config(arch: WorldCLIPArch):
 
 
 @contextmanager
-def _quiet():
+def quiet_transformers():
     """Silence transformers' loading / saving progress bars, restoring their state."""
     from transformers.utils import logging as tlog
 
@@ -221,7 +189,7 @@ class WorldCLIPModel(torch.nn.Module):
             import copy
 
             clip = copy.deepcopy(clip).to(dtype)
-        with _quiet():
+        with quiet_transformers():
             clip.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
         meta = {
@@ -245,7 +213,7 @@ class WorldCLIPModel(torch.nn.Module):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{path} is not a world-clip model folder (no {WORLD_CLIP_FILE})")
         meta = json.loads(meta_path.read_text())
-        with _quiet():
+        with quiet_transformers():
             clip = CLIPModel.from_pretrained(path).float()
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         model = cls(clip, tokenizer, meta["mean"], meta["std"], meta.get("arch"))
