@@ -37,15 +37,7 @@ KNOWN_CYCLES: list[set[str]] = []
 
 # (importing module, module of the name, name): `iterate` still imports these private aliases of
 # public names; they go when `iterate` is split into one module per stage
-KNOWN_PRIVATE_IMPORTS = {
-    ("compalign.iterate.cli", "compalign.feedback.cli", "_stop_range"),
-    ("compalign.iterate.config", "compalign.feedback.config", "_check_stop_range"),
-    ("compalign.iterate.loop", "compalign.generators.registry", "_pipeline_dir"),
-    ("compalign.iterate.loop", "compalign.generators.registry", "_FACTORIES"),
-    ("compalign.iterate.loop", "compalign.generators.registry", "_load_adapters"),
-    ("compalign.iterate.loop", "compalign.rewards.composition.train", "_config_diff"),
-    ("compalign.iterate.loop", "compalign.feedback.train", "_config_diff"),
-}
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

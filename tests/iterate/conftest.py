@@ -57,7 +57,7 @@ def _testworld_adapter():
         "testworld", lambda rest, device=None, dtype=None, **kw: RenderGenerator(rest)
     )
     yield
-    registry._FACTORIES.pop("testworld", None)
+    registry.FACTORIES.pop("testworld", None)
 
 
 @pytest.fixture(autouse=True)

@@ -50,7 +50,6 @@ def parse_stop_range(text: str, option: str = "--stop-range") -> list:
         raise ValueError(f"{option} {text!r}: expected two numbers") from None
 
 
-_stop_range = parse_stop_range  # kept for iterate
 
 
 FIELD_OPTIONS = {

@@ -336,7 +336,6 @@ def check_stop_range(r) -> list:
     return [lo, hi]
 
 
-_check_stop_range = check_stop_range  # kept for iterate
 
 
 def stop_indices(stop_range, total_steps: int) -> tuple[int, int]:

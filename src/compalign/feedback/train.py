@@ -104,7 +104,6 @@ def feedback_config_diff(a: dict, b: dict) -> list[str]:
     return config_diff(a, b, RUNTIME_FIELDS)
 
 
-_config_diff = feedback_config_diff  # kept for iterate
 
 
 class _Reward:

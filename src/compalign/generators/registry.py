@@ -64,7 +64,6 @@ def load_adapters() -> None:
     import compalign.generators.diffusers  # noqa: F401
 
 
-_FACTORIES, _pipeline_dir, _load_adapters = FACTORIES, pipeline_dir, load_adapters  # kept for iterate
 
 
 def create_generator(

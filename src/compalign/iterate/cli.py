@@ -17,7 +17,7 @@ from typer.core import TyperCommand
 
 from compalign._cli import fail as _fail
 
-from ..feedback.cli import _stop_range
+from ..feedback.cli import parse_stop_range
 from ..feedback.config import DEFAULT_STOP_RANGE
 from .config import DEFAULT_GALLERY_MODELS, ESTIMATE, STAGES
 
@@ -224,7 +224,7 @@ def iterate_command(
             feedback_training=dict(
                 max_steps=feedback_steps, batch_size=feedback_batch_size, learning_rate=feedback_lr,
                 stop_range=(
-                    _stop_range(feedback_stop_range, "--feedback-stop-range")
+                    parse_stop_range(feedback_stop_range, "--feedback-stop-range")
                     if feedback_stop_range else list(DEFAULT_STOP_RANGE)
                 ),
                 reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,

@@ -22,12 +22,12 @@ if TYPE_CHECKING:
 def fingerprint(spec: str) -> str:
     """Identity of a generator's weights: sizes and times of the files of its folder ('' for a
     spec that is not a local world model)."""
-    from ..generators.registry import _pipeline_dir, shipped_models, weights_root
+    from ..generators.registry import pipeline_dir, shipped_models, weights_root
 
     path = Path(spec)
     folder = None
     if path.exists():
-        folder = _pipeline_dir(path)
+        folder = pipeline_dir(path)
     elif spec in shipped_models():
         folder = weights_root() / spec
     if folder is None:

@@ -139,11 +139,11 @@ def _check_reward_backbone(spec: str) -> None:
 
 
 def _is_adapter(spec: str) -> bool:
-    from ..generators.registry import _FACTORIES, _load_adapters
+    from ..generators.registry import FACTORIES, load_adapters
 
-    _load_adapters()
+    load_adapters()
     prefix, sep, _ = spec.partition(":")
-    return bool(sep) and prefix in _FACTORIES
+    return bool(sep) and prefix in FACTORIES
 
 
 def _differentiable(spec: str) -> bool:

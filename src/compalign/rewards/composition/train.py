@@ -131,7 +131,6 @@ def reward_config_diff(a: dict, b: dict) -> list[str]:
     return config_diff(a, b, RUNTIME_FIELDS, _config_defaults())
 
 
-_config_diff = reward_config_diff  # kept for iterate
 
 
 @torch.no_grad()
