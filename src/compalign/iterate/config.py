@@ -6,6 +6,8 @@ The trainers' own configs are nested, not copied: `reward_training` (`RewardTrai
 `DEFAULTS`; each iteration fills their `PER_RUN` fields. The stages record `RECORDED` fields under
 their historical names and every other changed field under its own (`IterateConfig.changed`), and
 `from_dict` reads the flat fields of earlier versions (`LEGACY`), so older work folders resume.
+The command line's options are derived from the fields (`compalign.iterate.cli`), read from this
+module's source: the fields' types are builtins and their defaults literals.
 
 The defaults are sized so that one iteration on the shipped world models takes about 15 minutes
 on a 2-core CPU (see `ESTIMATE`); every size is an option.
@@ -30,7 +32,6 @@ STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno",
 """The stages of one iteration, in order."""
 RANK_MODES = ("auto", "people")
 TIE_BREAKS = ("world-clip", "none")
-DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr", "world-short")
 
 ESTIMATE = """\
 One iteration with the defaults on the shipped world models, on a 2-core x86 CPU with nothing else
@@ -178,7 +179,9 @@ class IterateConfig(DictConfig):
     base: str = "world-base"
     """The model fine-tuned in iteration 1 (a world model name or folder, or ``sd:...``); iteration
     k > 1 fine-tunes ``iter_<k-1>/base``."""
-    gallery_models: list[str] = field(default_factory=lambda: list(DEFAULT_GALLERY_MODELS))
+    gallery_models: list[str] = field(
+        default_factory=lambda: ["world-base", "world-small", "world-t5", "world-attr", "world-short"]
+    )
     """Models of iteration 1's galleries (generator specs, optionally ``NAME=SPEC``); iteration
     k > 1 adds the base fine-tuned in iteration k - 1 (named ``iter<k-1>``)."""
     aspects: list[str] = field(
@@ -358,6 +361,12 @@ class IterateConfig(DictConfig):
 
     def reno_prompts_per_category(self) -> int:
         return self.reno_per_category or self.eval_per_category
+
+
+DEFAULT_GALLERY_MODELS = tuple(
+    next(f for f in fields(IterateConfig) if f.name == "gallery_models").default_factory()
+)
+"""The gallery models of iteration 1 when none are given."""
 
 
 def parse_stage_ref(text: str, what: str) -> tuple[int | None, str]:
