@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._config import DictConfig
 from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
 from ..feedback.config import FeedbackConfig
+from ..rewards.objective import RewardTerm, objective_from_weights
 
 if TYPE_CHECKING:  # these trainers' modules load torch: imported where a config is built
     from ..noise_optimization.reno import ReNOConfig
@@ -235,7 +237,8 @@ class IterateConfig(DictConfig):
     # ----------------------------------------------------------------------------- feedback
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each aspect's reward model in feedback training (missing: 1.0); ReNO scales it by
-    `reno_reward_scale`."""
+    `reno_reward_scale`. The aspects' reward models with these weights are the reward objective
+    (`compalign.rewards.objective`) of both."""
     feedback_training: FeedbackConfig = field(default_factory=lambda: _nested("feedback_training"))
     """How feedback training (ReFL) fine-tunes the base each iteration (`FeedbackConfig`; here 150
     steps of 8 samples by default). Its `PER_RUN` fields (name, base, run folder, rewards, aspects,
@@ -340,11 +343,18 @@ class IterateConfig(DictConfig):
 
     # ----------------------------------------------------------------------------- derived
     def weight(self, aspect: str) -> float:
+        """The aspect reward's weight in feedback training (`reward_weights`, missing: 1.0)."""
         return self.reward_weights.get(aspect, 1.0)
 
     def reno_weight(self, aspect: str) -> float:
         """The aspect reward's weight in ReNO: its feedback weight x `reno_reward_scale`."""
         return self.weight(aspect) * self.reno_reward_scale
+
+    def objective(self, models: dict[str, str | Path], reno: bool = False) -> list[RewardTerm]:
+        """The reward objective of feedback training (`reno`: of ReNO): one term per aspect, its
+        reward model ``composition:<models[aspect]>`` with `weight` (ReNO: `reno_weight`)."""
+        weight = self.reno_weight if reno else self.weight
+        return objective_from_weights({f"composition:{models[a]}": weight(a) for a in self.aspects})
 
     def categories_of_aspects(self) -> list[str]:
         from compalign.world.suites import list_categories
