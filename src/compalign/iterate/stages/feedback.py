@@ -49,13 +49,13 @@ def feedback_config(ws: Workspace, k: int) -> FeedbackConfig:
 
 
 def run(ws: Workspace, k: int) -> dict:
-    from ...feedback.train import _config_diff, train_feedback
+    from ...feedback.train import feedback_config_diff, train_feedback
 
     c = ws.config
     config = feedback_config(ws, k)
     base = ws.base_dir(k)
     rec_file = base / "training.json"
-    done = rec_file.is_file() and not _config_diff(
+    done = rec_file.is_file() and not feedback_config_diff(
         {**json.loads(rec_file.read_text()).get("config", {}), "max_steps": config.max_steps},
         config.to_dict(),
     )

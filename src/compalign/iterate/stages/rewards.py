@@ -36,14 +36,14 @@ def reward_config(ws: Workspace, k: int, aspect: str):
 
 def run(ws: Workspace, k: int) -> dict:
     from ...rewards.composition.model import RECORD_FILE
-    from ...rewards.composition.train import _config_diff, train_reward_model
+    from ...rewards.composition.train import reward_config_diff, train_reward_model
 
     out = {}
     for aspect in ws.config.aspects:
         config = reward_config(ws, k, aspect)
         final = config.run_dir / "final"
         rec_file = final / RECORD_FILE
-        done = rec_file.is_file() and not _config_diff(
+        done = rec_file.is_file() and not reward_config_diff(
             json.loads(rec_file.read_text()).get("config", {}), config.to_dict()
         )
         if done:
