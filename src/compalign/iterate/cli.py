@@ -156,7 +156,7 @@ def nested_options(command: Callable) -> Callable:
             value = kw.pop(pname)
             for old, decl in olds:
                 old_value = kw.pop(old)
-                if old_value is not None:
+                if old_value is not None:  # both spellings: an error unless the new one kept its default
                     if value != default:
                         _fail(f"give --{pname.replace('_', '-')} or {decl}, not both")
                     value = old_value
