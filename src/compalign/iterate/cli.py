@@ -8,18 +8,23 @@ message says what to serve); 1 a trainer was stopped by a signal (the same comma
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from compalign._cli import fail as _fail
 
+from ..config_cli import Opt, config_fields, config_options, path_str
 from ..feedback.cli import parse_stop_range
-from ..feedback.config import DEFAULT_STOP_RANGE
-from .config import DEFAULT_GALLERY_MODELS, ESTIMATE, STAGES
+from ..feedback.config import DEFAULT_STOP_RANGE, FeedbackConfig
+from ..rewards.objective import parse_weights
+from .config import DEFAULTS, ESTIMATE, NESTED, STAGES, IterateConfig
 
 WAITING = 3
 
@@ -45,150 +50,133 @@ class IterateCommand(TyperCommand):
         return super().parse_args(ctx, out)
 
 
-def _weights(items: list[str] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for text in items or []:
-        name, sep, value = text.partition("=")
-        if not sep or not name.strip():
-            _fail(f"--reward-weights {text!r}: expected ASPECT=WEIGHT")
-        try:
-            w = float(value)
-        except ValueError:
-            _fail(f"--reward-weights {text!r}: weight {value!r} is not a number")
-        if name.strip() in out:
-            _fail(f"--reward-weights: {name.strip()} given twice")
-        out[name.strip()] = w
-    return out
+def _weights(texts: list[str] | None) -> dict[str, float]:
+    """``ASPECT=WEIGHT`` texts as ``{aspect: weight}`` (the reward objective's parser)."""
+    try:
+        return parse_weights(texts, "reward weight", need_value=True)
+    except ValueError as e:
+        raise ValueError(f"--reward-weights: {e}") from None
 
 
+FIELD_OPTIONS = {
+    "workdir": Opt(short="-w", cli_type=Path | None, default=None, parse=path_str, note="Required."),
+    "iterations": Opt(short="-k"),
+    "gallery_models": Opt(note="Several values after one flag."),
+    "aspects": Opt(note="Several values after one flag."),
+    "pairs_decided_only": Opt(aliases=("/--pairs-with-tie-breaks",)),
+    "reward_weights": Opt(
+        cli_type=list[str] | None, default=None, metavar="ASPECT=WEIGHT", parse=_weights,
+        note="Several values after one flag.",
+    ),
+    "eval_categories": Opt(note="Several values after one flag."),
+    "eval_seeds": Opt(note="Several values after one flag."),
+    "num_threads": Opt(aliases=("--threads",)),
+    "force_stages": Opt(aliases=("--force-stage",), note=f"Repeatable; stages: {', '.join(STAGES)}."),
+}  # fmt: skip
+"""How `IterateConfig`'s own fields appear on the command line (the rest: `config_options`'
+defaults); the aliases are the options' earlier names."""
+
+NESTED_OPTIONS = {
+    "reward_training": ("reward", {
+        "backbone": Opt(),
+        "epochs": Opt(),
+        "batch_size": Opt(),
+        "learning_rate": Opt(aliases=("--reward-lr",)),
+        "head_learning_rate": Opt(aliases=("--reward-head-lr",)),
+        "freeze_ratio": Opt(),
+    }),
+    "feedback_training": ("feedback", {
+        "max_steps": Opt(aliases=("--feedback-steps",)),
+        "batch_size": Opt(),
+        "learning_rate": Opt(aliases=("--feedback-lr",)),
+        "stop_range": Opt(
+            cli_type=str, default=",".join(map(str, DEFAULT_STOP_RANGE)), metavar="LO,HI",
+            parse=lambda text: parse_stop_range(text, "--feedback-stop-range"),
+        ),
+        "reg_type": Opt(aliases=("--reg-type",)),
+        "reg_weight": Opt(aliases=("--reg-weight",)),
+        "pool_dir": Opt(aliases=("--pool-dir",), cli_type=Path | None, parse=path_str),
+        "pool_per_category": Opt(aliases=("--pool-per-category",)),
+        "checkpoint_every": Opt(),
+    }),
+    "noise_optimization": ("reno", {"iterations": Opt(), "lr": Opt()}),
+}  # fmt: skip
+"""The fields of the nested trainer configs on the command line: nested config -> (prefix, {field:
+how it appears}). Field ``f`` of a config is ``--PREFIX-f`` (``learning_rate`` of
+``feedback_training``: ``--feedback-learning-rate``); the aliases are the options' earlier names."""
+
+_UNSET = Opt().default  # an `Opt` that keeps the field's default
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+CONFIG_SOURCES = {
+    "reward_training": "compalign.rewards.composition.train:RewardTrainConfig",
+    "feedback_training": FeedbackConfig,
+    "noise_optimization": "compalign.noise_optimization.reno:ReNOConfig",
+}
+"""The nested configs (`config_fields`: ``"module:Class"`` is read from source, as the reward and
+ReNO trainers' modules load torch)."""
+
+
+def _help(text: str, prefix: str, options: dict) -> str:
+    """A nested field's docstring as option help: one line, literals unquoted, the config's exposed
+    `field` names as ``--PREFIX-field``."""
+    text = re.sub(r"`(\w+)`", lambda m: _flag(prefix, m[1]) if m[1] in options else m[0], text)
+    return " ".join(text.replace("``", "").split())
+
+
+def _flag(prefix: str, name: str) -> str:
+    return f"--{prefix}-{name.replace('_', '-')}"
+
+
+def nested_options(command: Callable) -> Callable:
+    """Decorator: the `NESTED_OPTIONS` as options of `command` (defaults: iterate's `DEFAULTS`),
+    whose ``fields`` parameter then also gets ``{nested config: {field: value}}``. Goes under
+    `config_options`."""
+    params, taken = [], []  # taken: (parameter, nested config, field, Opt, default, old spellings)
+    for name, (prefix, options) in NESTED_OPTIONS.items():
+        known = {f.name: f for f in config_fields(CONFIG_SOURCES[name])}
+        for fname, opt in options.items():
+            f, pname = known[fname], f"{prefix}_{fname}"  # the option: --PREFIX-FIELD
+            tp = opt.cli_type or f.type
+            default = DEFAULTS[name].get(fname, f.default) if opt.default is _UNSET else opt.default
+            help = _help(" ".join(x for x in (f.doc, opt.note, f"({name}.{fname})") if x), prefix, options)
+            kw = {"metavar": opt.metavar} if opt.metavar else {}
+            option = Annotated[tp, typer.Option(_flag(prefix, fname), help=help, **kw)]
+            params.append(inspect.Parameter(pname, _KEYWORD, default=default, annotation=option))
+            olds = [(f"old_{pname}_{i}", decl) for i, decl in enumerate(opt.aliases)]
+            for old, decl in olds:  # hidden, None unless given
+                option = Annotated[tp | None, typer.Option(decl, hidden=True)]
+                params.append(inspect.Parameter(old, _KEYWORD, default=None, annotation=option))
+            taken.append((pname, name, fname, opt, default, olds))
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+
+    def run(**kw: Any) -> Any:
+        fields = kw.pop("fields")
+        for pname, name, fname, opt, default, olds in taken:
+            value = kw.pop(pname)
+            for old, decl in olds:
+                old_value = kw.pop(old)
+                if old_value is not None:  # both spellings: an error unless the new one kept its default
+                    if value != default:
+                        _fail(f"give --{pname.replace('_', '-')} or {decl}, not both")
+                    value = old_value
+            try:
+                fields.setdefault(name, {})[fname] = opt.parse(value) if opt.parse else value
+            except ValueError as e:
+                _fail(str(e))
+        return command(**kw, fields=fields)
+
+    run.__name__, run.__qualname__, run.__doc__ = command.__name__, command.__qualname__, command.__doc__
+    at = [p.name for p in own].index("fields") + 1
+    run.__signature__ = inspect.Signature([*own[:at], *params, *own[at:]])  # type: ignore[attr-defined]
+    return run
+
+
+@config_options("compalign.iterate.config:IterateConfig", FIELD_OPTIONS, skip=(*NESTED, "progress"))
+@nested_options
 def iterate_command(
-    workdir: Annotated[
-        Path | None, typer.Option("--workdir", "-w", help="Work folder (state.json, iter_<k>/); required.")
-    ] = None,
-    iterations: Annotated[int, typer.Option("--iterations", "-k", help="Iterations to have done.")] = 1,
-    base: Annotated[str, typer.Option("--base", help="Model fine-tuned in iteration 1.")] = "world-base",
-    gallery_models: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--gallery-models",
-            help="Gallery models of iteration 1 (several; NAME=SPEC allowed; default: "
-            f"{' '.join(DEFAULT_GALLERY_MODELS)}).",
-        ),
-    ] = None,
-    aspects: Annotated[
-        list[str] | None, typer.Option("--aspects", help="IterComp aspects (several) (default: all three).")
-    ] = None,
-    per_category: Annotated[
-        int, typer.Option("--per-category", help="Train prompts per category in each gallery.")
-    ] = 20,
-    reward_heldout_per_category: Annotated[
-        int,
-        typer.Option(
-            "--reward-heldout-per-category",
-            help="Held-out prompts per category added to the galleries (the reward models' held-out pairs).",
-        ),
-    ] = 5,
-    seeds_per_prompt: Annotated[
-        int, typer.Option("--seeds-per-prompt", help="Gallery records per prompt (each with its own seed).")
-    ] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of galleries and trainers.")] = 0,
-    gallery_resolution: Annotated[int | None, typer.Option("--gallery-resolution")] = None,
-    gallery_steps: Annotated[
-        int | None, typer.Option("--gallery-steps", help="Default: each model's.")
-    ] = None,
-    gallery_guidance: Annotated[float | None, typer.Option("--gallery-guidance")] = None,
-    gallery_batch_size: Annotated[int, typer.Option("--gallery-batch-size")] = 16,
-    rank: Annotated[
-        str, typer.Option("--rank", help="auto (exact evaluator) or people (stops for `rank serve`).")
-    ] = "auto",
-    tie_break: Annotated[
-        str, typer.Option("--tie-break", help="auto ranking: world-clip or none.")
-    ] = "world-clip",
-    pairs_decided_only: Annotated[
-        bool,
-        typer.Option(
-            "--pairs-decided-only/--pairs-with-tie-breaks",
-            help="auto ranking: reward pairs only where the evaluator's verdicts differ.",
-        ),
-    ] = True,
-    reward_backbone: Annotated[
-        str, typer.Option("--reward-backbone", help="world-clip, world-clip:FOLDER, clip:PATH, blip:PATH.")
-    ] = "world-clip",
-    reward_epochs: Annotated[int, typer.Option("--reward-epochs")] = 2,
-    reward_batch_size: Annotated[int, typer.Option("--reward-batch-size")] = 32,
-    reward_lr: Annotated[float, typer.Option("--reward-lr")] = 1e-5,
-    reward_head_lr: Annotated[float | None, typer.Option("--reward-head-lr")] = None,
-    reward_freeze_ratio: Annotated[float, typer.Option("--reward-freeze-ratio")] = 0.7,
-    reward_weights: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--reward-weights", help="ASPECT=WEIGHT (several) for feedback (x --reno-reward-scale in ReNO)."
-        ),
-    ] = None,
-    feedback_steps: Annotated[int, typer.Option("--feedback-steps")] = 150,
-    feedback_batch_size: Annotated[int, typer.Option("--feedback-batch-size")] = 8,
-    feedback_lr: Annotated[float | None, typer.Option("--feedback-lr", help="Default: 1e-4 (world).")] = None,
-    feedback_stop_range: Annotated[
-        str | None,
-        typer.Option("--feedback-stop-range", help="ReFL stop range: fractions LO,HI or indices A,B."),
-    ] = None,
-    reg_type: Annotated[
-        str, typer.Option("--reg-type", help="auto, denoising, distance or none (not advised).")
-    ] = "auto",
-    reg_weight: Annotated[float, typer.Option("--reg-weight")] = 1.0,
-    pool_dir: Annotated[
-        Path | None,
-        typer.Option("--pool-dir", help="Scene pool (default: the per-user cache, $COMPALIGN_CACHE)."),
-    ] = None,
-    pool_per_category: Annotated[int, typer.Option("--pool-per-category")] = 1024,
-    feedback_checkpoint_every: Annotated[int, typer.Option("--feedback-checkpoint-every")] = 50,
-    eval_categories: Annotated[
-        list[str] | None,
-        typer.Option("--eval-categories", help="Held-out categories (several) (default: the aspects')."),
-    ] = None,
-    eval_single_object: Annotated[
-        bool,
-        typer.Option(
-            "--eval-single-object/--no-eval-single-object",
-            help="With the default categories, also evaluate single_object (reward-hacking check).",
-        ),
-    ] = True,
-    eval_per_category: Annotated[int, typer.Option("--eval-per-category")] = 20,
-    eval_seeds: Annotated[
-        list[int] | None, typer.Option("--eval-seeds", help="Seeds per prompt (several) (default: 0 1).")
-    ] = None,
-    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size")] = 64,
-    reno: Annotated[bool, typer.Option("--reno/--no-reno", help="Evaluate with and without ReNO.")] = True,
-    reno_model: Annotated[
-        str, typer.Option("--reno-model", help="One/two-step generator for ReNO when the base is multi-step.")
-    ] = "world-onestep",
-    reno_iterations: Annotated[int, typer.Option("--reno-iterations")] = 20,
-    reno_lr: Annotated[float, typer.Option("--reno-lr")] = 5.0,
-    reno_reward_scale: Annotated[
-        float,
-        typer.Option(
-            "--reno-reward-scale", help="Factor on the reward weights in ReNO (composition rewards: 0.1)."
-        ),
-    ] = 0.1,
-    reno_per_category: Annotated[
-        int | None, typer.Option("--reno-per-category", help="Default: --eval-per-category.")
-    ] = None,
-    force_stage: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--force-stage",
-            help=f"Redo a finished stage and everything after it: K:STAGE, or STAGE (of the last iteration); "
-            f"stages: {', '.join(STAGES)}. Repeatable.",
-        ),
-    ] = None,
-    stop_after: Annotated[
-        str | None, typer.Option("--stop-after", help="Stop after this stage (STAGE or K:STAGE).")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (default: auto).")] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch CPU threads of the trainers.")
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Exact-evaluator processes.")] = 0,
+    *,
+    fields: dict,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")
     ] = None,
@@ -196,50 +184,21 @@ def iterate_command(
         bool, typer.Option("--estimate", help="Print the time estimate of one iteration and exit.")
     ] = False,
 ) -> None:
-    """Run IterComp's loop for K iterations in WORKDIR (resumes; finished stages are skipped)."""
+    """Run IterComp's loop for K iterations in WORKDIR (resumes; finished stages are skipped).
+
+    Every option is a field of the loop's config; the trainers' fields carry their config's
+    prefix: --reward-* (reward_training), --feedback-* (feedback_training), --reno-*
+    (noise_optimization)."""
     if estimate:
         print(ESTIMATE)
         return
-    if workdir is None:
+    if fields["workdir"] is None:
         _fail("give --workdir DIR (the work folder: created, or resumed when it holds a state.json)")
-    from .config import IterateConfig
     from .run import run_iterate
     from .state import IterateError, IterateInterrupted
 
     try:
-        config = IterateConfig(
-            workdir=str(workdir), iterations=iterations, base=base,
-            gallery_models=list(gallery_models or DEFAULT_GALLERY_MODELS),
-            aspects=list(aspects) if aspects else IterateConfig().aspects, seed=seed,
-            per_category=per_category, reward_heldout_per_category=reward_heldout_per_category,
-            gallery_resolution=gallery_resolution, gallery_steps=gallery_steps,
-            gallery_guidance=gallery_guidance, gallery_batch_size=gallery_batch_size, rank=rank,
-            tie_break=tie_break, pairs_decided_only=pairs_decided_only,
-            seeds_per_prompt=seeds_per_prompt,
-            reward_training=dict(
-                backbone=reward_backbone, epochs=reward_epochs, batch_size=reward_batch_size,
-                learning_rate=reward_lr, head_learning_rate=reward_head_lr, freeze_ratio=reward_freeze_ratio,
-            ),
-            reward_weights=_weights(reward_weights),
-            feedback_training=dict(
-                max_steps=feedback_steps, batch_size=feedback_batch_size, learning_rate=feedback_lr,
-                stop_range=(
-                    parse_stop_range(feedback_stop_range, "--feedback-stop-range")
-                    if feedback_stop_range else list(DEFAULT_STOP_RANGE)
-                ),
-                reg_type=reg_type, reg_weight=reg_weight, pool_dir=str(pool_dir) if pool_dir else None,
-                pool_per_category=pool_per_category, checkpoint_every=feedback_checkpoint_every,
-            ),
-            eval_categories=list(eval_categories) if eval_categories else None,
-            eval_single_object=eval_single_object,
-            eval_per_category=eval_per_category, eval_seeds=list(eval_seeds) if eval_seeds else [0, 1],
-            eval_batch_size=eval_batch_size, reno=reno, reno_model=reno_model,
-            noise_optimization=dict(iterations=reno_iterations, lr=reno_lr),
-            reno_reward_scale=reno_reward_scale, reno_per_category=reno_per_category,
-            device=device, num_threads=threads,
-            workers=workers, progress=sys.stderr.isatty() if progress is None else progress,
-            force_stages=list(force_stage or []), stop_after=stop_after,
-        )  # fmt: skip
+        config = IterateConfig(**fields, progress=sys.stderr.isatty() if progress is None else progress)
     except ValueError as e:  # a bad option value (the message names it)
         _fail(str(e))
     try:

@@ -6,6 +6,8 @@ The trainers' own configs are nested, not copied: `reward_training` (`RewardTrai
 `DEFAULTS`; each iteration fills their `PER_RUN` fields. The stages record `RECORDED` fields under
 their historical names and every other changed field under its own (`IterateConfig.changed`), and
 `from_dict` reads the flat fields of earlier versions (`LEGACY`), so older work folders resume.
+The command line's options are derived from the fields (`compalign.iterate.cli`), read from this
+module's source: the fields' types are builtins and their defaults literals.
 
 The defaults are sized so that one iteration on the shipped world models takes about 15 minutes
 on a 2-core CPU (see `ESTIMATE`); every size is an option.
@@ -16,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._config import DictConfig
 from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
 from ..feedback.config import FeedbackConfig
+from ..rewards.objective import RewardTerm, objective_from_weights
 
 if TYPE_CHECKING:  # these trainers' modules load torch: imported where a config is built
     from ..noise_optimization.reno import ReNOConfig
@@ -30,7 +34,6 @@ STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno",
 """The stages of one iteration, in order."""
 RANK_MODES = ("auto", "people")
 TIE_BREAKS = ("world-clip", "none")
-DEFAULT_GALLERY_MODELS = ("world-base", "world-small", "world-t5", "world-attr", "world-short")
 
 ESTIMATE = """\
 One iteration with the defaults on the shipped world models, on a 2-core x86 CPU with nothing else
@@ -178,7 +181,9 @@ class IterateConfig(DictConfig):
     base: str = "world-base"
     """The model fine-tuned in iteration 1 (a world model name or folder, or ``sd:...``); iteration
     k > 1 fine-tunes ``iter_<k-1>/base``."""
-    gallery_models: list[str] = field(default_factory=lambda: list(DEFAULT_GALLERY_MODELS))
+    gallery_models: list[str] = field(
+        default_factory=lambda: ["world-base", "world-small", "world-t5", "world-attr", "world-short"]
+    )
     """Models of iteration 1's galleries (generator specs, optionally ``NAME=SPEC``); iteration
     k > 1 adds the base fine-tuned in iteration k - 1 (named ``iter<k-1>``)."""
     aspects: list[str] = field(
@@ -232,7 +237,8 @@ class IterateConfig(DictConfig):
     # ----------------------------------------------------------------------------- feedback
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each aspect's reward model in feedback training (missing: 1.0); ReNO scales it by
-    `reno_reward_scale`."""
+    `reno_reward_scale`. The aspects' reward models with these weights are the reward objective
+    (`compalign.rewards.objective`) of both."""
     feedback_training: FeedbackConfig = field(default_factory=lambda: _nested("feedback_training"))
     """How feedback training (ReFL) fine-tunes the base each iteration (`FeedbackConfig`; here 150
     steps of 8 samples by default). Its `PER_RUN` fields (name, base, run folder, rewards, aspects,
@@ -337,11 +343,18 @@ class IterateConfig(DictConfig):
 
     # ----------------------------------------------------------------------------- derived
     def weight(self, aspect: str) -> float:
+        """The aspect reward's weight in feedback training (`reward_weights`, missing: 1.0)."""
         return self.reward_weights.get(aspect, 1.0)
 
     def reno_weight(self, aspect: str) -> float:
         """The aspect reward's weight in ReNO: its feedback weight x `reno_reward_scale`."""
         return self.weight(aspect) * self.reno_reward_scale
+
+    def objective(self, models: dict[str, str | Path], reno: bool = False) -> list[RewardTerm]:
+        """The reward objective of feedback training (`reno`: of ReNO): one term per aspect, its
+        reward model ``composition:<models[aspect]>`` with `weight` (ReNO: `reno_weight`)."""
+        weight = self.reno_weight if reno else self.weight
+        return objective_from_weights({f"composition:{models[a]}": weight(a) for a in self.aspects})
 
     def categories_of_aspects(self) -> list[str]:
         from compalign.world.suites import list_categories
@@ -358,6 +371,12 @@ class IterateConfig(DictConfig):
 
     def reno_prompts_per_category(self) -> int:
         return self.reno_per_category or self.eval_per_category
+
+
+DEFAULT_GALLERY_MODELS = tuple(
+    next(f for f in fields(IterateConfig) if f.name == "gallery_models").default_factory()
+)
+"""The gallery models of iteration 1 when none are given."""
 
 
 def parse_stage_ref(text: str, what: str) -> tuple[int | None, str]:

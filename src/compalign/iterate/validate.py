@@ -44,7 +44,7 @@ def validate(config: IterateConfig) -> None:
         ("--reward-heldout-per-category", c.reward_heldout_per_category, 0),
         ("--seeds-per-prompt", c.seeds_per_prompt, 1),
         ("--gallery-batch-size", c.gallery_batch_size, 1),
-        ("--pool-per-category", c.feedback_training.pool_per_category, 1),
+        ("--feedback-pool-per-category", c.feedback_training.pool_per_category, 1),
         ("--eval-per-category", c.eval_per_category, 1),
         ("--eval-batch-size", c.eval_batch_size, 1),
         ("--workers", c.workers, 0),

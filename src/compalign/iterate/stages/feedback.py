@@ -32,12 +32,13 @@ def feedback_config(ws: Workspace, k: int) -> FeedbackConfig:
     """The `FeedbackConfig` of iteration k, `feedback_training` with its per-run fields set: the
     current base against iteration k's reward models."""
     c = ws.config
+    terms = c.objective({a: ws.reward_model(k, a) for a in c.aspects})
     return replace(
         c.feedback_training,
         name=base_name(k),
         base=ws.current_base(k)[1],
         output_dir=str((ws.iter_dir(k) / "feedback").resolve()),
-        rewards={f"composition:{ws.reward_model(k, a)}": c.weight(a) for a in c.aspects},
+        rewards={t.spec: t.weight for t in terms},
         aspects=list(c.aspects),
         pool_dir=str(ws.pool_dir().resolve()),
         seed=c.seed,

@@ -21,7 +21,7 @@ def no_train_pairs_message(k: int, aspect: str, counts: dict) -> str:
         return (
             f"{head}: the only {counts['tie_break_skipped']} pair(s) were ordered by the tie-break alone, "
             f"and pairs_decided_only leaves those out ({counts['tied_skipped']} tied pairs skipped); "
-            "pass --pairs-with-tie-breaks, or use models that differ"
+            "pass --no-pairs-decided-only, or use models that differ"
         )
     return (
         f"{head} ({counts['pairs']} pairs, {counts['tied_skipped']} tied pairs skipped): the gallery models "

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from ...gallery.generate import default_model_name
 from ...io import atomic_write_json
+from ...rewards.objective import load_rewards
 from ..config import base_name
 from ..eval_store import cached_eval, eval_key, evaluate_model
 from ..state import IterateError, plain
@@ -116,20 +117,10 @@ def _with_reno(ws: Workspace, k: int, name: str, spec: str, gen, per_cat: int) -
     """The evaluation of `gen` with ReNO on every batch (and the mean weighted reward loss)."""
     import torch
 
-    from ...noise_optimization.reno import WeightedReward, optimize_noise
-    from ...rewards.registry import create_reward
+    from ...noise_optimization.reno import optimize_noise
 
     c = ws.config
-    dev = gen.device
-    weighted = [
-        WeightedReward(
-            name=f"composition-{a}",
-            reward=create_reward(f"composition:{ws.reward_model(k, a)}", device=dev),
-            weight=c.reno_weight(a),
-        )
-        for a in c.aspects
-        if c.reno_weight(a) != 0
-    ]
+    weighted = load_rewards(c.objective({a: ws.reward_model(k, a) for a in c.aspects}, reno=True), gen.device)
     rcfg = replace(c.noise_optimization, progress=False)
     losses = {"initial": [], "best": []}
 
