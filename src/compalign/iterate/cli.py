@@ -23,6 +23,8 @@ from compalign._cli import fail as _fail
 from ..config_cli import Opt, config_fields, config_options, path_str
 from ..feedback.cli import parse_stop_range
 from ..feedback.config import DEFAULT_STOP_RANGE, FeedbackConfig
+from ..noise_optimization.reno import ReNOConfig
+from ..rewards.composition.config import RewardTrainConfig
 from ..rewards.objective import parse_weights
 from .config import DEFAULTS, ESTIMATE, NESTED, STAGES, IterateConfig
 
@@ -109,12 +111,11 @@ _UNSET = Opt().default  # an `Opt` that keeps the field's default
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 CONFIG_SOURCES = {
-    "reward_training": "compalign.rewards.composition.train:RewardTrainConfig",
+    "reward_training": RewardTrainConfig,
     "feedback_training": FeedbackConfig,
-    "noise_optimization": "compalign.noise_optimization.reno:ReNOConfig",
+    "noise_optimization": ReNOConfig,
 }
-"""The nested configs (`config_fields`: ``"module:Class"`` is read from source, as the reward and
-ReNO trainers' modules load torch)."""
+"""The nested configs, whose fields become options."""
 
 
 def _help(text: str, prefix: str, options: dict) -> str:
@@ -172,7 +173,7 @@ def nested_options(command: Callable) -> Callable:
     return run
 
 
-@config_options("compalign.iterate.config:IterateConfig", FIELD_OPTIONS, skip=(*NESTED, "progress"))
+@config_options(IterateConfig, FIELD_OPTIONS, skip=(*NESTED, "progress"))
 @nested_options
 def iterate_command(
     *,

@@ -19,16 +19,13 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .._config import DictConfig
 from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
 from ..feedback.config import FeedbackConfig
+from ..noise_optimization.reno import ReNOConfig
+from ..rewards.composition.config import RewardTrainConfig
 from ..rewards.objective import RewardTerm, objective_from_weights
-
-if TYPE_CHECKING:  # these trainers' modules load torch: imported where a config is built
-    from ..noise_optimization.reno import ReNOConfig
-    from ..rewards.composition.train import RewardTrainConfig
 
 STAGES = ("gallery", "rank", "pairs", "rewards", "feedback", "evaluate", "reno", "report")
 """The stages of one iteration, in order."""
