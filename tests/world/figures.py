@@ -347,3 +347,42 @@ def pooled(rows: list[dict], key: str) -> float:
         return sum(r["wrong"] for r in rows) / max(1, sum(r["wrong_n"] for r in rows))
     field = {"clean_accept": "clean", "perturbed_accept": "perturbed"}[key]
     return sum(r[field] for r in rows) / max(1, sum(r["n"] for r in rows))
+
+
+TARGETS = (("clean_accept", "clean accepted", 0.99), ("perturbed_accept", "perturbed accepted", 0.95))
+TARGETS += (("wrong_reject", "wrong rejected", 0.99),)
+MIN_PROMPTS = 100
+COLOUR_NOISE_MAX = 0.005  # single_object prompts passed by blurred colour noise
+
+
+def target_misses(rows: list[dict], adversarial: dict | None, res: int) -> list[str]:
+    """One line per target of the evaluator's issue that the figures miss, saying by how much: per
+    renderer and category clean >= 99%, perturbed >= 95%, wrong rejected >= 99% on >= 100 prompts;
+    uniform canvases and pixel noise pass no prompt; blurred colour noise passes <= 0.5% of
+    single_object prompts."""
+    misses = []
+    for r in rows:
+        where = f"{res} px, {r['renderer']} renderer, {r['category']}"
+        if r["n"] < MIN_PROMPTS:
+            misses.append(f"{where}: {r['n']} prompts < {MIN_PROMPTS}")
+        for key, name, target in TARGETS:
+            if r[key] < target:
+                n = r["wrong_n"] if key == "wrong_reject" else r["n"]
+                misses.append(
+                    f"{where}: {name} {r[key]:.1%} < {target:.0%} "
+                    f"(short by {(target - r[key]) * 100:.1f} points, n={n})"
+                )
+    if adversarial is not None:
+        for kind in ("uniform", "pixel_noise"):
+            a = adversarial[kind]
+            if a["passing_images"]:
+                misses.append(
+                    f"{res} px, adversarial {kind}: {a['passing_images']} of {a['n']} images pass a prompt"
+                )
+        frac = adversarial["colour_noise"]["single_object_pass_fraction"]
+        if frac > COLOUR_NOISE_MAX:
+            misses.append(
+                f"{res} px, adversarial colour_noise: passes {frac:.2%} of single_object prompts "
+                f"> {COLOUR_NOISE_MAX:.1%}"
+            )
+    return misses

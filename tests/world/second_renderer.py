@@ -11,7 +11,8 @@ contradict the prompt under the lenient meaning (`holds`). Everything is determi
 Meanings (distances in pixels of a 32-px image, `PX` = 1/32 of the side, scaled with resolution):
 
 - Size: extent = width of the shape / image side, before its small rotation (a rectangle is 2:1
-  wide, so its width is its extent; a tilted square keeps its side as its size). Nominal small 0.25, medium 0.35, large 0.48; true scenes draw nominal x U(0.95, 1.05).
+  wide, so its width is its extent; a tilted square keeps its side as its size). Nominal small
+  0.25, medium 0.35, large 0.48; true scenes draw nominal x U(0.95, 1.05).
   Near-threshold wrong sizes sit at the nearest end of the neighbouring class: small asked ->
   medium at 0.35 x 0.95; medium asked -> small at 0.25 x 1.05 or large at 0.48 x 0.95; large
   asked -> medium at 0.35 x 1.05. The lenient reading splits classes at the midpoints of the
@@ -37,10 +38,13 @@ Meanings (distances in pixels of a 32-px image, `PX` = 1/32 of the side, scaled 
 - Shapes: circle (an ellipse of aspect 0.93-1.07), square (aspect 0.93-1.07), rectangle (width :
   height 1.8-2.2), triangle (isosceles, apex up, base = height x U(0.93, 1.07)), cross (arm width
   0.30-0.42 of the extent); every shape but the cross rotated by up to 4 degrees.
-- Placement: anywhere valid, the image border included (0 px margin).
+- Placement: anywhere valid, the image border included (0 px margin). Layouts for the perturbed
+  set keep a margin of the perturbation's shift (1 px), as the grammar's own layouts do, so that
+  shifting the image never cuts an object.
 
-The perturbed set may draw every object 1 image px larger (`grow=1`; its layout keeps the meaning's
-gaps for the grown outlines). The adversarial set (`adversarial`): uniform canvases of the eight
+The perturbed set may draw every object 1 image px larger (`grow=1`: a round dilation by 0.5 px,
+so every bounding box grows by 1 px; its layout keeps the meaning's gaps for the grown outlines).
+The adversarial set (`adversarial`): uniform canvases of the eight
 grammar colours and black / grey / white, blurred colour noise (uniform random colours blurred
 with a Gaussian of sigma 2-4 px, each channel stretched to [0, 1]), pixel noise, blurred blobs
 (sigma 2-5 px), overlapping blobs, off-grammar shapes (5-point star, 2:1 ellipse, diamond,
