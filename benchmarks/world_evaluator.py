@@ -76,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge",
         nargs="+",
         metavar="JSON",
-        help="measure nothing: combine result files of runs made per resolution (e.g. in parallel "
-        "processes) into --json and print the summary tables",
+        help="measure nothing: combine result files of runs made per resolution, renderer or set of "
+        "--categories (e.g. in parallel processes; one of them with the adversarial set) into --json "
+        "and print the summary tables",
     )
     args = ap.parse_args(argv)
     for path in args.merge or ():
@@ -213,21 +214,87 @@ def summary_tables(result: dict) -> str:
 
 
 def merge(paths: list[str], out: str) -> dict:
-    """Combine result files (one per resolution or renderer) into one result written to `out`."""
+    """Combine result files into one result written to `out`: runs made per resolution, per
+    renderer or per set of categories (a resolution split by `--categories` into several
+    processes; at most one of them measures the adversarial set). Pooled figures are recomputed
+    from the per-category ones."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    for p, path in zip(parts, paths, strict=True):
+        if (p["seed"], p["per_category"]) != (parts[0]["seed"], parts[0]["per_category"]):
+            raise SystemExit(
+                f"error: --merge: {path} has seed / per_category {p['seed']} / {p['per_category']}, "
+                f"{paths[0]} {parts[0]['seed']} / {parts[0]['per_category']}"
+            )
     result = {k: parts[0][k] for k in ("seed", "per_category", "machine")}
     result["command"] = " && ".join(p["command"] for p in parts)
     result["res"] = sorted({r for p in parts for r in p["res"]})
-    for key in ("figures", "pooled", "seconds_per_image"):
-        result[key] = {}
-        for p in parts:
-            for renderer, by_res in p[key].items():
-                result[key].setdefault(renderer, {}).update(by_res)
-    result["adversarial"] = {r: a for p in parts for r, a in p["adversarial"].items()}
+    figs: dict = {}
+    timing: dict = {}  # renderer -> res -> [seconds x images, images]
+    for p in parts:
+        for renderer, by_res in p["figures"].items():
+            for res, by_cat in by_res.items():
+                cats = figs.setdefault(renderer, {}).setdefault(res, {})
+                for c in by_cat:
+                    if c in cats:
+                        raise SystemExit(f"error: --merge: {renderer} {res} px {c} is in more than one file")
+                cats.update(by_cat)
+                n = sum(e["n"] for e in by_cat.values())
+                t = timing.setdefault(renderer, {}).setdefault(res, [0.0, 0])
+                t[0] += p["seconds_per_image"][renderer][res] * n
+                t[1] += n
+    result["figures"] = {
+        r: {
+            res: dict(sorted(cats.items(), key=lambda kv: CATEGORIES.index(kv[0])))
+            for res, cats in by_res.items()
+        }
+        for r, by_res in figs.items()
+    }
+    result["pooled"] = {
+        r: {
+            res: {
+                "clean_accept": sum(e["clean"] * e["n"] for e in cats.values())
+                / max(1, sum(e["n"] for e in cats.values())),
+                "perturbed_accept": sum(e["perturbed"] * e["n"] for e in cats.values())
+                / max(1, sum(e["n"] for e in cats.values())),
+                "wrong_reject": sum(e["wrong"] * e["wrong_n"] for e in cats.values())
+                / max(1, sum(e["wrong_n"] for e in cats.values())),
+            }
+            for res, cats in by_res.items()
+        }
+        for r, by_res in result["figures"].items()
+    }
+    result["seconds_per_image"] = {
+        r: {res: t[0] / max(1, t[1]) for res, t in by_res.items()} for r, by_res in timing.items()
+    }
+    result["adversarial"] = {}
+    for p in parts:
+        for res, adv in p["adversarial"].items():
+            if res in result["adversarial"]:
+                raise SystemExit(f"error: --merge: the adversarial set at {res} px is in more than one file")
+            result["adversarial"][res] = adv
+            result["seconds_per_image"].setdefault("adversarial", {})[res] = p["seconds_per_image"][
+                "adversarial"
+            ][res]
     result["failures"] = [f for p in parts for f in p["failures"]]
+    result["misses"] = target_misses_of(result)
     result["wall_seconds"] = sum(p["wall_seconds"] for p in parts)
     atomic_write_json(out, result)
     return result
+
+
+def target_misses_of(result: dict) -> list[str]:
+    """The issue's targets missed by a result (see `figures.target_misses`), every resolution."""
+    misses = []
+    for res in result["res"]:
+        key = str(res)
+        rows = [
+            {"renderer": r, "category": c, "n": e["n"], "wrong_n": e["wrong_n"]}
+            | {"clean_accept": e["clean"], "perturbed_accept": e["perturbed"], "wrong_reject": e["wrong"]}
+            for r, by_res in result["figures"].items()
+            for c, e in by_res.get(key, {}).items()
+        ]
+        misses += figures.target_misses(rows, result["adversarial"].get(key), int(res))
+    return misses
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -235,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge:
         result = merge(args.merge, args.json)
         print(summary_tables(result))
+        print("\nTargets missed:\n" + ("\n".join(result["misses"]) or "none"))
         print(f"\nmerged {len(args.merge)} files into {args.json}")
         return result
     n_adv = sum(figures.adversarial_counts(args.adversarial).values()) if args.adversarial else 0
@@ -289,9 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
     bar.close()
     result["wall_seconds"] = time.time() - t_start
+    result["misses"] = target_misses_of(result)
     print(f"{result['wall_seconds']:.0f} s in all; {len(result['failures'])} failing cases in {args.json}")
     atomic_write_json(args.json, result)
     print("\n" + summary_tables(result))
+    print("\nTargets missed:\n" + ("\n".join(result["misses"]) or "none"))
     return result
 
 

@@ -10,8 +10,9 @@ contradict the prompt under the lenient meaning (`holds`). Everything is determi
 
 Meanings (distances in pixels of a 32-px image, `PX` = 1/32 of the side, scaled with resolution):
 
-- Size: extent = bounding-box width / image side (a rectangle is 2:1 wide, so its width is its
-  extent). Nominal small 0.25, medium 0.35, large 0.48; true scenes draw nominal x U(0.95, 1.05).
+- Size: extent = width of the shape / image side, before its small rotation (a rectangle is 2:1
+  wide, so its width is its extent; a tilted square keeps its side as its size). Nominal small
+  0.25, medium 0.35, large 0.48; true scenes draw nominal x U(0.95, 1.05).
   Near-threshold wrong sizes sit at the nearest end of the neighbouring class: small asked ->
   medium at 0.35 x 0.95; medium asked -> small at 0.25 x 1.05 or large at 0.48 x 0.95; large
   asked -> medium at 0.35 x 1.05. The lenient reading splits classes at the midpoints of the
@@ -37,10 +38,13 @@ Meanings (distances in pixels of a 32-px image, `PX` = 1/32 of the side, scaled 
 - Shapes: circle (an ellipse of aspect 0.93-1.07), square (aspect 0.93-1.07), rectangle (width :
   height 1.8-2.2), triangle (isosceles, apex up, base = height x U(0.93, 1.07)), cross (arm width
   0.30-0.42 of the extent); every shape but the cross rotated by up to 4 degrees.
-- Placement: anywhere valid, the image border included (0 px margin).
+- Placement: anywhere valid, the image border included (0 px margin). Layouts for the perturbed
+  set keep a margin of the perturbation's shift (1 px), as the grammar's own layouts do, so that
+  shifting the image never cuts an object.
 
-The perturbed set may draw every object 1 image px larger (`grow=1`; its layout keeps the meaning's
-gaps for the grown outlines). The adversarial set (`adversarial`): uniform canvases of the eight
+The perturbed set may draw every object 1 image px larger (`grow=1`: a round dilation by 0.5 px,
+so every bounding box grows by 1 px; its layout keeps the meaning's gaps for the grown outlines).
+The adversarial set (`adversarial`): uniform canvases of the eight
 grammar colours and black / grey / white, blurred colour noise (uniform random colours blurred
 with a Gaussian of sigma 2-4 px, each channel stretched to [0, 1]), pixel noise, blurred blobs
 (sigma 2-5 px), overlapping blobs, off-grammar shapes (5-point star, 2:1 ellipse, diamond,
@@ -210,7 +214,7 @@ class Obj:
 
     shape: str
     rgb: tuple[float, float, float]
-    extent: float  # bounding-box width / side
+    extent: float  # width of the shape before its rotation / side
     local: np.ndarray
     hole: np.ndarray | None = None  # a ring's inner outline, relative like `local`
     cx: float = 0.5
@@ -361,8 +365,12 @@ def make_object(
     striped: bool = False,
     entity: int = -1,
 ) -> Obj:
-    """An object of bounding-box width `extent` (after its small rotation) at the image centre."""
+    """An object of width `extent` at the image centre, then turned by its small rotation.
+
+    The size is the shape's own width: a square turned by 4 degrees keeps its side, its bounding
+    box grows (by up to 7%), as a person reads the size of a tilted shape."""
     outline, hole, rotates = _outline(shape, rng)
+    k = extent / (outline[:, 0].max() - outline[:, 0].min())
     if rotates:
         t = math.radians(rng.uniform(-ROTATION, ROTATION))
         rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
@@ -370,7 +378,6 @@ def make_object(
         hole = None if hole is None else hole @ rot.T
     x0, y0, x1, y1 = _bbox_of(outline)
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-    k = extent / (x1 - x0)
     local = (outline - centre) * k
     hole = None if hole is None else (hole - centre) * k
     if rgb is None:
@@ -398,16 +405,21 @@ def _mask(o: Obj, n: int, grow: float) -> np.ndarray:
     """Coverage of `o` on an n x n grid of samples; `grow` (unit) widens the shape by that much.
 
     PIL fills every sample cell an edge passes through, so outlines move in by half a cell first.
+    Growing is a round dilation by `grow / 2` (every point within that distance of the shape), as a
+    wider pen or a coarser fill draws it: the bounding box grows by exactly `grow`, whatever the
+    corner angles (moving the edges out instead would lengthen a triangle by 1.6 x `grow`).
     """
     im = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(im)
     half = 0.5 / n
-    outer = offset_polygon(o.polygon, grow / 2 - half) * n
-    draw.polygon([tuple(p) for p in outer], fill=255)
+    draw.polygon([tuple(p) for p in offset_polygon(o.polygon, -half) * n], fill=255)
     if o.hole is not None:
-        inner = offset_polygon(o.hole + (o.cx, o.cy), -(grow / 2 + half)) * n
+        inner = offset_polygon(o.hole + (o.cx, o.cy), -half) * n
         draw.polygon([tuple(p) for p in inner], fill=0)
-    return np.asarray(im) > 0
+    m = np.asarray(im) > 0
+    if grow > 0 and m.any():  # sample centres within grow / 2 of a sample inside (+ half a cell)
+        m = ndimage.distance_transform_edt(~m) <= grow / 2 * n + 1e-6
+    return m
 
 
 def draw(
@@ -420,7 +432,8 @@ def draw(
     """Draw objects in order (later on top) -> `[res, res, 3]` float32 in [0, 1].
 
     "aa": filled at 8x and downscaled with Lanczos; "point": each pixel takes the colour at its
-    centre. `grow` (image px) draws every outline that much wider (0.5 px on each side for 1).
+    centre. `grow` (image px) draws every object that much wider and taller (a round dilation by
+    `grow / 2`, 0.5 px on each side for 1).
     """
     if res < 16:
         raise ValueError(f"resolution must be at least 16 px, got {res}")
@@ -557,8 +570,10 @@ def holds(scene: Scene, objects: list[Obj]) -> bool:
     return False
 
 
-def check_true(scene: Scene, objects: list[Obj], pad: float = 0.0) -> list[str]:
-    """Violations of the strict meaning by a true layout (objects carry their entity); [] if none."""
+def check_true(scene: Scene, objects: list[Obj], pad: float = 0.0, margin: float = 0.0) -> list[str]:
+    """Violations of the strict meaning by a true layout (objects carry their entity); [] if none.
+
+    `margin` (unit) is the room kept between every object and the image border."""
     bad = []
     for i, e in enumerate(scene.entities):
         mine = [o for o in objects if o.entity == i]
@@ -573,7 +588,8 @@ def check_true(scene: Scene, objects: list[Obj], pad: float = 0.0) -> list[str]:
             if (e.texture and o.texture != e.texture) or (o.striped and o.size == "small"):
                 bad.append(f"entity {i}: texture {o.texture} at size {o.size}")
             x0, y0, x1, y1 = o.bbox
-            if min(x0, y0) < pad / 2 - 1e-9 or max(x1, y1) > 1 - pad / 2 + 1e-9:
+            m = pad / 2 + margin
+            if min(x0, y0) < m - 1e-9 or max(x1, y1) > 1 - m + 1e-9:
                 bad.append(f"entity {i}: outside the image {o.bbox}")
     linked = set()
     for r in scene.relations:
@@ -646,10 +662,10 @@ def _draw_objects(plan: Plan, rng: np.random.Generator) -> list[list[Obj]]:
     return out
 
 
-def _free(o: Obj, rng: np.random.Generator, pad: float) -> Obj | None:
-    """Anywhere in the image, now and then pushed against the border."""
+def _free(o: Obj, rng: np.random.Generator, pad: float, margin: float = 0.0) -> Obj | None:
+    """Anywhere in the image, now and then pushed against the border (`margin` from it)."""
     x0, y0, x1, y1 = o.box
-    m = pad / 2
+    m = pad / 2 + margin
     lo_x, hi_x, lo_y, hi_y = m - x0, 1 - m - x1, m - y0, 1 - m - y1
     if lo_x > hi_x or lo_y > hi_y:
         return None
@@ -719,19 +735,22 @@ def _place_pair(kind: str, a: Obj, b: Obj, rng: np.random.Generator, pad: float)
     raise KeyError(kind)
 
 
-def _in_bounds(o: Obj, pad: float) -> bool:
+def _in_bounds(o: Obj, pad: float, margin: float = 0.0) -> bool:
     x0, y0, x1, y1 = o.bbox
-    return min(x0, y0) >= pad / 2 - 1e-9 and max(x1, y1) <= 1 - pad / 2 + 1e-9
+    m = pad / 2 + margin
+    return min(x0, y0) >= m - 1e-9 and max(x1, y1) <= 1 - m + 1e-9
 
 
-def _try_layout(plan: Plan, rng: np.random.Generator, pad: float, near_prob: float) -> list[Obj] | None:
+def _try_layout(
+    plan: Plan, rng: np.random.Generator, pad: float, near_prob: float, margin: float = 0.0
+) -> list[Obj] | None:
     per_entity = _draw_objects(plan, rng)
     subject_of = {o: (k, s) for k, s, o in plan.relations}
     subjects = {s for _, s, _ in plan.relations}
     sep = SEPARATION + pad
 
     def fits(p: Obj, others: list[Obj]) -> bool:
-        return _in_bounds(p, pad) and all(bbox_gap(p, q) >= sep for q in others)
+        return _in_bounds(p, pad, margin) and all(bbox_gap(p, q) >= sep for q in others)
 
     order = [int(i) for i in rng.permutation(len(plan.entities)) if int(i) not in subjects]
     if rng.random() < 0.5:  # largest groups first
@@ -748,7 +767,7 @@ def _try_layout(plan: Plan, rng: np.random.Generator, pad: float, near_prob: flo
                     q = (placed + group)[int(rng.integers(len(placed + group)))]
                     p = _at_box_gap(o, q, rng.uniform(*CLOSE_GAP) + pad, rng)
                 else:
-                    p = _free(o, rng, pad)
+                    p = _free(o, rng, pad, margin)
                 if p is None or not fits(p, placed + group):
                     break
                 group.append(p)
@@ -773,26 +792,28 @@ def layout(
     pad: float = 0.0,
     tries: int = 100,
     near_prob: float = NEAR_PROB,
+    margin: float = 0.0,
 ) -> list[Obj]:
     """Place a scene (or a plan) by rejection sampling; raise `LayoutFailed` if nothing fits.
 
-    `pad` (unit coordinates) keeps the meaning's gaps for outlines drawn that much wider."""
+    `pad` (unit coordinates) keeps the meaning's gaps for outlines drawn that much wider; `margin`
+    (unit) keeps every object that far inside the image."""
     plan = Plan.of(scene) if isinstance(scene, Scene) else scene
     for kind, _, o in plan.relations:
         if kind == "inside" and plan.entities[o].shape not in CONTAINERS:
             raise LayoutFailed(f"a {plan.entities[o].shape} holds nothing inside (containers: {CONTAINERS})")
     for _ in range(tries):
-        objects = _try_layout(plan, rng, pad, near_prob)
+        objects = _try_layout(plan, rng, pad, near_prob, margin)
         if objects is not None:
             return objects
     raise LayoutFailed(f"no layout in {tries} tries for {len(plan.entities)} entities {plan.relations}")
 
 
-def true_layout(scene: Scene, rng: np.random.Generator, pad: float = 0.0) -> list[Obj]:
+def true_layout(scene: Scene, rng: np.random.Generator, pad: float = 0.0, margin: float = 0.0) -> list[Obj]:
     """A layout of `scene` that obeys the strict meaning (checked)."""
     for _ in range(20):
-        objects = layout(scene, rng, pad)
-        if not check_true(scene, objects, pad):
+        objects = layout(scene, rng, pad, margin=margin)
+        if not check_true(scene, objects, pad, margin):
             return objects
     raise LayoutFailed(f"no layout obeying the meaning for {scene}")
 

@@ -21,6 +21,7 @@ from compalign.world.suites import CATEGORIES, load_suite
 from . import figures
 from . import second_renderer as sr
 
+_TILT = np.cos(np.radians(sr.ROTATION)) + np.sin(np.radians(sr.ROTATION))  # bbox / width, turned
 FINE = 256  # resolution of the independent raster measurements (1 px at 32 = 8 px here)
 
 
@@ -71,7 +72,11 @@ def test_drawing_matches_the_geometry():
     centres = (np.stack(np.meshgrid(np.arange(32), np.arange(32)), -1).reshape(-1, 2) + 0.5) / 32
     for shape, style in itertools.product(sr.GRAMMAR_SHAPES, sr.STYLES):
         o = sr.make_object(shape, 0.35, rng, color="red").moved(*rng.uniform(0.3, 0.7, 2))
-        assert abs(_raster_width(o) - 0.35) <= 2 / FINE  # the drawn width is the extent
+        width = o.bbox[2] - o.bbox[0]  # the drawn width is the polygon's, turned by up to 4 degrees
+        assert abs(_raster_width(o) - width) <= 2 / FINE
+        assert 0.99 * 0.35 <= width <= 0.35 * _TILT + 1e-9
+        if shape in ("square", "rectangle"):  # the size is the shape's own width (its side)
+            assert abs(np.linalg.norm(o.local[1] - o.local[0]) - 0.35) < 1e-9
         img = sr.draw([o], 32, style, (0.0, 0.0, 0.0))
         covered = img.max(-1).sum() / max(o.rgb)  # in px
         if style == "aa":  # coverage = the polygon's area
@@ -86,13 +91,22 @@ def test_drawing_matches_the_geometry():
 
 
 def test_grow_widens_by_one_pixel():
+    """Growing is a round dilation by half a pixel: the bounding box grows by exactly 1 px and the
+    area by the Steiner formula (perimeter x 0.5 px + pi x 0.25 px^2), whatever the corners."""
     rng = np.random.default_rng(2)
-    o = sr.make_object("square", 0.35, rng, color="blue").moved(0.5, 0.5)
-    widths = []
-    for grow in (0.0, 1.0):
-        img = sr.draw([o], 64, "aa", (0.0, 0.0, 0.0), grow=grow)
-        widths.append(img.max(-1).max(0).sum() / max(o.rgb))  # coverage along x, in px
-    assert 0.8 <= widths[1] - widths[0] <= 1.2
+    for shape in ("square", "triangle"):
+        o = sr.make_object(shape, 0.35, rng, color="blue").moved(0.5, 0.5)
+        n = 64 * sr.SUPERSAMPLE["aa"]
+        widths, areas = [], []
+        for grow in (0.0, 1.0):
+            xs = np.nonzero(sr._mask(o, n, grow / 64).any(0))[0]
+            widths.append((xs.max() - xs.min() + 1) / n * 64)  # in px
+            areas.append(sr.draw([o], 64, "aa", (0.0, 0.0, 0.0), grow=grow).max(-1).sum() / max(o.rgb))
+        p = o.polygon * 64
+        perimeter = float(np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1).sum())
+        assert abs(widths[1] - widths[0] - 1.0) <= 1.5 / sr.SUPERSAMPLE["aa"], (shape, widths)
+        steiner = perimeter * 0.5 + np.pi * 0.25
+        assert abs(areas[1] - areas[0] - steiner) <= 0.1 * steiner, (shape, areas, steiner)
 
 
 def test_true_layouts_obey_the_meaning():
@@ -105,7 +119,7 @@ def test_true_layouts_obey_the_meaning():
             for o in objects:
                 lo, hi = (SIZES[o.size] * f for f in sr.SIZE_JITTER)
                 assert lo - 1e-9 <= o.extent <= hi + 1e-9
-                assert abs(o.bbox[2] - o.bbox[0] - o.extent) < 1e-9
+                assert 0.99 * o.extent <= o.bbox[2] - o.bbox[0] <= o.extent * _TILT + 1e-9
             for r in scene.relations:
                 a, b = (next(o for o in objects if o.entity == i) for i in (r.subject, r.object))
                 if r.kind in ("touching", "on top of"):
@@ -286,20 +300,11 @@ def test_sample_adversarial_images_pass_nothing(sample):
 @pytest.mark.timeout(6 * 3600)
 @pytest.mark.parametrize("res", [32, 64])
 def test_full_figures_meet_the_targets(res):
-    rows = [figures.measure(r, c, res, 100, seed=0) for r in figures.RENDERERS for c in CATEGORIES]
-    misses = []
-    for r in rows:
-        if r["n"] < 100:
-            misses.append(f"{r['renderer']} {r['category']}: only {r['n']} prompts")
-        for key, target in (("clean_accept", 0.99), ("perturbed_accept", 0.95), ("wrong_reject", 0.99)):
-            if r[key] < target:
-                misses.append(f"{r['renderer']} {r['category']} {key} {r[key]:.3f} < {target}")
+    """The issue's targets; on failure the message lists every miss: resolution, renderer,
+    category, figure, value, target and by how many points."""
+    rows = [
+        figures.measure(r, c, res, figures.MIN_PROMPTS, seed=0) for r in figures.RENDERERS for c in CATEGORIES
+    ]
     adv = figures.measure_adversarial(res, 40, seed=0)
-    for kind in ("uniform", "pixel_noise"):
-        if adv[kind]["passing_images"]:
-            misses.append(f"{kind}: {adv[kind]['passing_images']} images pass a prompt")
-    if adv["colour_noise"]["single_object_pass_fraction"] > 0.005:
-        misses.append(
-            f"colour noise passes {adv['colour_noise']['single_object_pass_fraction']:.3%} of single_object"
-        )
-    assert not misses, misses
+    misses = figures.target_misses(rows, adv, res)
+    assert not misses, f"{len(misses)} targets missed:\n" + "\n".join(misses)

@@ -180,12 +180,16 @@ CENTROID_DY = {"triangle": 1 / 6}  # centroid below the bounding-box centre, tim
 
 
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """[n, n] Gaussian blur (zero outside) as a matrix; identity for sigma 0."""
+    """[n, n] Gaussian blur as a matrix, mirrored at both ends (as `ndimage.gaussian_filter` and
+    a blurred image do at the image border; inside the image the crop's ends hold no coverage);
+    identity for sigma 0."""
     if sigma <= 0:
         return np.eye(n, dtype=np.float32)
     i = np.arange(n, dtype=np.float32)
-    g = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma * sigma))
     k = np.exp(-(np.arange(-n, n + 1) ** 2) / (2 * sigma * sigma)).sum()
+    g = np.zeros((n, n), np.float32)
+    for j in (i, -1 - i, 2 * n - 1 - i):  # each input pixel and its mirror images
+        g += np.exp(-((i[:, None] - j[None, :]) ** 2) / (2 * sigma * sigma))
     return (g / k).astype(np.float32)
 
 
@@ -344,13 +348,30 @@ def _stripe_amplitude(value: np.ndarray, mask: np.ndarray, period_px: float) -> 
 
 def _unmix(pixels: np.ndarray, color: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     """Coverage of `color` in each pixel [h,w,3], each pixel read as a blend of `color` with the
-    one of `others` (background, neighbouring objects) that explains it best."""
+    one of `others` (background first, then neighbouring objects) that explains it best, or as a
+    blend of `color`, one neighbour and the background (the blurred rim of a container around its
+    content is the container's colour on the ground, not the content's)."""
     best_a = np.zeros(pixels.shape[:2], np.float32)
     best_r = np.full(pixels.shape[:2], np.inf, np.float32)
     for o in others:
         d = color - o
         a = np.clip(((pixels - o) @ d) / max(float(d @ d), 1e-6), 0.0, 1.0)
         r = ((pixels - o - a[..., None] * d) ** 2).sum(-1)
+        better = r < best_r
+        best_a[better], best_r[better] = a[better], r[better]
+    ground = others[0]
+    dc = color - ground
+    q = pixels - ground
+    for o in others[1:]:
+        do = o - ground
+        g = np.array([[dc @ dc, dc @ do], [dc @ do, do @ do]], np.float64)
+        det = g[0, 0] * g[1, 1] - g[0, 1] ** 2
+        if det < 1e-4 * g[0, 0] * g[1, 1]:  # nearly the same direction: no three-way reading
+            continue
+        qc, qo = q @ dc, q @ do
+        b = np.clip((g[0, 0] * qo - g[0, 1] * qc) / det, 0.0, 1.0)
+        a = np.clip((qc - b * g[0, 1]) / g[0, 0], 0.0, 1.0)
+        r = ((q - a[..., None] * dc - b[..., None] * do) ** 2).sum(-1)
         better = r < best_r
         best_a[better], best_r[better] = a[better], r[better]
     return best_a
@@ -390,7 +411,12 @@ def find_objects(image) -> list[Component]:
     seams = [k for k in range(len(coarse)) if _is_seam(k, coarse, s)]
     coarse = [c for k, c in enumerate(coarse) if k not in seams]
     found: list[Component] = []
-    for ci, comp, color in coarse:
+    for k, (ci, comp, color) in enumerate(coarse):
+        # other objects of this colour class are no part of this one's coverage
+        same = np.zeros_like(comp)
+        for j, (cj, other, _) in enumerate(coarse):
+            if j != k and cj == ci:
+                same |= other
         # 3. refine at half of this object's peak chroma (the edge stays put under blur), closing
         #    the dark stripes along rows; objects of one colour that blur merged come apart here
         peak = float(np.percentile(chroma[comp], 90))
@@ -406,9 +432,9 @@ def find_objects(image) -> list[Component]:
         neighbours = [(cm, c) for cj, cm, c in coarse if cj != ci]  # other colours only
 
         def measure(
-            mask: np.ndarray, others: list[np.ndarray], ci=ci, color=color, nb=neighbours
+            mask: np.ndarray, others: list[np.ndarray], ci=ci, color=color, nb=neighbours, same=same
         ) -> Component:
-            rest = np.zeros_like(mask)
+            rest = same.copy()
             for other in others:
                 rest |= other
             return _measure(img, chroma, value, mask, rest, ci, color, background, nb)
@@ -428,7 +454,9 @@ def find_objects(image) -> list[Component]:
             split = [measure(m, others + parts[:j] + parts[j + 1 :]) for j, m in enumerate(parts)]
             area = np.array([c.area for c in split], np.float32)
             split_fit = float((np.array([c.shape_fit for c in split]) * area).sum() / area.sum())
-            if min(c.shape_fit for c in split) >= MIN_SHAPE_FIT and split_fit > merged.shape_fit + SPLIT_GAIN:
+            # (a whole that no grammar shape explains falls apart into parts that are objects)
+            gain = 0.0 if merged.shape_fit < MIN_SHAPE_FIT else SPLIT_GAIN
+            if min(c.shape_fit for c in split) >= MIN_SHAPE_FIT and split_fit > merged.shape_fit + gain:
                 found.extend(split)
             else:
                 found.append(merged)
