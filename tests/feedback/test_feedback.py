@@ -138,7 +138,7 @@ def test_clean_prediction_matches_the_scheduler(cls, kind):
 
 
 def test_merged_lora_equals_the_adapted_model():
-    from tests.generators.conftest import tiny_pipeline
+    from tests.factories import tiny_pipeline
 
     unet = tiny_pipeline().unet
     add_lora(unet, 4, 8, ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from compalign.gallery.format import load_gallery
+from tests.factories import read, snapshot
 
-from .conftest import read, snapshot
 from .test_format import itercomp_tree
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from compalign.gallery.format import load_gallery
-
-from .conftest import read, snapshot
+from tests.factories import read, snapshot
 
 ITERCOMP_MODELS = ["sd15", "sdxl", "sd3"]
 

@@ -32,36 +32,14 @@ from compalign.rewards.composition.train import (
 from compalign.rewards.real.clip_score import CLIPScoreReward
 from compalign.rewards.real.image_reward import ImageRewardReward
 from compalign.rewards.registry import create_reward, reward_class
-from compalign.rewards.world_clip.model import WorldCLIPArch, WorldCLIPModel
 from compalign.rewards.world_clip.reward import RewardNotTrainedError
+from tests.factories import TINY_WORLD_CLIP, tiny_world_clip
 from tests.rewards.test_real_rewards import LONG_PROMPT, clip_dir, ir_dir  # noqa: F401 (fixtures)
 
 ASPECT = "spatial_relationship"
 N_TRAIN, N_HELDOUT = 24, 8
-TINY = dict(
-    vision_hidden=32,
-    vision_layers=4,
-    vision_heads=2,
-    vision_mlp=64,
-    text_hidden=32,
-    text_layers=3,
-    text_heads=2,
-    text_mlp=64,
-    projection_dim=32,
-)
+TINY = TINY_WORLD_CLIP  # the name `tests/iterate` imports
 PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow cross"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_world_clip(seed: int = 0) -> WorldCLIPModel:
-    return WorldCLIPModel.from_arch(WorldCLIPArch(**TINY), seed=seed)
 
 
 def make_config(pairs, out, **kw) -> RewardTrainConfig:

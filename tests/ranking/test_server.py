@@ -12,8 +12,7 @@ import pytest
 from compalign.gallery.format import load_gallery
 from compalign.ranking.server import make_server, serve_in_thread
 from compalign.ranking.store import DB_FILE, RankingStore
-
-from .conftest import read
+from tests.factories import read
 
 
 @pytest.fixture
