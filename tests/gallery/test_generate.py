@@ -144,6 +144,7 @@ def test_generate_with_a_diffusers_pipeline(cli, tiny_models, tmp_path):
     assert g.meta["models"][0]["settings"]["height"] == 32
 
 
+@pytest.mark.slow  # two processes (~10 s CPU); resume in process: test_generate_resume_and_format
 @pytest.mark.timeout(120)
 def test_kill_9_loses_nothing(cli, tiny_models, tmp_path):
     a, b = tiny_models
@@ -241,6 +242,7 @@ def test_two_processes_one_merged_manifest(tiny_models, tmp_path):
     assert g.meta["complete"] is True
 
 
+@pytest.mark.slow  # three processes (~16 s CPU)
 @pytest.mark.timeout(300)
 def test_torchrun_two_processes_cli(tiny_models, tmp_path):
     """The real launcher: `torchrun --nproc_per_node 2 -m compalign.cli gallery generate ...` on CPU
