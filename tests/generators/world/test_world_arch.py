@@ -179,7 +179,7 @@ def _ab_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "ab_world_arch.py"
+    path = Path(__file__).resolve().parents[3] / "scripts" / "ab_world_arch.py"
     spec = importlib.util.spec_from_file_location("ab_world_arch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
