@@ -6,9 +6,6 @@ import torch
 from compalign.rewards import registry
 from tests.factories import Redness, build_sd, tiny_pipeline
 
-PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow cross"]
-SEEDS = [11, 12, 13, 14]
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _redness_reward():
@@ -38,16 +35,3 @@ def sd_base(tmp_path_factory):
     path = tmp_path_factory.mktemp("feedback_sd") / "tiny-sd"
     build_sd().save_pretrained(path)
     return path
-
-
-def redness_of(folder_or_name, steps: int = 4) -> float:
-    from compalign.generators import create_generator
-
-    images = create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)
-    return float(Redness()(images, PROMPTS).mean())
-
-
-def images_of(folder_or_name, steps: int = 4) -> torch.Tensor:
-    from compalign.generators import create_generator
-
-    return create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)
