@@ -5,9 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from compalign.cli import app
+from tests.factories import build_gallery, tiny_pipeline
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,6 +22,15 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("COMPALIGN_CACHE", None)
     else:
         os.environ["COMPALIGN_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class Cli:
@@ -51,4 +62,29 @@ def image_dir(rendered, tmp_path) -> Path:
     """A private copy of the small render, to break in a test."""
     dst = tmp_path / "set"
     shutil.copytree(rendered, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny untrained world pipelines (seeds 1 and 2) saved once per session (real generators)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    paths = []
+    for seed in (1, 2):
+        p = root / f"tiny{seed}"
+        tiny_pipeline(seed=seed).save_pretrained(p)
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+@pytest.fixture(scope="session")
+def _gallery_template(tmp_path_factory) -> Path:
+    return build_gallery(tmp_path_factory.mktemp("gallery_template") / "g").root
+
+
+@pytest.fixture
+def gallery_dir(_gallery_template, tmp_path) -> Path:
+    """A private copy of the hand-made gallery (4 spatial prompts, the last held out; 3 models)."""
+    dst = tmp_path / "g"
+    shutil.copytree(_gallery_template, dst)
     return dst

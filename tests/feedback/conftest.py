@@ -4,21 +4,7 @@ import pytest
 import torch
 
 from compalign.rewards import registry
-from compalign.rewards.base import Reward
-from tests.generators.conftest import tiny_pipeline
-
-PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow cross"]
-SEEDS = [11, 12, 13, 14]
-
-
-class Redness(Reward):
-    """A simple differentiable test reward: mean of R - (G + B) / 2, in [-1, 1]."""
-
-    name = "test-redness"
-    loss_offset = 1.0
-
-    def forward(self, images, prompts):
-        return (images[:, 0] - 0.5 * (images[:, 1] + images[:, 2])).mean(dim=(1, 2)).float()
+from tests.factories import Redness, build_sd, tiny_pipeline
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,14 +12,6 @@ def _redness_reward():
     registry.register_reward("test-redness", Redness, overwrite=True)
     yield
     registry._REGISTRY.pop("test-redness", None)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -52,23 +30,8 @@ def pool_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sd_base(tmp_path_factory):
-    """A saved tiny random StableDiffusionPipeline (the adapters' tests' builder)."""
-    from tests.generators.test_diffusers_adapters import build_sd
-
+    """A saved tiny random StableDiffusionPipeline."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("feedback_sd") / "tiny-sd"
     build_sd().save_pretrained(path)
     return path
-
-
-def redness_of(folder_or_name, steps: int = 4) -> float:
-    from compalign.generators import create_generator
-
-    images = create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)
-    return float(Redness()(images, PROMPTS).mean())
-
-
-def images_of(folder_or_name, steps: int = 4) -> torch.Tensor:
-    from compalign.generators import create_generator
-
-    return create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)

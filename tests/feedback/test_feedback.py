@@ -12,8 +12,20 @@ from compalign.feedback.models import add_lora, clean_prediction, merge_lora
 from compalign.feedback.train import train_feedback
 from compalign.generators import create_generator
 from compalign.generators.world.train import latest_checkpoint, list_checkpoints
+from tests.factories import Redness
 
-from .conftest import PROMPTS, images_of, redness_of
+PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow cross"]
+SEEDS = [11, 12, 13, 14]
+
+
+def redness_of(folder_or_name, steps: int = 4) -> float:
+    """The mean `Redness` of a model's images of the fixed prompts and seeds."""
+    images = create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)
+    return float(Redness()(images, PROMPTS).mean())
+
+
+def images_of(folder_or_name, steps: int = 4) -> torch.Tensor:
+    return create_generator(str(folder_or_name)).generate(PROMPTS, seeds=SEEDS, num_inference_steps=steps)
 
 
 def make_config(tmp_path, base, pool_dir, **kw) -> FeedbackConfig:
@@ -138,7 +150,7 @@ def test_clean_prediction_matches_the_scheduler(cls, kind):
 
 
 def test_merged_lora_equals_the_adapted_model():
-    from tests.generators.conftest import tiny_pipeline
+    from tests.factories import tiny_pipeline
 
     unet = tiny_pipeline().unet
     add_lora(unet, 4, 8, ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])

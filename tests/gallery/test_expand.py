@@ -8,9 +8,7 @@ import numpy as np
 from PIL import Image
 
 from compalign.gallery.format import load_gallery
-
-from .conftest import read, snapshot
-from .test_format import itercomp_tree
+from tests.factories import itercomp_tree, read, snapshot
 
 
 def test_expand_auto_reranks_all(cli, gallery_dir, tiny_models):

@@ -9,42 +9,7 @@ from pathlib import Path
 import pytest
 
 from compalign.gallery.format import load_gallery
-
-from .conftest import read, snapshot
-
-ITERCOMP_MODELS = ["sd15", "sdxl", "sd3"]
-
-
-# world-grammar prompts: an expansion renders them with world models
-ITERCOMP_PROMPTS = [
-    "a red circle and a blue square",
-    "a green triangle and a yellow cross",
-    "a blue circle and a red square",
-    "a cyan cross and a green circle",
-]
-
-
-def itercomp_tree(root: Path, n: int = 3, expanded: bool = False) -> Path:
-    """An IterComp-style gallery file with its image tree under `root`."""
-    from compalign.io import atomic_save_image
-
-    models = ITERCOMP_MODELS + (["sdxl_iteration1"] if expanded else [])
-    records = []
-    for i in range(n):
-        rec = {"index": i * 7, "prompt": ITERCOMP_PROMPTS[i % len(ITERCOMP_PROMPTS)]}
-        for m in models:
-            rel = f"datasets/train/attribute_binding/{m}_prompt_{i * 7}.png"
-            atomic_save_image(root / rel, __import__("numpy").full((8, 8, 3), 40 * i, "uint8"))
-            rec[f"image_{m}"] = rel
-        if expanded:
-            rec["initial_rank"] = [2, 3, 1]
-            rec["rank"] = [2, 4, 3, 1]
-        else:
-            rec["rank"] = [3, 1, 2]
-        records.append(rec)
-    f = root / "itercomp.json"
-    f.write_text(json.dumps(records, indent=4))
-    return f
+from tests.factories import ITERCOMP_MODELS, itercomp_tree, read, snapshot
 
 
 def test_import_export_roundtrip(cli, tmp_path):

@@ -15,8 +15,7 @@ from PIL import Image
 
 from compalign.gallery.format import load_gallery
 from compalign.gallery.generate import default_model_name, parse_model
-
-from .conftest import read
+from tests.factories import read
 
 PROMPTS = [
     "a red circle above a blue square",
@@ -128,7 +127,7 @@ def test_model_names():
 def test_generate_with_a_diffusers_pipeline(cli, tiny_models, tmp_path):
     """A multi-step diffusers pipeline (tiny random SD) beside a world model, by prefix:path."""
     pytest.importorskip("diffusers")
-    from tests.generators.test_diffusers_adapters import build_sd
+    from tests.factories import build_sd
 
     sd = tmp_path / "tiny-sd"
     build_sd().save_pretrained(sd)
@@ -145,6 +144,7 @@ def test_generate_with_a_diffusers_pipeline(cli, tiny_models, tmp_path):
     assert g.meta["models"][0]["settings"]["height"] == 32
 
 
+@pytest.mark.slow  # two processes (~10 s CPU); resume in process: test_generate_resume_and_format
 @pytest.mark.timeout(120)
 def test_kill_9_loses_nothing(cli, tiny_models, tmp_path):
     a, b = tiny_models
@@ -242,6 +242,7 @@ def test_two_processes_one_merged_manifest(tiny_models, tmp_path):
     assert g.meta["complete"] is True
 
 
+@pytest.mark.slow  # three processes (~16 s CPU)
 @pytest.mark.timeout(300)
 def test_torchrun_two_processes_cli(tiny_models, tmp_path):
     """The real launcher: `torchrun --nproc_per_node 2 -m compalign.cli gallery generate ...` on CPU
@@ -280,7 +281,7 @@ def test_generate_dtype_and_offload_options(cli, tiny_models, tmp_path):
     """--dtype reaches every model and is part of the settings a resume must match; --offload
     reaches diffusers models (a no-op on the CPU); bad values are one line."""
     pytest.importorskip("diffusers")
-    from tests.generators.test_diffusers_adapters import build_sd
+    from tests.factories import build_sd
 
     sd = tmp_path / "tiny-sd"
     build_sd().save_pretrained(sd)

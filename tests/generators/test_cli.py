@@ -5,18 +5,10 @@ import json
 from typer.testing import CliRunner
 
 from compalign.generators.cli import app
+from tests.factories import tiny_arch_options
 
 TINY = [
-    "--set",
-    "arch.block_out_channels=[16,32]",
-    "--set",
-    "arch.attention_levels=[false,true]",
-    "--set",
-    "arch.text_hidden_size=32",
-    "--set",
-    "arch.text_layers=1",
-    "--set",
-    "arch.text_heads=2",
+    *tiny_arch_options(),
     "--set",
     "batch_size=2",
     "--set",
@@ -157,7 +149,7 @@ def test_generate_refuses_what_a_world_model_cannot_do(tmp_path, tiny_saved):
 
 
 def test_generate_memory_and_size_options_reach_a_diffusers_model(tmp_path):
-    from tests.generators.test_diffusers_adapters import build_sd
+    from tests.factories import build_sd
 
     sd = tmp_path / "tiny-sd"
     build_sd().save_pretrained(sd)

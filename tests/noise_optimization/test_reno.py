@@ -12,18 +12,7 @@ from compalign.generators.world.generator import WorldGenerator
 from compalign.noise_optimization.reno import ReNOConfig, WeightedReward, chi_regularizer, optimize_noise
 from compalign.noise_optimization.runner import INITIAL_DIR, run_task
 from compalign.noise_optimization.tasks import TaskError, build_task
-from compalign.rewards.base import Reward
-from tests.generators.conftest import tiny_pipeline
-
-
-class Redness(Reward):
-    """A differentiable test reward: mean red minus mean green/blue (higher = redder image)."""
-
-    name = "redness"
-    loss_offset = 1.0
-
-    def forward(self, images, prompts):
-        return (images[:, 0] - 0.5 * (images[:, 1] + images[:, 2])).mean(dim=(1, 2)).float()
+from tests.factories import Redness, tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ from compalign.generators import create_generator
 from compalign.generators.world.generator import WorldGenerator
 from compalign.noise_optimization.generator import ReNOGenerator, parse_reno_spec
 from compalign.noise_optimization.reno import ReNOConfig, WeightedReward, optimize_noise
-from tests.generators.conftest import tiny_pipeline
-
-from .test_reno import Redness
+from tests.factories import Redness, tiny_pipeline
 
 
 @pytest.fixture(scope="module")

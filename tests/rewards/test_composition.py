@@ -32,36 +32,13 @@ from compalign.rewards.composition.train import (
 from compalign.rewards.real.clip_score import CLIPScoreReward
 from compalign.rewards.real.image_reward import ImageRewardReward
 from compalign.rewards.registry import create_reward, reward_class
-from compalign.rewards.world_clip.model import WorldCLIPArch, WorldCLIPModel
 from compalign.rewards.world_clip.reward import RewardNotTrainedError
-from tests.rewards.test_real_rewards import LONG_PROMPT, clip_dir, ir_dir  # noqa: F401 (fixtures)
+from tests.factories import LONG_PROMPT, TINY_WORLD_CLIP, tiny_world_clip
 
 ASPECT = "spatial_relationship"
 N_TRAIN, N_HELDOUT = 24, 8
-TINY = dict(
-    vision_hidden=32,
-    vision_layers=4,
-    vision_heads=2,
-    vision_mlp=64,
-    text_hidden=32,
-    text_layers=3,
-    text_heads=2,
-    text_mlp=64,
-    projection_dim=32,
-)
+TINY = TINY_WORLD_CLIP  # the name `tests/iterate` imports
 PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow cross"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_world_clip(seed: int = 0) -> WorldCLIPModel:
-    return WorldCLIPModel.from_arch(WorldCLIPArch(**TINY), seed=seed)
 
 
 def make_config(pairs, out, **kw) -> RewardTrainConfig:
@@ -585,7 +562,7 @@ def test_fusion_head_without_image_block(tmp_path):
         assert torch.equal(loaded(x, PROMPTS), model(x, PROMPTS))
 
 
-def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
+def test_blip_backbone(ir_dir, pairs_file, tmp_path):
     """ImageReward's BLIP: the new model (ImageReward's MLP head, loaded from the checkpoint) scores
     exactly as ImageReward's raw score; freezing, gradient, save / load, one training epoch."""
     model = CompositionRewardModel(f"blip:{ir_dir}", aspect=ASPECT, freeze_ratio=0.5)
@@ -623,7 +600,7 @@ def test_blip_backbone(ir_dir, pairs_file, tmp_path):  # noqa: F811
     assert rec["prompts_truncated"] == 0  # world prompts fit BLIP's 35 tokens
 
 
-def test_clip_backbone(clip_dir, tmp_path):  # noqa: F811
+def test_clip_backbone(clip_dir, tmp_path):
     """A transformers CLIP: the new model scores as CLIPScoreReward; gradient, freezing, save / load."""
     model = CompositionRewardModel(f"clip:{clip_dir}", aspect="non_spatial_relationship", freeze_ratio=0.5)
     assert freeze_plan(model.backbone, 0.5)["vision"] == {

@@ -48,59 +48,20 @@ from compalign.rewards.real.preprocess import (
     clip_preprocess,
 )
 from compalign.rewards.registry import create_reward, list_rewards, register_reward, reward_class
+from tests.factories import (
+    IR_TEXT,
+    IR_VISION,
+    LONG_PROMPT,
+    clip_processor,
+    tiny_clip_model,
+    write_clip_tokenizer,
+)
 
 transformers = pytest.importorskip("transformers")
 
 PROMPTS = ["a red cube", "two blue balls left of the cat"]
 SIZE = 32  # every tiny model's native image size
 PIX_MAX, PIX_MEAN = 0.05, 0.01  # normalised-pixel tolerances of the preprocessing comparison
-LONG_PROMPT = " ".join(["the green dog"] * 20)  # longer than every text window: truncated
-
-
-# ----------------------------------------------------------------------------- tiny tokenizers
-
-
-def write_clip_tokenizer(folder):
-    """A tiny CLIP BPE tokenizer (characters + a few merges; <|startoftext|>, <|endoftext|> last, so
-    the EOT token has the largest id as in CLIP)."""
-    from transformers import CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    merges = ["t h", "th e</w>", "r e", "re d</w>"]
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
-    for m in merges:
-        vocab[m.replace(" ", "")] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tok.save_pretrained(folder)
-    return tok
-
-
-BERT_WORDS = "a the red blue green cube cubes ball balls cat dog two left of on and".split()
-
-
-def write_bert_vocab(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, "##s"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return len(vocab)
-
-
-def clip_processor(size=SIZE, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(mean),
-        image_std=list(std),
-        resample=3,
-    )
 
 
 # ----------------------------------------------------------------------------- images
@@ -139,45 +100,6 @@ def assert_pixels_close(ours, ref):
 
 
 # ----------------------------------------------------------------------------- tiny CLIP folders
-
-
-def tiny_clip_model(tok, seed, projection_dim=16, max_positions=24):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": max_positions,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": SIZE,
-            "patch_size": 8,
-        },
-        projection_dim=projection_dim,
-    )
-    return CLIPModel(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A transformers CLIP folder (model + tokenizer + preprocessor), like the LAION hub repo."""
-    d = tmp_path_factory.mktemp("clip")
-    tok = write_clip_tokenizer(d)
-    tiny_clip_model(tok, seed=0).save_pretrained(d)
-    clip_processor().save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -532,93 +454,6 @@ def test_hps_against_real_open_clip(hps_dir, hps_reward):
 
 
 # ----------------------------------------------------------------------------- ImageReward (official layout)
-
-IR_VISION = {"width": 128, "layers": 2, "patch": 8, "heads": 2}  # heads = width // 64, as BLIP's ViTs
-IR_TEXT = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "max_pos": 40}
-
-
-def image_reward_state_dict(vocab_size, seed):
-    """Random weights in the official ``ImageReward.pt`` key layout (BLIP ViT + med BERT + MLP)."""
-    g = torch.Generator().manual_seed(seed)
-    w, p, h, inter = IR_VISION["width"], IR_VISION["patch"], IR_TEXT["hidden"], IR_TEXT["intermediate"]
-    grid = SIZE // p
-    sd = {}
-
-    def n(*shape, std):
-        return torch.randn(*shape, generator=g) * std
-
-    def lin(key, out_f, in_f):
-        sd[key + ".weight"], sd[key + ".bias"] = n(out_f, in_f, std=in_f**-0.5), n(out_f, std=0.02)
-
-    def ln(key, d):
-        sd[key + ".weight"], sd[key + ".bias"] = 1 + n(d, std=0.1), n(d, std=0.02)
-
-    v = "blip.visual_encoder."
-    sd[v + "cls_token"] = n(1, 1, w, std=0.5)
-    sd[v + "pos_embed"] = n(1, grid * grid + 1, w, std=0.5)
-    sd[v + "patch_embed.proj.weight"] = n(w, 3, p, p, std=(3 * p * p) ** -0.5)
-    sd[v + "patch_embed.proj.bias"] = n(w, std=0.02)
-    for i in range(IR_VISION["layers"]):
-        b = f"{v}blocks.{i}."
-        ln(b + "norm1", w)
-        lin(b + "attn.qkv", 3 * w, w)
-        lin(b + "attn.proj", w, w)
-        ln(b + "norm2", w)
-        lin(b + "mlp.fc1", 4 * w, w)
-        lin(b + "mlp.fc2", w, 4 * w)
-    ln(v + "norm", w)
-    t = "blip.text_encoder."
-    sd[t + "embeddings.word_embeddings.weight"] = n(vocab_size, h, std=1.0)
-    sd[t + "embeddings.position_embeddings.weight"] = n(IR_TEXT["max_pos"], h, std=0.3)
-    sd[t + "embeddings.position_ids"] = torch.arange(IR_TEXT["max_pos"]).unsqueeze(0)
-    ln(t + "embeddings.LayerNorm", h)
-    for i in range(IR_TEXT["layers"]):
-        layer = f"{t}encoder.layer.{i}."
-        for att, kv_in in (("attention", h), ("crossattention", w)):
-            lin(layer + att + ".self.query", h, h)
-            lin(layer + att + ".self.key", h, kv_in)
-            lin(layer + att + ".self.value", h, kv_in)
-            lin(layer + att + ".output.dense", h, h)
-            ln(layer + att + ".output.LayerNorm", h)
-        lin(layer + "intermediate.dense", inter, h)
-        lin(layer + "output.dense", h, inter)
-        ln(layer + "output.LayerNorm", h)
-    lin("blip.vision_proj", 256, w)
-    lin("blip.text_proj", 256, h)
-    for idx, (o, i) in zip(
-        (0, 2, 4, 6, 7), ((1024, h), (128, 1024), (64, 128), (16, 64), (1, 16)), strict=True
-    ):
-        lin(f"mlp.layers.{idx}", o, i)
-    return sd
-
-
-@pytest.fixture(scope="module")
-def ir_dir(tmp_path_factory):
-    """ImageReward as distributed (``ImageReward.pt`` + ``med_config.json``) plus a BERT vocab.txt."""
-    d = tmp_path_factory.mktemp("imagereward")
-    vocab_size = write_bert_vocab(d) + 2  # + [DEC], [ENC] as BLIP's init_tokenizer adds
-    med = {
-        "architectures": ["BertModel"],
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": IR_TEXT["hidden"],
-        "initializer_range": 0.02,
-        "intermediate_size": IR_TEXT["intermediate"],
-        "layer_norm_eps": 1e-12,
-        "max_position_embeddings": IR_TEXT["max_pos"],
-        "model_type": "bert",
-        "num_attention_heads": IR_TEXT["heads"],
-        "num_hidden_layers": IR_TEXT["layers"],
-        "pad_token_id": 0,
-        "type_vocab_size": 2,
-        "vocab_size": vocab_size,
-        "encoder_width": 768,
-        "add_cross_attention": True,
-    }
-    (d / "med_config.json").write_text(json.dumps(med))
-    torch.save(image_reward_state_dict(vocab_size, seed=4), d / "ImageReward.pt")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,7 @@ from compalign.rewards.world_clip.train import (
     train_world_clip,
 )
 from compalign.world.grammar import parse_prompt
-
-TINY_ARCH = dict(
-    vision_hidden=32,
-    vision_layers=2,
-    vision_heads=2,
-    vision_mlp=64,
-    text_hidden=32,
-    text_layers=2,
-    text_heads=2,
-    text_mlp=64,
-    projection_dim=32,
-)
+from tests.factories import tiny_world_clip_arch
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +37,7 @@ def make_config(pool_dir):
     def make(tmp_path, **kw) -> WorldCLIPTrainConfig:
         base = dict(
             output_dir=str(tmp_path / "run"),
-            arch=WorldCLIPArch(**TINY_ARCH),
+            arch=tiny_world_clip_arch(vision_layers=2, text_layers=2),
             pool_dir=str(pool_dir),
             categories=["colors", "spatial"],
             pool_per_category=32,

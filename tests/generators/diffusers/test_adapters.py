@@ -1,11 +1,11 @@
 """The diffusers adapters on tiny randomly initialised pipelines of the real classes.
 
-Each tiny pipeline (UNet / PixArt / SD3 / Flux transformer, AutoencoderKL, CLIP and T5 text
-encoders with tokenizers written in code) is saved once per session and loaded through the public
-path, ``create_generator("<prefix>:<folder>")``. The one-step generators are checked against the
-diffusers pipeline's own one-step call, for gradients from image to noise, gradient checkpointing,
-low-precision dtypes and two noise-optimisation steps; the multi-step ones for shape, range and
-seed determinism.
+Each tiny pipeline of `tests.factories` (UNet / PixArt / SD3 / Flux transformer, AutoencoderKL,
+CLIP and T5 text encoders with tokenizers written in code) is saved once per session and loaded
+through the public path, ``create_generator("<prefix>:<folder>")``. The one-step generators are
+checked against the diffusers pipeline's own one-step call, for gradients from image to noise,
+gradient checkpointing, low-precision dtypes and two noise-optimisation steps; the multi-step ones
+for shape, range and seed determinism.
 """
 
 from __future__ import annotations
@@ -18,265 +18,19 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    DDPMScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    PixArtAlphaPipeline,
-    PixArtTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import (  # noqa: E402
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-)
+from diffusers import AutoencoderKL  # noqa: E402
 
 from compalign.generators import create_generator, list_generators  # noqa: E402
 from compalign.generators.base import noise_for_seeds  # noqa: E402
 from compalign.generators.diffusers import GENERATORS, parse_dtype  # noqa: E402
 from compalign.generators.diffusers.flux import pack, unpack  # noqa: E402
 from compalign.generators.diffusers.stable_diffusion import HYPER_FILE  # noqa: E402
+from tests.factories import BUILDERS, SIZE, sdxl_unet  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square left of a green triangle"]
-SIZE = 32  # pixels; every tiny VAE has a scale factor of 2
 ONE_STEP = ["sd-turbo", "sdxl-turbo", "pixart-dmd", "hyper-sdxl", "flux-schnell"]
 MULTI_STEP = ["sd", "sdxl", "sd3", "flux"]
 
-
-# ---------------------------------------------------------------------------------------------------
-# tiny components
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    """Character-level CLIP BPE (no merges): every letter is a token."""
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def t5_tokenizer() -> T5Tokenizer:
-    """A Unigram T5 tokenizer over single characters (works offline)."""
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
-def clip_text(tok: CLIPTokenizer, projection: bool = False, hidden: int = 32):
-    cfg = CLIPTextConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
-
-
-def t5_text(tok: T5Tokenizer, d_model: int = 32) -> T5EncoderModel:
-    cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=d_model,
-        d_kv=8,
-        d_ff=37,
-        num_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(cfg)
-
-
-def vae(**kw) -> AutoencoderKL:
-    base = dict(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=SIZE,
-    )
-    return AutoencoderKL(**{**base, **kw})
-
-
-def sd_unet(**kw) -> UNet2DConditionModel:
-    base = dict(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    )
-    return UNet2DConditionModel(**{**base, **kw})
-
-
-def sdxl_unet() -> UNet2DConditionModel:
-    return sd_unet(
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=8 * 6 + 32,
-        cross_attention_dim=64,
-    )
-
-
-SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-
-def build_sd():
-    tok = clip_tokenizer()
-    return StableDiffusionPipeline(
-        vae=vae(),
-        text_encoder=clip_text(tok),
-        tokenizer=tok,
-        unet=sd_unet(),
-        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="trailing"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_sdxl():
-    tok = clip_tokenizer()
-    return StableDiffusionXLPipeline(
-        vae=vae(),
-        text_encoder=clip_text(tok),
-        text_encoder_2=clip_text(tok, projection=True),
-        tokenizer=tok,
-        tokenizer_2=tok,
-        unet=sdxl_unet(),
-        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1),
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
-
-
-def build_pixart():
-    tok = t5_tokenizer()
-    transformer = PixArtTransformer2DModel(
-        sample_size=SIZE // 2,
-        num_layers=1,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=16,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
-    return PixArtAlphaPipeline(
-        tokenizer=tok,
-        text_encoder=t5_text(tok),
-        vae=vae(),
-        transformer=transformer,
-        scheduler=DDPMScheduler(beta_schedule="linear", clip_sample=False),
-    )
-
-
-def build_flux(guidance: bool):
-    tok, tok2 = clip_tokenizer(), t5_tokenizer()
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=guidance,
-        axes_dims_rope=[4, 4, 8],
-    )
-    sched = (
-        FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
-        if guidance
-        else FlowMatchEulerDiscreteScheduler(shift=1.0)
-    )
-    return FluxPipeline(
-        scheduler=sched,
-        vae=vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=clip_text(tok),
-        tokenizer=tok,
-        text_encoder_2=t5_text(tok2),
-        tokenizer_2=tok2,
-        transformer=transformer,
-    )
-
-
-def build_sd3():
-    tok, tok3 = clip_tokenizer(), t5_tokenizer()
-    transformer = SD3Transformer2DModel(
-        sample_size=SIZE // 2,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=64,
-        out_channels=4,
-    )
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=clip_text(tok, projection=True),
-        tokenizer=tok,
-        text_encoder_2=clip_text(tok, projection=True),
-        tokenizer_2=tok,
-        text_encoder_3=t5_text(tok3),
-        tokenizer_3=tok3,
-    )
-
-
-BUILDERS = {
-    "sd": build_sd,
-    "sdxl": build_sdxl,
-    "pixart": build_pixart,
-    "flux-schnell": lambda: build_flux(guidance=False),
-    "flux-dev": lambda: build_flux(guidance=True),
-    "sd3": build_sd3,
-}
 
 # which saved tiny pipeline each prefix loads
 FOLDER = {

@@ -16,8 +16,7 @@ import pytest
 
 from compalign.ranking.server import make_server, serve_in_thread
 from compalign.ranking.store import DB_FILE, RankingStore
-
-from .conftest import read
+from tests.factories import read
 
 
 def find_chromium() -> str | None:

@@ -12,8 +12,7 @@ import pytest
 from compalign.gallery.format import load_gallery
 from compalign.ranking.server import make_server, serve_in_thread
 from compalign.ranking.store import DB_FILE, RankingStore
-
-from .conftest import read
+from tests.factories import read
 
 
 @pytest.fixture
@@ -445,6 +444,7 @@ def test_token_on_loopback_is_optional_and_checked(gallery_dir, cli):
     assert r.exit_code == 2 and "--token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a server process (~6 s CPU); saves in process: test_concurrent_saves_are_all_kept
 def test_no_acknowledged_ranking_is_lost_when_the_server_is_killed(gallery_dir):
     """`rank serve` in its own process, saves from several threads, kill -9 at once: every save
     answered 200 is in the store, and a new server shows it."""

@@ -55,8 +55,7 @@ def test_candidate_saves_loads_and_generates(name, tmp_path, make_pipeline):
 @pytest.mark.parametrize("name", ["unet-coord", "dit"])
 def test_candidate_trains_and_generates_through_the_generator(name, tmp_path, make_config):
     from compalign.generators.world.models import WorldArch as Arch
-
-    from .conftest import TINY_ARCH
+    from tests.factories import TINY_ARCH
 
     config = make_config(tmp_path, arch=Arch(**{**TINY_ARCH, **CANDIDATES[name]}), max_steps=2)
     final = train_world_model(config)
@@ -180,7 +179,7 @@ def _ab_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "ab_world_arch.py"
+    path = Path(__file__).resolve().parents[3] / "scripts" / "ab_world_arch.py"
     spec = importlib.util.spec_from_file_location("ab_world_arch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
