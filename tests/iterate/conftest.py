@@ -71,8 +71,8 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
     from compalign.rewards.world_clip.model import WorldCLIPArch, WorldCLIPModel
-    from tests.generators.conftest import tiny_pipeline
-    from tests.rewards.test_composition import TINY
+    from tests.factories import TINY_WORLD_CLIP as TINY
+    from tests.factories import tiny_pipeline
 
     root = tmp_path_factory.mktemp("iterate_models")
     tiny_pipeline(seed=0).save_pretrained(root / "tinybase")

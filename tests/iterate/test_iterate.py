@@ -357,7 +357,7 @@ def test_no_train_pairs_says_why(tmp_path):
     from compalign.gallery.format import load_gallery
     from compalign.iterate.loop import no_train_pairs_message
     from compalign.pairs.make import make_pairs
-    from tests.gallery.conftest import build_gallery, world_prompts
+    from tests.factories import build_gallery, world_prompts
 
     held = build_gallery(tmp_path / "held", world_prompts(n_train=0, n_heldout=1))
     held.set_tiers(held.records[0], [["good"], ["bad", "bad2"]])

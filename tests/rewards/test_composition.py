@@ -33,11 +33,10 @@ from compalign.rewards.real.clip_score import CLIPScoreReward
 from compalign.rewards.real.image_reward import ImageRewardReward
 from compalign.rewards.registry import create_reward, reward_class
 from compalign.rewards.world_clip.reward import RewardNotTrainedError
-from tests.factories import LONG_PROMPT, TINY_WORLD_CLIP, tiny_world_clip
+from tests.factories import LONG_PROMPT, tiny_world_clip
 
 ASPECT = "spatial_relationship"
 N_TRAIN, N_HELDOUT = 24, 8
-TINY = TINY_WORLD_CLIP  # the name `tests/iterate` imports
 PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow cross"]
 
 
