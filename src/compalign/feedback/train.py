@@ -47,7 +47,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..generators.base import noise_for_seeds
+from ..generators.world.data import ScenePool
 from ..generators.world.generator import RECORD_FILE
+from ..generators.world.models import build_training_scheduler
 from ..generators.world.train import step_generator
 from ..rewards.objective import load_rewards
 from ..training import (
@@ -215,9 +217,6 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
     # ---------------------------------------------------------------- regulariser data
     pool, train_sched, pool_seconds = None, None, 0.0
     if res["reg_type"] == "denoising":
-        from ..generators.world.data import ScenePool
-        from ..generators.world.models import build_training_scheduler
-
         pool = ScenePool(
             config.pool_root,
             config.world_categories(),

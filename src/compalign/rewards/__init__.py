@@ -7,25 +7,20 @@
 - `create_reward`, `list_rewards`, `register_reward` (``registry.py``): rewards by name.
 
 The exact world evaluator is the judge of every figure and is never used as a reward.
-Attributes are imported lazily so that the command line starts without loading torch.
+`WorldCLIPReward` is imported on first use: its module loads diffusers and transformers.
 """
 
 from __future__ import annotations
+
+from .base import Reward, check_inputs
+from .registry import create_reward, list_rewards, register_reward
 
 __all__ = ["Reward", "WorldCLIPReward", "check_inputs", "create_reward", "list_rewards", "register_reward"]
 
 
 def __getattr__(name: str):
-    if name in ("Reward", "check_inputs"):
-        from . import base
-
-        return getattr(base, name)
     if name == "WorldCLIPReward":
-        from .world_clip import reward
+        from .world_clip.reward import WorldCLIPReward  # lazy: loads diffusers and transformers
 
-        return reward.WorldCLIPReward
-    if name in ("create_reward", "list_rewards", "register_reward"):
-        from . import registry
-
-        return getattr(registry, name)
+        return WorldCLIPReward
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
