@@ -7,20 +7,27 @@
 - `create_reward`, `list_rewards`, `register_reward` (``registry.py``): rewards by name.
 
 The exact world evaluator is the judge of every figure and is never used as a reward.
-`WorldCLIPReward` is imported on first use: its module loads diffusers and transformers.
+Attributes are imported on first use: the training configs (``rewards.*.config``) load without
+torch, and `WorldCLIPReward`'s module loads diffusers and transformers.
 """
 
 from __future__ import annotations
-
-from .base import Reward, check_inputs
-from .registry import create_reward, list_rewards, register_reward
 
 __all__ = ["Reward", "WorldCLIPReward", "check_inputs", "create_reward", "list_rewards", "register_reward"]
 
 
 def __getattr__(name: str):
+    # lazy: `import compalign.rewards.<x>.config` runs this package's __init__, and must not load torch
+    if name in ("Reward", "check_inputs"):
+        from . import base
+
+        return getattr(base, name)
     if name == "WorldCLIPReward":
         from .world_clip.reward import WorldCLIPReward  # lazy: loads diffusers and transformers
 
         return WorldCLIPReward
+    if name in ("create_reward", "list_rewards", "register_reward"):
+        from . import registry
+
+        return getattr(registry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
