@@ -9,7 +9,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,6 @@ from ..io import atomic_path
 from ..world.quality import evaluate_generator
 from .state import IterateError, plain
 from .workspace import Workspace
-
-if TYPE_CHECKING:
-    import torch
 
 
 def fingerprint(spec: str) -> str:
