@@ -207,9 +207,21 @@ def clean_prediction(scheduler, out: torch.Tensor, sample: torch.Tensor, t, inde
 
 
 # ------------------------------------------------------------------------------------- LoRA
+LORA_EXTRA_HINT = 'LoRA (--lora-rank) needs peft, the lora extra: pip install -e ".[lora]"'
+
+
+def require_peft() -> None:
+    """A one-line ValueError naming the `lora` extra when peft cannot be imported."""
+    try:
+        import peft  # noqa: F401  # lazy: peft is optional (the lora extra)
+    except ImportError:
+        raise ValueError(LORA_EXTRA_HINT) from None
+
+
 def add_lora(module: torch.nn.Module, rank: int, alpha: float, targets) -> int:
     """Inject LoRA adapters (peft) into `module` in place; only they require grad afterwards.
     Returns the number of adapted layers."""
+    require_peft()
     # lazy: peft is optional (the lora extra)
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer

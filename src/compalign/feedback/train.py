@@ -83,6 +83,7 @@ from .models import (
     clean_prediction,
     load_backbone,
     merge_lora,
+    require_peft,
     sampler_scheduler,
 )
 
@@ -121,6 +122,8 @@ def train_feedback(
     returns None. Runs under ``accelerate launch`` on several processes (each draws its own
     prompts and noise; the main process writes logs, checkpoints and the final model).
     """
+    if config.lora:
+        require_peft()  # before any model is loaded
     threads = torch.get_num_threads()
     try:
         return _train(config, resume, stop_at_step)
