@@ -9,6 +9,10 @@ Layers, lowest first (a module may import its own layer and the ones below):
 The graph is read with `ast` from the source, imports at module level and inside functions alike,
 so a lazy import still counts as an edge. No module imports a private name (``_name``) of another
 package: what a package shares has a public name.
+
+Modules import at the top. An import inside a function is kept only where it loads a heavy or
+optional package (`LAZY_PACKAGES`), itself or through the compalign module it imports, or is one of
+`KNOWN_LAZY` (each with its reason).
 """
 
 from __future__ import annotations
@@ -38,6 +42,32 @@ KNOWN_CYCLES: list[set[str]] = []
 # (importing module, module of the name, name): `iterate` still imports these private aliases of
 # public names; they go when `iterate` is split into one module per stage
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
+
+
+# packages imported inside functions: slow to import (and not needed by most commands) or optional
+LAZY_PACKAGES = {
+    "transformers",
+    "diffusers",
+    "open_clip",
+    "peft",  # optional: the `lora` extra
+    "matplotlib",
+    "scipy",
+    "playwright",
+    "accelerate",
+    "psutil",  # optional
+    "rich",  # only tables need it; ~40 ms of `compalign --help`
+}
+
+# (importing module, imported module): light, yet imported inside functions
+KNOWN_LAZY = {
+    # http.server and sqlite3 add ~20 ms to `compalign --help`
+    ("compalign.ranking.cli", "compalign.ranking.server"),
+    ("compalign.ranking.cli", "compalign.ranking.people"),
+    ("compalign.ranking.cli", "compalign.ranking.store"),
+    # the training configs (`compalign.rewards.<x>.config`) load without torch
+    ("compalign.rewards", "compalign.rewards.base"),
+    ("compalign.rewards", "compalign.rewards.registry"),
+}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -179,3 +209,98 @@ def test_no_module_imports_another_packages_private_names():
         if (src, home, name) not in KNOWN_PRIVATE_IMPORTS
     ]
     assert not found, "private names imported across packages:\n" + "\n".join(found)
+
+
+def _module_level(tree: ast.Module, type_checking: list | None = None) -> list[ast.Import | ast.ImportFrom]:
+    """The imports that run when a module is imported; those of ``if TYPE_CHECKING:`` blocks (which
+    never run) go to `type_checking`."""
+    out = []
+
+    def walk(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                out.append(node)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                if type_checking is not None:
+                    type_checking.extend(n for n in node.body if isinstance(n, ast.Import | ast.ImportFrom))
+            elif isinstance(node, ast.If):
+                walk(node.body)
+                walk(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                    walk(block)
+            elif isinstance(node, ast.ClassDef):
+                walk(node.body)
+
+    walk(tree.body)
+    return out
+
+
+def _imported(name: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods: dict) -> list[str]:
+    """The compalign modules and the top-level names of the other packages an import loads."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = _source(name, is_pkg, node)
+        subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+        names = subs + ([base] if len(subs) < len(node.names) else [])
+    out = []
+    for n in names:
+        if n.split(".")[0] != "compalign":
+            out.append(n.split(".")[0])
+            continue
+        while n not in mods:
+            n = n.rpartition(".")[0]
+        out.append(n)
+    return out
+
+
+def lazy_imports() -> tuple[list[tuple[str, int, list[str]]], dict[str, set[str]]]:
+    """``(module, line, what it loads)`` of every import inside a function or method, and, per
+    module, the other packages its module-level imports load (directly or through compalign)."""
+    mods = modules()
+    direct: dict[str, set[str]] = {}
+    lazy = []
+    for name, (path, is_pkg) in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        type_checking: list = []
+        top = _module_level(tree, type_checking)
+        direct[name] = {t for node in top for t in _imported(name, is_pkg, node, mods)}
+        at_top = set(map(id, top + type_checking))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in at_top:
+                lazy.append((name, node.lineno, _imported(name, is_pkg, node, mods)))
+    loads: dict[str, set[str]] = {}
+
+    def closure(m: str) -> set[str]:
+        if m not in loads:
+            loads[m] = set()
+            seen, todo = {m}, [m]
+            while todo:
+                parts = todo.pop().split(".")  # importing a module runs every __init__ above it
+                above = [".".join(parts[:i]) for i in range(1, len(parts))]
+                for t in [*direct.get(".".join(parts), ()), *above]:
+                    if t.split(".")[0] != "compalign":
+                        loads[m].add(t)
+                    elif t not in seen:
+                        seen.add(t)
+                        todo.append(t)
+        return loads[m]
+
+    for m in mods:
+        closure(m)
+    return lazy, loads
+
+
+def test_imports_inside_functions_only_load_heavy_or_optional_packages():
+    lazy, loads = lazy_imports()
+    found = []
+    for src, line, targets in lazy:
+        for t in targets:
+            heavy = t in LAZY_PACKAGES or loads.get(t, set()) & LAZY_PACKAGES
+            if not heavy and (src, t) not in KNOWN_LAZY and t != src and not src.startswith(t + "."):
+                found.append(f"{src} (line {line}) imports {t} inside a function")
+    assert not found, (
+        "import these at the top of the module (only heavy or optional packages load lazily, see "
+        "LAZY_PACKAGES):\n" + "\n".join(found)
+    )

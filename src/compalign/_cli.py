@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+
+from .io import atomic_write_json
 
 BAD_INPUT = 2
 
@@ -34,8 +38,6 @@ _RUN_FILES = (RUN_SETTINGS, "manifest.json", "results.json")
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj, default=str))
 
 
@@ -88,9 +90,6 @@ class OutDir:
         """Create the folder (emptied first with ``--overwrite``) and record the settings in it.
 
         A folder that cannot be written is a one-line error (exit 2)."""
-        import shutil
-
-        from .io import atomic_write_json
 
         try:
             if self.mode == "overwrite":
@@ -104,7 +103,6 @@ class OutDir:
 
     def abandon(self) -> None:
         """Remove what `start` created (for a run refused after it started: nothing is left)."""
-        import shutil
 
         created = getattr(self, "_created", [])
         if created:
@@ -153,8 +151,6 @@ def check_out_dir(out: Path, settings: dict, overwrite: bool = False, option: st
         return OutDir(out, settings, "new", option)
     record = out / RUN_SETTINGS
     if record.is_file():
-        import json
-
         try:
             old = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
@@ -190,7 +186,7 @@ def clip_text(text: str, n: int = 80) -> str:
 def check_world_prompts(prompts: list[str], model: str = "the world model") -> None:
     """One-line error (exit 2) naming the first prompt outside the world grammar and its word:
     world models' tokenizers read only the grammar's words."""
-    from .world.grammar import PromptError, parse_prompt
+    from .world.grammar import PromptError, parse_prompt  # lazy: loads scipy (compalign.world)
 
     seen: set[str] = set()
     for n, p in enumerate(prompts, 1):

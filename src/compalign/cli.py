@@ -80,7 +80,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (>= 0); same s
 
 
 def _console():
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich adds ~40 ms to `compalign --help`
 
     return Console(highlight=False)
 
@@ -110,7 +110,7 @@ def _root(
 
 
 def _check_categories(categories: list[str]) -> list[str]:
-    from .world.suites import CATEGORIES
+    from .world.suites import CATEGORIES  # lazy: loads scipy (compalign.world)
 
     if any(c == "all" for c in categories):
         return list(CATEGORIES)
@@ -124,7 +124,7 @@ def _check_categories(categories: list[str]) -> list[str]:
 
 
 def _check_split(split: str) -> str:
-    from .world.suites import SPLITS
+    from .world.suites import SPLITS  # lazy: loads scipy (compalign.world)
 
     if split not in SPLITS:
         fail(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
@@ -135,7 +135,7 @@ def _suite_selection(
     category: str, split: str, limit: int | None, seed: int | None
 ) -> tuple[list[str], list[int]]:
     """(prompts, their indices in the suite): the first `limit`, or a seeded sample of `limit`."""
-    from .world.suites import load_suite
+    from .world.suites import load_suite  # lazy: loads scipy (compalign.world)
 
     prompts = load_suite(category, split)
     idx = list(range(len(prompts)))
@@ -177,6 +177,7 @@ def world_prompts(
     ] = None,
 ) -> None:
     """List the prompts of a suite (one per line), or the categories with --all."""
+    # lazy: loads scipy (compalign.world)
     from .world.suites import CATEGORIES, CATEGORY_ASPECT, SUITE_VERSION, load_suite
 
     _check_counts(limit, seed)
@@ -193,7 +194,7 @@ def world_prompts(
         if as_json:
             print(json.dumps({"suite_version": SUITE_VERSION, "categories": rows}, indent=2))
             return
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich adds ~40 ms to `compalign --help`
 
         table = Table(title=f"world prompt suites {SUITE_VERSION}")
         for col, just in (("category", "left"), ("aspect", "left"), ("train", "right"), ("heldout", "right")):
@@ -228,7 +229,7 @@ def _read_prompt_file(path: Path) -> list[str]:
 
 
 def _print_table(report: dict, title: str) -> None:
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich adds ~40 ms to `compalign --help`
 
     table = Table(title=title)
     table.add_column("category")
@@ -245,7 +246,7 @@ def _print_table(report: dict, title: str) -> None:
 
 
 def _render(items, out: Path, res: int, seed: int, layouts=None):
-    from .world.batch import RenderError, render_set
+    from .world.batch import RenderError, render_set  # lazy: loads scipy (compalign.world)
 
     if out.exists() and not out.is_dir():
         fail(f"{out}: --out must be a folder, and a file of that name exists")
@@ -258,6 +259,7 @@ def _render(items, out: Path, res: int, seed: int, layouts=None):
 
 
 def _evaluate(directory: Path, out: Path | None):
+    # lazy: loads scipy (compalign.world)
     from .world.batch import evaluate_dir
     from .world.io import ManifestError
 
@@ -294,7 +296,7 @@ def world_render(
     ] = False,
 ) -> None:
     """Render suite prompts or your own prompts to PNGs plus a manifest.json."""
-    from .world.batch import RenderError, layouts_for, plan
+    from .world.batch import RenderError, layouts_for, plan  # lazy: loads scipy (compalign.world)
 
     _check_counts(limit, seed, res)
     if seeds < 1:
@@ -355,6 +357,7 @@ def world_demo(
     per_category: Annotated[int, typer.Option(help="Held-out prompts per category.")] = 10,
 ) -> None:
     """Render held-out prompts of every category, evaluate them, print the table, save grid.png."""
+    # lazy: loads scipy (compalign.world)
     from .world.batch import plan, save_grid
     from .world.suites import CATEGORIES
 

@@ -24,7 +24,7 @@ def pyplot():
     import matplotlib  # lazy: only plotting needs it, and it is slow to import
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: loads matplotlib
 
     return plt
 

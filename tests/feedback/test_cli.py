@@ -120,3 +120,16 @@ def test_options_are_the_config_fields_and_old_spellings_stay(cli, monkeypatch):
 def test_an_option_given_under_both_names_is_refused(cli):
     r = cli("feedback", "train", "--lr", "1e-3", "--learning-rate", "1e-4")
     assert r.exit_code == 2 and r.stderr.strip() == "error: give --learning-rate or --lr, not both"
+
+
+def test_lora_without_peft_is_one_line_naming_the_extra(cli, tiny_base, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` fails as if it were not installed
+    r = cli("feedback", "train", "--base", tiny_base, "--reward", "test-redness=1", "--lora-rank", "4",
+            "--output-dir", tmp_path / "run", "--device", "cpu", "--no-progress")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert 'pip install -e ".[lora]"' in r.stderr and "Traceback" not in r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "peft" in errors[0], r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

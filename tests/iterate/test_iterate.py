@@ -37,18 +37,18 @@ def snapshot(root: Path) -> dict[str, int]:
 def done(env, cli, tmp_path_factory):
     """One iteration, interrupted twice: --stop-after rank, then a crash inside feedback training
     after its first step; the third call finishes. Returns (workdir, outputs of the calls)."""
-    from compalign.feedback import train as feedback_train
+    from compalign.iterate.stages import feedback as feedback_stage
 
     wd = tmp_path_factory.mktemp("iterate") / "wd"
     first = cli(*iterate_args(env, wd, "--stop-after", "rank"))
-    real = feedback_train.train_feedback
+    real = feedback_stage.train_feedback
 
     def crash(config, resume=True, stop_at_step=None):
         real(config, resume=resume, stop_at_step=1)
         raise RuntimeError("simulated crash in feedback training")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(feedback_train, "train_feedback", crash)
+        mp.setattr(feedback_stage, "train_feedback", crash)
         second = cli(*iterate_args(env, wd))
     third = cli(*iterate_args(env, wd))
     return wd, (first, second, third)

@@ -632,10 +632,12 @@ def test_clip_backbone(clip_dir, tmp_path):
 
 def test_cli_train_export_and_eval(cli, pairs_file, tmp_path, monkeypatch):
     import compalign.rewards.composition.model as model_mod
+    import compalign.rewards.composition.train as train_mod
 
     wc = tiny_world_clip(0).save_pretrained(tmp_path / "wc")
     out = tmp_path / "run"
-    monkeypatch.setattr(model_mod, "weights_root", lambda: tmp_path / "weights")
+    for mod in (model_mod, train_mod):  # where the export writes and where the reward looks
+        monkeypatch.setattr(mod, "weights_root", lambda: tmp_path / "weights")
     args = ["reward", "train", "--pairs", pairs_file, "--aspect", "spatial", "--backbone", f"world-clip:{wc}"]
     args += ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--freeze-ratio", "0.7", "--margin", "0.1"]
     args += ["--output-dir", out, "--device", "cpu", "--no-progress", "--export", "itercomp-spatial"]

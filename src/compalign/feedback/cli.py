@@ -14,7 +14,9 @@ import typer
 
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
+from compalign._cli import out_place_problem
 from compalign.config_cli import Opt, config_options, path_str
+from compalign.generators.registry import FACTORIES, load_adapters
 from compalign.rewards.objective import DEFAULT_REWARDS_HELP, default_rewards, parse_weights
 from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
 from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
@@ -32,7 +34,6 @@ app = typer.Typer(
 
 def _is_adapter(base: str) -> bool:
     """True for ``prefix:source`` specs of diffusers adapters (not world models)."""
-    from compalign.generators.registry import FACTORIES, load_adapters
 
     load_adapters()
     prefix, sep, _ = base.partition(":")
@@ -48,8 +49,6 @@ def parse_stop_range(text: str, option: str = "--stop-range") -> list:
         return [int(p) if p.lstrip("-").isdigit() else float(p) for p in parts]
     except ValueError:
         raise ValueError(f"{option} {text!r}: expected two numbers") from None
-
-
 
 
 FIELD_OPTIONS = {
@@ -107,7 +106,7 @@ def train_command(
     fields: dict,
 ) -> None:
     """Fine-tune a model against weighted rewards (ReFL); resumes from the run's latest checkpoint."""
-    from .train import train_feedback
+    from .train import train_feedback  # lazy: loads diffusers, transformers
 
     try:
         adapter = _is_adapter(fields["base"])
@@ -118,7 +117,6 @@ def train_command(
         config = FeedbackConfig(**fields)
     except (ValueError, KeyError) as e:
         _fail(e)
-    from compalign._cli import out_place_problem
 
     problem = out_place_problem(config.run_dir, "--output-dir")
     if problem is not None:
@@ -136,7 +134,7 @@ def train_command(
         print(f"{spec}: {v['first']:.4f} (first steps) -> {v['last']:.4f} (last steps)")
     print(f"done: {final} ({record['steps']} steps, {record['wall_time_s']} s; curves {record['curves']})")
     if export:
-        from compalign.generators.world.train import export_model
+        from compalign.generators.world.train import export_model  # lazy: loads diffusers, transformers
 
         dest = export_model(final, export)
         _note(f"exported to {dest}")

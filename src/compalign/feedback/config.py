@@ -17,6 +17,8 @@ import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compalign.cache import scene_pool_dir
+
 from .._config import DictConfig
 from ..rewards.objective import RewardTerm, check_reward_names, objective_from_weights
 
@@ -176,7 +178,7 @@ class FeedbackConfig(DictConfig):
     (saved and recorded as such)."""
 
     def __post_init__(self) -> None:
-        from compalign.world.suites import ASPECTS, CATEGORIES
+        from compalign.world.suites import ASPECTS, CATEGORIES  # lazy: loads scipy (compalign.world)
 
         if not isinstance(self.rewards, dict) or not self.rewards:
             raise ValueError("rewards must be a non-empty {name: weight} mapping")
@@ -237,8 +239,6 @@ class FeedbackConfig(DictConfig):
 
     @property
     def pool_root(self) -> Path:
-        from compalign.cache import scene_pool_dir
-
         return Path(self.pool_dir) if self.pool_dir else scene_pool_dir()
 
     @property
@@ -247,6 +247,7 @@ class FeedbackConfig(DictConfig):
 
     def world_categories(self) -> list[str]:
         """Categories of the world prompts (and of the denoising regulariser's scene pool)."""
+        # lazy: loads scipy (compalign.world)
         from compalign.world.suites import CATEGORY_ASPECT, list_categories
 
         cats: list[str] = []
@@ -268,7 +269,7 @@ class FeedbackConfig(DictConfig):
             if not prompts:
                 raise ValueError(f"prompt file {path} has no prompts")
             return prompts
-        from compalign.world.suites import load_suite
+        from compalign.world.suites import load_suite  # lazy: loads scipy (compalign.world)
 
         return [p for c in self.world_categories() for p in load_suite(c, "train")]
 
@@ -334,8 +335,6 @@ def check_stop_range(r) -> list:
             "(give two integers for step indices)"
         )
     return [lo, hi]
-
-
 
 
 def stop_indices(stop_range, total_steps: int) -> tuple[int, int]:

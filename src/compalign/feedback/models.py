@@ -18,7 +18,11 @@ from types import SimpleNamespace
 
 import torch
 
-from ..generators.world.generator import quiet_loading
+from ..generators import create_generator
+from ..generators.diffusers.schedulers import vp_clean_latent
+from ..generators.world.generator import WorldGenerator, quiet_loading
+from ..generators.world.tokenizer import tokenize
+from ..generators.world.train import diffusion_loss
 
 TEXT_LORA_TARGETS = {
     "clip": ("q_proj", "k_proj", "v_proj", "out_proj"),
@@ -59,8 +63,6 @@ class WorldBackbone:
         return tuple(self.pipe.noise_shape(1)[1:])
 
     def tokens(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..generators.world.tokenizer import tokenize
-
         return tokenize(self.pipe.tokenizer, prompts, device=device)
 
     def encode(self, text_encoder, ids, mask) -> torch.Tensor:
@@ -143,8 +145,6 @@ class SDBackbone(WorldBackbone):
 
 def load_backbone(base: str) -> WorldBackbone:
     """Load `base` in float32 on the CPU (world model name / folder, or ``sd:``-style spec)."""
-    from ..generators import create_generator
-    from ..generators.world.generator import WorldGenerator
 
     try:
         gen = create_generator(base, device="cpu", dtype=torch.float32)
@@ -170,6 +170,7 @@ def sampler_scheduler(backbone: WorldBackbone, sampler: str | None):
     sched = backbone.scheduler
     if sampler is None:
         return copy.deepcopy(sched)
+    # lazy: loads diffusers
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     cfg = dict(sched.config)
@@ -189,9 +190,7 @@ def clean_prediction(scheduler, out: torch.Tensor, sample: torch.Tensor, t, inde
     ``x0 = -sigma / sqrt(sigma^2 + 1) * v + x / (sigma^2 + 1)`` (v), what their `step` returns as
     `pred_original_sample`. Variance-preserving ones (DDIM, DDPM, DPM-Solver, PNDM, ...): the VP
     formula at ``alphas_cumprod[t]`` (with the scheduler's clipping / thresholding)."""
-    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-
-    from ..generators.diffusers.schedulers import vp_clean_latent
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler  # lazy: loads diffusers
 
     kind = scheduler.config.prediction_type
     if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
@@ -208,9 +207,22 @@ def clean_prediction(scheduler, out: torch.Tensor, sample: torch.Tensor, t, inde
 
 
 # ------------------------------------------------------------------------------------- LoRA
+LORA_EXTRA_HINT = 'LoRA (--lora-rank) needs peft, the lora extra: pip install -e ".[lora]"'
+
+
+def require_peft() -> None:
+    """A one-line ValueError naming the `lora` extra when peft cannot be imported."""
+    try:
+        import peft  # noqa: F401  # lazy: peft is optional (the lora extra)
+    except ImportError:
+        raise ValueError(LORA_EXTRA_HINT) from None
+
+
 def add_lora(module: torch.nn.Module, rank: int, alpha: float, targets) -> int:
     """Inject LoRA adapters (peft) into `module` in place; only they require grad afterwards.
     Returns the number of adapted layers."""
+    require_peft()
+    # lazy: peft is optional (the lora extra)
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -224,7 +236,7 @@ def add_lora(module: torch.nn.Module, rank: int, alpha: float, targets) -> int:
 
 
 def _lora_layers(module: torch.nn.Module) -> list:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # lazy: peft is optional (the lora extra)
 
     return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
@@ -246,7 +258,7 @@ def adapters_disabled(*modules: torch.nn.Module):
 def merge_lora(module: torch.nn.Module) -> int:
     """Merge every LoRA adapter into its base layer and put the plain layer back (in place).
     Returns the number of merged layers."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # lazy: peft is optional (the lora extra)
 
     found = [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, layer in found:
@@ -288,8 +300,6 @@ class Denoiser(torch.nn.Module):
         out = bb.unet_out(self.unet, refl["x"], refl["t"], hidden, refl["mask"])
         loss = None
         if denoise is not None:
-            from ..generators.world.train import diffusion_loss
-
             cfg = SimpleNamespace(seed=denoise["seed"], cond_dropout=denoise["cond_dropout"], snr_gamma=None)
             parts = {"unet": self.unet, "text_encoder": self.text_encoder}
             loss = diffusion_loss(

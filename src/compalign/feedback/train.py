@@ -47,8 +47,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..generators.base import noise_for_seeds
+from ..generators.world.data import ScenePool
 from ..generators.world.generator import RECORD_FILE
+from ..generators.world.models import build_training_scheduler
 from ..generators.world.train import step_generator
+from ..rewards.objective import load_rewards
 from ..training import (
     EMA,
     Curve,
@@ -80,6 +83,7 @@ from .models import (
     clean_prediction,
     load_backbone,
     merge_lora,
+    require_peft,
     sampler_scheduler,
 )
 
@@ -104,35 +108,6 @@ def feedback_config_diff(a: dict, b: dict) -> list[str]:
     return config_diff(a, b, RUNTIME_FIELDS)
 
 
-
-
-class _Reward:
-    def __init__(self, spec: str, module, weight: float, cap: float):
-        self.spec, self.module, self.weight, self.cap = spec, module, weight, cap
-
-
-def build_rewards(config: FeedbackConfig, device) -> list[_Reward]:
-    """The weighted rewards (weight 0: not loaded), frozen, with their caps."""
-    from ..rewards.registry import create_reward, factory_accepts, reward_factory
-
-    out = []
-    for spec, w in config.rewards.items():
-        if w == 0:
-            continue
-        try:
-            # a plain `Reward` subclass takes no device argument: build it, then move it
-            takes_device = factory_accepts(reward_factory(spec.split(":", 1)[0]), "device")
-            kw = {"device": device} if takes_device else {}
-            r = create_reward(spec, **kw).to(device)
-        except (LookupError, ImportError, OSError) as e:  # unknown, not trained, missing weights
-            raise ValueError(f"reward {spec!r}: {e}") from e
-        r.eval()
-        r.requires_grad_(False)
-        cap = config.reward_caps.get(spec, float(getattr(r, "loss_offset", 0.0)))
-        out.append(_Reward(spec, r, w, cap))
-    return out
-
-
 def _uses_cfg(backbone: WorldBackbone, g: float) -> bool:
     # the world pipeline guides whenever g != 1, diffusers' pipelines when g > 1
     return g != 1.0 if backbone.kind == "world" else g > 1.0
@@ -147,6 +122,8 @@ def train_feedback(
     returns None. Runs under ``accelerate launch`` on several processes (each draws its own
     prompts and noise; the main process writes logs, checkpoints and the final model).
     """
+    if config.lora:
+        require_peft()  # before any model is loaded
     threads = torch.get_num_threads()
     try:
         return _train(config, resume, stop_at_step)
@@ -167,7 +144,7 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
     res = config.resolve(bb.kind, bb.default_steps, bb.default_guidance)
     steps, (first, last) = res["total_steps"], res["stop_indices"]
     guidance, cfg = res["guidance_scale"], _uses_cfg(bb, res["guidance_scale"])
-    rewards = build_rewards(config, device)
+    rewards = load_rewards(config.objective(), device)
 
     unet, te = bb.unet, bb.text_encoder
     for m in (unet, te, getattr(bb.pipe, "vae", None)):
@@ -243,9 +220,6 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
     # ---------------------------------------------------------------- regulariser data
     pool, train_sched, pool_seconds = None, None, 0.0
     if res["reg_type"] == "denoising":
-        from ..generators.world.data import ScenePool
-        from ..generators.world.models import build_training_scheduler
-
         pool = ScenePool(
             config.pool_root,
             config.world_categories(),
@@ -316,9 +290,9 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
             reward_loss = torch.zeros((), device=device)
             scores = {}
             for r in rewards:
-                s = r.module(images, batch_prompts).float()
-                reward_loss = reward_loss + r.weight * F.relu(r.cap - s).mean()
-                scores[r.spec] = s.detach().mean()
+                s = r.reward(images, batch_prompts).float()
+                reward_loss = reward_loss + r.weight * F.relu(r.offset - s).mean()
+                scores[r.name] = s.detach().mean()
         reward_loss = reward_loss * res["reward_scale"]
         # (7) regulariser
         if res["reg_type"] == "denoising":

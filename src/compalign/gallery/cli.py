@@ -114,6 +114,7 @@ def generate_command(
     """Render the same prompts with several models under the same settings (resumable; shards over
     processes under torchrun / accelerate launch). --resolution sets diffusers models' height and
     width."""
+    # lazy: loads accelerate, diffusers, transformers
     from ..world.suites import ASPECTS, SPLITS
     from .generate import generate_gallery, suite_prompts
 
@@ -174,7 +175,7 @@ def import_command(
     force: Annotated[bool, typer.Option("--force", help="Replace a gallery already in --root.")] = False,
 ) -> None:
     """Validate an IterComp gallery file and adopt it (writes ROOT/gallery.json and its sidecars)."""
-    from .itercomp import import_gallery
+    from .itercomp import import_gallery  # lazy: loads scipy (compalign.world)
 
     try:
         g = import_gallery(file, root, aspect, force)
@@ -195,7 +196,7 @@ def export_command(
     absolute: Annotated[bool, typer.Option("--absolute", help="Write absolute image paths.")] = False,
 ) -> None:
     """Write the gallery in IterComp's exact format (index, prompt, image_<model>, [initial_rank], rank)."""
-    from .itercomp import export_gallery
+    from .itercomp import export_gallery  # lazy: loads scipy (compalign.world)
 
     if path_prefix and absolute:
         fail("give --path-prefix or --absolute, not both")
@@ -237,7 +238,7 @@ def expand_command(
 ) -> None:
     """Add models to a gallery: render them for every record, keep the old rank as initial_rank and
     merge (auto: re-rank; people: binary-insertion questions in `rank serve`, then `rank export`)."""
-    from .expand import expand_gallery
+    from .expand import expand_gallery  # lazy: loads accelerate, diffusers, transformers
 
     try:
         s = expand_gallery(

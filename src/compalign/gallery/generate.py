@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 
 from .._cli import clip_text, out_place_problem
 from ..generators import create_generator
+from ..generators.diffusers.loading import parse_dtype
 from ..generators.generate import to_uint8
 from ..generators.registry import list_generators, shipped_models
+from ..generators.world.config import list_presets
 from ..io import atomic_save_image, atomic_write_json
 from ..noise_optimization.generator import parse_reno_spec  # also registers the reno: prefix
 from ..world.grammar import PromptError, parse_prompt
@@ -107,7 +109,6 @@ def parse_models(args: Sequence[str], existing: Sequence[str] = ()) -> list[Mode
 
 def check_model_spec(m: ModelSpec) -> None:
     """Fail early (before any rendering) on a model that cannot be loaded."""
-    from ..generators.world.config import list_presets  # lazy: loads transformers and diffusers
 
     prefix, sep, rest = m.spec.partition(":")
     if sep and prefix == "reno":  # a differentiable base + ReNO: check the spec and its base
@@ -258,8 +259,6 @@ def render_models(
             if resolution and m.spec.partition(":")[0] in adapters:
                 kw.update(height=resolution, width=resolution)
             if dtype is not None:
-                from ..generators.diffusers.loading import parse_dtype  # lazy: loads diffusers
-
                 kw["dtype"] = parse_dtype(dtype)
             if offload is not None and m.spec.partition(":")[0] in adapters:
                 kw["offload"] = offload

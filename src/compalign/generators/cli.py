@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from compalign._cli import clip_text
+from compalign._cli import check_out_dir, check_world_prompts, clip_text
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
 from compalign.generators.options import (
@@ -29,6 +29,17 @@ from compalign.generators.options import (
     PromptsFile,
     Seeds,
     Width,
+)
+from compalign.io import atomic_write_json
+
+from .options import generator_options, load_generator
+from .registry import (
+    FACTORIES,
+    ModelNotTrainedError,
+    create_generator,
+    list_generators,
+    shipped_models,
+    weights_root,
 )
 
 
@@ -57,11 +68,10 @@ def generate_command(
 ) -> None:
     """Generate images for prompts x seeds; writes PNGs, manifest.json (`compalign world eval OUT`
     reads it) and a labelled grid.png."""
-    from compalign._cli import check_out_dir, check_world_prompts
+    # lazy: loads diffusers, transformers
     from compalign.world.batch import verdict
 
     from .generate import generate_images, read_prompts
-    from .options import generator_options, load_generator
     from .world.generator import WorldGenerator
 
     prompts = list(prompt or [])
@@ -116,7 +126,6 @@ def generate_command(
         )
     except ValueError as e:
         _fail(e)
-    from compalign.io import atomic_write_json
 
     manifest["run"] = {
         "device": str(gen.device),
@@ -165,6 +174,7 @@ def train_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Train a world model from a preset; resumes from the run's latest checkpoint."""
+    # lazy: loads diffusers, transformers
     from .world.config import create_preset, list_presets, parse_override
     from .world.train import export_model, train_world_model
 
@@ -212,7 +222,7 @@ def export_command(
     ] = None,
 ) -> None:
     """Copy a trained world model into the package weights (fp16 safetensors)."""
-    from .world.train import export_model, folder_size
+    from .world.train import export_model, folder_size  # lazy: loads diffusers, transformers
 
     try:
         path = export_model(run, name, dest)
@@ -224,7 +234,7 @@ def export_command(
 
 def presets_command() -> None:
     """List the training presets."""
-    from .world.config import list_presets, preset_description
+    from .world.config import list_presets, preset_description  # lazy: loads diffusers, transformers
 
     for name in list_presets():
         print(f"{name}\t{preset_description(name)}")
@@ -234,8 +244,7 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List generators in three sections: shipped world models, presets to train, adapters."""
-    from .registry import FACTORIES, list_generators, shipped_models, weights_root
-    from .world.config import list_presets, preset_description
+    from .world.config import list_presets, preset_description  # lazy: loads diffusers, transformers
 
     shipped = set(shipped_models())
     names = list_generators()
@@ -299,11 +308,9 @@ def quality_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
     """Exact-evaluator accuracy of generators on the held-out suites (a table per category)."""
-    from compalign.io import atomic_write_json
+    # lazy: loads scipy (compalign.world)
     from compalign.world.quality import evaluate_generator, format_table
     from compalign.world.suites import CATEGORIES
-
-    from .registry import ModelNotTrainedError, create_generator
 
     bad = [c for c in category or [] if c not in CATEGORIES]
     if bad:

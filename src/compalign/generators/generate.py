@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_save_image, atomic_write_json
+from ..plots import Cell, image_grid, wrap
+from ..world.io import MANIFEST_VERSION
 from .base import Generator
 from .registry import create_generator
 
@@ -67,8 +70,6 @@ def generate_images(
     mean the model's defaults). `judge(image, prompt) -> {"passed", "score"} | None` frames the
     grid's images (world prompts: `compalign.world.batch.verdict`).
     """
-    from ..io import atomic_save_image, atomic_write_json
-    from ..world.io import MANIFEST_VERSION
 
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts:
@@ -115,7 +116,6 @@ def save_labelled_grid(
     """`arr` `[len(prompts) * len(seeds), H, W, 3]` (prompt-major) as a grid: a row per prompt, a
     column per seed (the first 16 x 8), captioned, framed by `judge`'s verdicts; `scale` sets the
     size of a cell (4: 1.7 inches at 100 dpi)."""
-    from ..plots import Cell, image_grid, wrap
 
     rows = []
     for i, p in enumerate(prompts[:GRID_ROWS]):

@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 
 from compalign._cli import fail as _fail
+from compalign.generators import create_generator
+from compalign.generators.registry import ModelNotTrainedError
 
 # options of ``compalign generate`` and ``compalign reno``
 PromptsFile = Annotated[
@@ -48,7 +50,7 @@ def generator_options(
     (diffusers adapters) that were given. A bad value is a one-line error."""
     kw: dict = {}
     if dtype is not None:
-        from compalign.generators.diffusers.loading import parse_dtype
+        from compalign.generators.diffusers.loading import parse_dtype  # lazy: loads diffusers, transformers
 
         try:
             kw["dtype"] = parse_dtype(dtype)
@@ -73,9 +75,7 @@ def generator_options(
 
 def load_generator(model: str, device: str | None, options: dict, gradient_checkpointing: str | None = None):
     """`create_generator` with the command's options; an option a model cannot take is a one-line error."""
-    from compalign.generators import create_generator
-    from compalign.generators.registry import ModelNotTrainedError
-    from compalign.generators.world.generator import WorldGenerator
+    from compalign.generators.world.generator import WorldGenerator  # lazy: loads diffusers, transformers
 
     try:
         gen = create_generator(model, device=device, **options)

@@ -41,6 +41,8 @@ Attributes are imported lazily (the command line starts without torch).
 
 from __future__ import annotations
 
+import importlib
+
 _EXPORTS = {
     "IterateConfig": "config",
     "STAGES": "config",
@@ -55,7 +57,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

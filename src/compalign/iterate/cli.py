@@ -27,6 +27,7 @@ from ..noise_optimization.reno import ReNOConfig
 from ..rewards.composition.config import RewardTrainConfig
 from ..rewards.objective import parse_weights
 from .config import DEFAULTS, ESTIMATE, NESTED, STAGES, IterateConfig
+from .state import IterateError, IterateInterrupted
 
 WAITING = 3
 
@@ -195,8 +196,7 @@ def iterate_command(
         return
     if fields["workdir"] is None:
         _fail("give --workdir DIR (the work folder: created, or resumed when it holds a state.json)")
-    from .run import run_iterate
-    from .state import IterateError, IterateInterrupted
+    from .run import run_iterate  # lazy: loads accelerate, diffusers, transformers
 
     try:
         config = IterateConfig(**fields, progress=sys.stderr.isatty() if progress is None else progress)

@@ -123,14 +123,12 @@ command line's options) -> (nested config, its field)."""
 def nested_class(name: str) -> type:
     """The config class of nested field `name` (imported on use: the trainers load torch)."""
     if name == "reward_training":
-        from ..rewards.composition.train import RewardTrainConfig
+        from ..rewards.composition.train import RewardTrainConfig  # lazy: loads diffusers, transformers
 
         return RewardTrainConfig
     if name == "feedback_training":
         return FeedbackConfig
     if name == "noise_optimization":
-        from ..noise_optimization.reno import ReNOConfig
-
         return ReNOConfig
     raise KeyError(name)
 
@@ -138,7 +136,7 @@ def nested_class(name: str) -> type:
 def runtime_fields(name: str) -> frozenset[str]:
     """Fields of nested config `name` that change how its run executes, not what it computes."""
     if name == "reward_training":
-        from ..rewards.composition.train import RUNTIME_FIELDS
+        from ..rewards.composition.train import RUNTIME_FIELDS  # lazy: loads diffusers, transformers
 
         return RUNTIME_FIELDS
     if name == "feedback_training":
@@ -354,7 +352,7 @@ class IterateConfig(DictConfig):
         return objective_from_weights({f"composition:{models[a]}": weight(a) for a in self.aspects})
 
     def categories_of_aspects(self) -> list[str]:
-        from compalign.world.suites import list_categories
+        from compalign.world.suites import list_categories  # lazy: loads scipy (compalign.world)
 
         return [c for a in self.aspects for c in list_categories(a)]
 

@@ -9,20 +9,22 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+
+from ..generators import create_generator
+from ..generators.generate import to_uint8
+from ..generators.registry import pipeline_dir, shipped_models, weights_root
 from ..io import atomic_path
+from ..world.quality import evaluate_generator
 from .state import IterateError, plain
 from .workspace import Workspace
-
-if TYPE_CHECKING:
-    import torch
 
 
 def fingerprint(spec: str) -> str:
     """Identity of a generator's weights: sizes and times of the files of its folder ('' for a
     spec that is not a local world model)."""
-    from ..generators.registry import pipeline_dir, shipped_models, weights_root
 
     path = Path(spec)
     folder = None
@@ -48,7 +50,6 @@ def eval_images_path(eval_file: Path) -> Path:
 
 def save_eval_images(path: Path, batches: list, records: list[dict]) -> None:
     """Write the kept uint8 image batches ``[B, H, W, 3]`` of `records` (prompt, category each)."""
-    import numpy as np
 
     images = np.concatenate(batches) if batches else np.zeros((0, 1, 1, 3), np.uint8)
     if len(images) != len(records):
@@ -65,8 +66,6 @@ def save_eval_images(path: Path, batches: list, records: list[dict]) -> None:
 def load_eval_images(path: Path, categories: list[str], prompts: list[str]) -> torch.Tensor | None:
     """The stored evaluation images of (category, prompt) in this order, as ``[B, 3, H, W]`` in
     [0, 1]; None when the file is missing, unreadable or lacks one of them."""
-    import numpy as np
-    import torch
 
     try:
         with np.load(path) as z:
@@ -124,11 +123,6 @@ def evaluate_model(
     """Evaluate one model on the held-out prompts; with `keep_images`, its images of the first
     evaluation seed are written there (`save_eval_images`: the reward check scores them instead of
     rendering them again)."""
-    import torch
-
-    from ..generators import create_generator
-    from ..generators.generate import to_uint8
-    from ..world.quality import evaluate_generator
 
     c = ws.config
     gen = gen or create_generator(spec, device=c.device)

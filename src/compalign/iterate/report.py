@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write_json, atomic_write_text
+from ..world.quality import format_table
 from .config import STAGES, IterateConfig, base_name
 from .report_plots import feedback_plot, grouped_bars, progress_plot, sample_grid
 from .reward_check import report_lines as reward_check_lines
@@ -92,7 +93,6 @@ def _evaluation(
 ) -> tuple[list[str], str]:
     """The title, the held-out accuracy table, the reward check and the sample grid; and the
     previous base's name as the evaluation calls it."""
-    from ..world.quality import format_table  # torch
 
     c = ws.config
     cats = c.evaluation_categories()
@@ -160,7 +160,6 @@ def _evaluation(
 
 def _reno(ws: Workspace, k: int, reno: dict, by_name: dict, plots: Path, made: list[Path]) -> list[str]:
     """The ReNO section: the generator without and with ReNO (and the new base)."""
-    from ..world.quality import format_table  # torch
 
     c = ws.config
     lines = ["## Noise optimisation (ReNO)", ""]

@@ -15,6 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from ..generators import create_generator
+from ..rewards.registry import create_reward
+from ..world.quality import evaluate_generator
 from ..world.suites import list_categories
 from .config import base_name
 from .eval_store import eval_images_path, load_eval_images
@@ -71,9 +76,6 @@ def reward_check(ws: Workspace, k: int, files: dict[str, Path] | None = None) ->
 
 def _scorer(model: Path):
     """score(images, prompts) -> rewards of the composition reward model at `model`."""
-    import torch
-
-    from ..rewards.registry import create_reward
 
     reward = create_reward(f"composition:{model}")
     reward.eval()
@@ -101,10 +103,6 @@ def _score_stored(path: Path, recs: list[dict], cats: list[str], score):
 def _score_rendered(ws: Workspace, gens: dict, name: str, spec: str, cats: list[str], seed: int, score):
     """(scores, records) of the model's images of `cats` rendered and judged again (`gens`: the
     generators loaded so far, by name)."""
-    import torch
-
-    from ..generators import create_generator
-    from ..world.quality import evaluate_generator
 
     c = ws.config
     if name not in gens:

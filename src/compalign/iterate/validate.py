@@ -8,6 +8,10 @@ from pathlib import Path
 
 from ..gallery.format import GalleryError
 from ..gallery.generate import ModelSpec, check_model_spec, parse_models
+from ..generators import create_generator
+from ..generators.registry import FACTORIES, load_adapters
+from ..rewards.composition.backbones import list_backbones
+from ..rewards.world_clip.reward import resolve_model_dir
 from ..world.suites import ASPECTS, CATEGORIES, N_HELDOUT
 from .config import TIE_BREAKS, IterateConfig, base_name, parse_stage_ref
 from .state import LOCK_FILE, STATE_FILE, IterateError
@@ -122,14 +126,10 @@ def stage_ref(text: str, what: str) -> tuple[int | None, str]:
 
 
 def _check_reward_backbone(spec: str) -> None:
-    from ..rewards.composition.backbones import list_backbones
-
     name, _, source = spec.partition(":")
     if name not in list_backbones():
         raise IterateError(f"unknown --reward-backbone {spec!r}; known kinds: {', '.join(list_backbones())}")
     if name == "world-clip":
-        from ..rewards.world_clip.reward import resolve_model_dir
-
         try:
             resolve_model_dir(source or "world-clip")
         except (LookupError, FileNotFoundError) as e:
@@ -139,16 +139,12 @@ def _check_reward_backbone(spec: str) -> None:
 
 
 def _is_adapter(spec: str) -> bool:
-    from ..generators.registry import FACTORIES, load_adapters
-
     load_adapters()
     prefix, sep, _ = spec.partition(":")
     return bool(sep) and prefix in FACTORIES
 
 
 def _differentiable(spec: str) -> bool:
-    from ..generators import create_generator
-
     return bool(create_generator(spec, device="cpu").differentiable)
 
 

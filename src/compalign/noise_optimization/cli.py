@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
+from compalign._cli import check_out_dir, check_world_prompts
 from compalign._cli import fail as _fail
 from compalign.config_cli import Opt, config_options
 from compalign.generators.options import (
@@ -22,6 +24,7 @@ from compalign.generators.options import (
     generator_options,
     load_generator,
 )
+from compalign.io import atomic_write_json
 from compalign.rewards.objective import DEFAULT_REWARDS_HELP, default_rewards, load_rewards, parse_objective
 from compalign.rewards.objective import REAL_DEFAULT_REWARDS as REAL_DEFAULT_REWARDS
 from compalign.rewards.objective import WORLD_DEFAULT_REWARDS as WORLD_DEFAULT_REWARDS
@@ -102,9 +105,8 @@ def reno_command(
 
     Writes the best and the initial images with their manifests (`compalign world eval OUT` scores
     them), per-image logs, results.json, rewards.png and a labelled before_after.png."""
-    import torch
 
-    from compalign._cli import check_out_dir, check_world_prompts
+    # lazy: loads diffusers, transformers
     from compalign.generators.world.generator import WorldGenerator
     from compalign.world.batch import verdict
 
@@ -204,8 +206,6 @@ def reno_command(
         print(f"{name}: initial {m['initial']:.4f} -> best {m['best']:.4f}")
     report = summary.get("evaluation")
     if report:
-        from compalign.io import atomic_write_json
-
         atomic_write_json(out / "evaluation.json", report)
         print(f"exact evaluator: initial {100 * report['initial']:.1f}% -> best {100 * report['best']:.1f}%")
     print(

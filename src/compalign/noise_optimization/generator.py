@@ -23,7 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..generators.base import Generator
+from ..generators.base import Generator, seeds_for
+from ..generators.registry import create_generator
+from ..rewards.objective import load_rewards, parse_objective
 from .reno import ReNOConfig, WeightedReward, optimize_noise
 
 SETTINGS = {"iterations": int, "lr": float, "grad_clip": float, "reg_weight": float, "optimizer": str}
@@ -92,7 +94,6 @@ class ReNOGenerator(Generator):
     def generate(self, prompts, seeds=None, noise=None, **settings) -> torch.Tensor:
         if noise is not None:
             raise ValueError("a ReNO generator starts from seeds (each seed's noise), not from given noise")
-        from ..generators.base import seeds_for
 
         seeds = seeds_for(len(prompts), seeds)
         result = optimize_noise(self.base, list(prompts), self.rewards, seeds, self.config, **settings)
@@ -107,10 +108,7 @@ class ReNOGenerator(Generator):
 
 def reno_factory(rest: str, device=None, dtype=None, **kwargs) -> ReNOGenerator:
     """``create_generator("reno:BASE,REWARD=W,...")``."""
-    from ..generators.registry import create_generator
-    from .cli import build_rewards
-
     base_name, reward_specs, settings = parse_reno_spec(rest)
     base = create_generator(base_name, device=device, dtype=dtype, **kwargs)
-    rewards = build_rewards(reward_specs, [], base.device)
+    rewards = load_rewards(parse_objective(reward_specs), base.device)
     return ReNOGenerator(base, rewards, ReNOConfig(progress=False, **settings), name=f"reno-{base.name}")

@@ -37,7 +37,7 @@ def free_memory(device: torch.device | str) -> int | None:
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type == "cpu":
         try:
-            import psutil
+            import psutil  # lazy: psutil is optional
 
             return int(psutil.virtual_memory().available)
         except ImportError:

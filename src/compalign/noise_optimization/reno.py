@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..generators.base import Generator, noise_for_seeds
 from ..rewards.objective import WeightedReward
+from .memory import resolve_auto
 
 __all__ = ["ReNOConfig", "ReNOResult", "WeightedReward", "chi_regularizer", "optimize_noise"]
 
@@ -166,8 +167,6 @@ def optimize_noise(
     noise.requires_grad_(config.search == "reno")
     optimizer = _make_optimizer(config, [noise]) if config.search == "reno" else None
     if config.search == "reno" and getattr(generator, "checkpoint_mode", "off") == "auto":
-        from .memory import resolve_auto
-
         resolve_auto(generator, optimized, prompts, noise)
 
     best_loss = torch.full((b,), math.inf)

@@ -21,6 +21,7 @@ skipped, so an interrupted run continues.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json
+from ..plots import Cell, image_grid, pyplot, save_figure, wrap
+from ..world.io import ImageEntry, Manifest, write_manifest
+from ..world.suites import CATEGORIES
 from .reno import ReNOConfig, WeightedReward, optimize_noise
 from .tasks import TaskItem, write_geneval_metadata
 
@@ -49,8 +53,6 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def _to_png_bytes(image: torch.Tensor) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(_to_uint8(image)).save(buf, format="PNG")
     return buf.getvalue()
@@ -163,8 +165,6 @@ def _write_item(out: Path, it: TaskItem, res, b: int, save_iterations: bool, jud
 
 def write_manifests(out: Path, items: Sequence[TaskItem]) -> None:
     """``manifest.json`` of the best images in `out` and of the initial ones in ``_initial/``."""
-    from ..world.io import ImageEntry, Manifest, write_manifest
-    from ..world.suites import CATEGORIES
 
     done = [it for it in items if _done(out, it)]
     if not done:
@@ -232,7 +232,6 @@ def write_summary(out: Path, items, rewards, config, run_info: dict | None = Non
 
 def plot_rewards(logs: list[dict], names: list[str], path: Path) -> None:
     """Mean (and per-item, faint) reward per iteration, one panel per reward."""
-    from ..plots import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
@@ -253,7 +252,6 @@ def plot_rewards(logs: list[dict], names: list[str], path: Path) -> None:
 def save_before_after(out: Path, logs: list[dict], names: list[str], search: str, total: int) -> Path:
     """``before_after.png``: per item (columns) the initial image above the best one, each with
     its prompt, seed and rewards; a green / red frame where the exact evaluator judged it."""
-    from ..plots import Cell, image_grid, wrap
 
     rows: list[list[Cell]] = [[], []]
     for lg in logs:

@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compalign.world.suites import load_suite
+
 from ..io import atomic_write_text
 
 KINDS = ("prompt", "file", "suite", "geneval", "parti", "t2i-compbench")
@@ -122,8 +124,6 @@ def build_task(
     if kind == "file":
         return _plain(_read_lines(Path(source))[:limit], seeds)
     if kind == "suite":
-        from compalign.world.suites import load_suite
-
         try:
             prompts = load_suite(str(source), split)
         except KeyError as e:

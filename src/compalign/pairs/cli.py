@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .._cli import fail
+from ..gallery.format import GalleryError
 
 
 def pairs_command(
@@ -27,8 +28,7 @@ def pairs_command(
 ) -> None:
     """Every ranked (better, worse) pair of every record -> one JSONL line; ties are skipped; the
     split (train / heldout) goes by prompt, never by pair."""
-    from ..gallery.format import GalleryError
-    from .make import make_pairs
+    from .make import make_pairs  # lazy: loads scipy (compalign.world)
 
     try:
         per_aspect = make_pairs(galleries, out, paths, decided_only)

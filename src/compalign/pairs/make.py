@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..gallery.format import Gallery, GalleryError, gallery_dir, load_gallery
+from ..io import atomic_write_text
 from ..ranking.order import ranked_pairs
+from ..world.grammar import PromptError, parse_prompt
+from ..world.suites import is_heldout
 
 OTHER_HELDOUT_FRACTION = 0.10
 
 
 def prompt_split(prompt: str) -> str:
     """``heldout`` / ``train`` for a prompt (world prompts by the suites' rule, others by hash)."""
-    from ..world.grammar import PromptError, parse_prompt
-    from ..world.suites import is_heldout
 
     try:
         scene = parse_prompt(prompt)
@@ -69,8 +71,6 @@ def gallery_pairs(
     def where(p: str) -> str:
         f = (g.root / p).resolve()
         if paths == "relative" and out_dir is not None:
-            import os
-
             return Path(os.path.relpath(f, out_dir.resolve())).as_posix()
         return str(f)
 
@@ -112,7 +112,6 @@ def make_pairs(
 ) -> dict[str, dict]:
     """Write the pairs of every gallery to `out` (JSONL, atomically); returns counts per aspect.
     `decided_only`: leave out the pairs only a tie-break ordered (see ``decided_by``)."""
-    from ..io import atomic_write_text
 
     if paths not in ("absolute", "relative"):
         raise GalleryError(f"unknown --paths {paths!r}; expected absolute or relative")

@@ -54,7 +54,7 @@ def auto_command(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:
     """Rank every record's images by a judge and write the rank lists (ties kept in the sidecar)."""
-    from .auto import rank_gallery
+    from .auto import rank_gallery  # lazy: loads scipy (compalign.world)
 
     try:
         g = load_gallery(gallery_dir(gallery))
@@ -97,7 +97,7 @@ def serve_command(
     """Serve the web tool for people to rank the gallery (rankings go to GALLERY/rankings.sqlite).
 
     Off loopback (e.g. --host 0.0.0.0) every request needs the token of the printed link."""
-    from .server import LOOPBACK, make_server
+    from .server import LOOPBACK, make_server  # lazy: http.server adds ~20 ms to `compalign --help`
 
     if not 0 <= port <= 65535:
         fail(f"--port must be in 0..65535, got {port}")
@@ -124,7 +124,7 @@ def serve_command(
 def export_command(gallery: GalleryArg) -> None:
     """Write people's rankings into gallery.json (Borda count over annotators, ties explicit) and
     print the agreement (mean pairwise Kendall tau-b over shared records)."""
-    from .people import export_people, open_store
+    from .people import export_people, open_store  # lazy: sqlite3 and http.server (as above)
     from .store import DB_FILE
 
     try:

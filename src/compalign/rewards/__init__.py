@@ -7,7 +7,8 @@
 - `create_reward`, `list_rewards`, `register_reward` (``registry.py``): rewards by name.
 
 The exact world evaluator is the judge of every figure and is never used as a reward.
-Attributes are imported lazily so that the command line starts without loading torch.
+Attributes are imported on first use: the training configs (``rewards.*.config``) load without
+torch, and `WorldCLIPReward`'s module loads diffusers and transformers.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ __all__ = ["Reward", "WorldCLIPReward", "check_inputs", "create_reward", "list_r
 
 
 def __getattr__(name: str):
+    # lazy: `import compalign.rewards.<x>.config` runs this package's __init__, and must not load torch
     if name in ("Reward", "check_inputs"):
         from . import base
 
         return getattr(base, name)
     if name == "WorldCLIPReward":
-        from .world_clip import reward
+        from .world_clip.reward import WorldCLIPReward  # lazy: loads diffusers and transformers
 
-        return reward.WorldCLIPReward
+        return WorldCLIPReward
     if name in ("create_reward", "list_rewards", "register_reward"):
         from . import registry
 

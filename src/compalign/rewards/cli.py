@@ -12,6 +12,7 @@ Bad input ends with a one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ import typer
 from compalign._cli import fail as _fail
 from compalign._cli import note as _note
 from compalign.config_cli import Opt, config_options, path_str
+from compalign.io import atomic_write_json
 
 from .composition.config import RewardTrainConfig
 from .world_clip.config import WorldCLIPTrainConfig
@@ -58,6 +60,7 @@ def train_world_clip_command(
     """Train the world CLIP on the scene pool (InfoNCE + hard negatives); resumes when possible."""
     if fields["seed"] < 0:
         _fail(f"--seed must be >= 0, got {fields['seed']}")
+    # lazy: loads diffusers, transformers
     from .world_clip.train import export_world_clip, folder_size, train_world_clip
 
     try:
@@ -79,7 +82,7 @@ def train_world_clip_command(
         f"stopped by {record['stopped_by']})"
     )
     if record.get("evaluation"):
-        from .world_clip.evaluate import format_eval_table
+        from .world_clip.evaluate import format_eval_table  # lazy: loads diffusers, transformers
 
         print(format_eval_table(record["evaluation"]))
     if export:
@@ -102,7 +105,7 @@ def eval_world_clip_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the report (JSON).")] = None,
 ) -> None:
     """Pairwise and top-1 accuracy of a world CLIP against hard negatives, per category."""
-    from compalign.world.suites import SPLITS
+    from compalign.world.suites import SPLITS  # lazy: loads scipy (compalign.world)
 
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
@@ -112,6 +115,7 @@ def eval_world_clip_command(
         _fail("--per-category and --negatives must be >= 1")
     if out is not None and out.is_dir():
         _fail(f"{out}: --out must be a file name, and a folder of that name exists")
+    # lazy: loads diffusers, transformers
     from .world_clip.evaluate import evaluate_world_clip, save_report
     from .world_clip.reward import RewardNotTrainedError
 
@@ -141,7 +145,7 @@ _ASPECT_ALIASES = {
 
 
 def _aspect(value: str) -> str:
-    from compalign.world.suites import ASPECTS
+    from compalign.world.suites import ASPECTS  # lazy: loads scipy (compalign.world)
 
     aspect = _ASPECT_ALIASES.get(value, value)
     if aspect not in ASPECTS:
@@ -193,6 +197,7 @@ def train_reward_command(
     if fields["seed"] < 0:
         _fail(f"--seed must be >= 0, got {fields['seed']}")
     aspect, backbone = fields["aspect"], fields["backbone"]
+    # lazy: loads diffusers, transformers
     from .composition.data import PairsFileError
     from .composition.train import export_reward_model, train_reward_model
     from .world_clip.reward import RewardNotTrainedError
@@ -204,7 +209,7 @@ def train_reward_command(
         _fail(str(e))
     if export is not None and (not export or "/" in export or export.startswith(".")):
         _fail(f"--export must be a plain folder name, got {export!r}")
-    from .composition.model import SHIPPED
+    from .composition.model import SHIPPED  # lazy: loads diffusers, transformers
 
     if export in SHIPPED and SHIPPED[export] != aspect:
         _fail(f"--export {export} is the {SHIPPED[export]} model; this run trains {aspect}")
@@ -216,7 +221,6 @@ def train_reward_command(
     if final is None:
         _note(f"stopped; resume with the same command (checkpoints in {config.run_dir / 'checkpoints'})")
         raise typer.Exit(1)
-    import os
 
     if int(os.environ.get("RANK", "0")) != 0:  # several processes (accelerate / torchrun): one reports
         return
@@ -267,6 +271,7 @@ def eval_reward_command(
     if out is not None and out.is_dir():
         _fail(f"{out}: --out must be a file name, and a folder of that name exists")
     aspect = _aspect(aspect) if aspect is not None else None
+    # lazy: loads diffusers, transformers
     from .composition.backbones import list_backbones
     from .composition.data import PairsFileError
     from .composition.evaluate import evaluate_reward_on_pairs, format_report
@@ -289,8 +294,6 @@ def eval_reward_command(
         _fail(e.args[0] if e.args else str(e))
     print(format_report(report))
     if out is not None:
-        from compalign.io import atomic_write_json
-
         atomic_write_json(out, report)
         _note(f"report: {out}")
 

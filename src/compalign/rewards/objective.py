@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .registry import create_reward, factory_accepts, list_rewards, reward_class, reward_factory
+
 WORLD_DEFAULT_REWARDS = ["world-clip=1"]
 """The rewards of a world model when none are given."""
 REAL_DEFAULT_REWARDS = ["hpsv2=5", "imagereward=1", "pickscore=0.05"]
@@ -45,8 +47,6 @@ def parse_reward_spec(text: str) -> tuple[str, float]:
     if not name:
         raise ValueError(f"reward {text!r}: expected NAME=WEIGHT")
     if not sep:
-        from .registry import reward_class
-
         cls = reward_class(name.split(":", 1)[0])
         return name, float(getattr(cls, "default_weight", 1.0)) if cls is not None else 1.0
     try:
@@ -122,8 +122,6 @@ def objective_from_weights(
 
 def check_reward_names(terms: Iterable[RewardTerm]) -> None:
     """A ValueError naming the first term whose reward is not registered."""
-    from .registry import list_rewards
-
     known = list_rewards()
     for t in terms:
         name = t.spec.split(":", 1)[0]
@@ -152,15 +150,23 @@ class WeightedReward:
 
 
 def load_rewards(terms: Iterable[RewardTerm], device: Any, world_clip_scaled: bool = False) -> list:
-    """The `WeightedReward` of every term but those switched off (weight 0: not even loaded).
-    `world_clip_scaled`: the world CLIP's scores scaled as its logits."""
-    from .registry import create_reward
-
+    """The `WeightedReward` of every term but those switched off (weight 0: not even loaded), each
+    reward frozen on `device` (a factory that takes no `device` builds it, then it is moved).
+    `world_clip_scaled`: the world CLIP's scores scaled as its logits. A reward that is unknown,
+    not trained or missing its weights is a one-line ValueError."""
     out = []
     for t in terms:
         if t.optimize and t.weight == 0:
             continue
-        kw = {"scaled": True} if world_clip_scaled and t.spec.split(":")[0] == "world-clip" else {}
-        reward = create_reward(t.spec, device=device, **kw)
+        name = t.spec.split(":", 1)[0]
+        kw = {"scaled": True} if world_clip_scaled and name == "world-clip" else {}
+        try:
+            if factory_accepts(reward_factory(name), "device"):
+                kw["device"] = device
+            reward = create_reward(t.spec, **kw).to(device)
+        except (LookupError, ImportError, OSError) as e:  # unknown, not trained, missing weights
+            raise ValueError(f"reward {t.spec!r}: {e}") from e
+        reward.eval()
+        reward.requires_grad_(False)
         out.append(WeightedReward(t.spec, reward, t.weight, t.active, t.cap))
     return out

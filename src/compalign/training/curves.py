@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compalign.io import atomic_path
+
 
 def read_log(path: str | Path) -> list[dict]:
     """The lines of a ``log.jsonl`` ([] when there is none)."""
@@ -37,12 +39,10 @@ class Panel:
 
 def plot_panels(panels: list[Panel], out: str | Path, figsize=(10, 3.6), dpi: int = 100) -> Path:
     """Draw `panels` side by side into the PNG `out` (written atomically)."""
-    import matplotlib
+    import matplotlib  # lazy: loads matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from compalign.io import atomic_path
+    import matplotlib.pyplot as plt  # lazy: loads matplotlib
 
     fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):

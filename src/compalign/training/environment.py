@@ -14,6 +14,7 @@ import torch
 def make_accelerator(mixed_precision: str = "no", device: str | None = None):
     """A fresh `accelerate.Accelerator` (several runs may follow each other in one process);
     ``device="cpu"`` forces the CPU."""
+    # lazy: loads accelerate
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 

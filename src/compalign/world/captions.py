@@ -71,6 +71,7 @@ from .grammar import (
     Scene,
     to_prompt,
 )
+from .suites import is_heldout
 
 MAX_REDRAWS = 16
 
@@ -244,7 +245,6 @@ def web_caption(
     `rates`: a `WebCaptionRates` or a preset name. With `avoid_heldout`, a caption held out by
     `is_heldout` is redrawn (up to `MAX_REDRAWS` times), then replaced by the exact prompt.
     """
-    from .suites import is_heldout  # suites imports the grammar only; kept local to stay light
 
     if isinstance(rates, str):
         rates = create_caption_rates(rates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compalign.cache import cache_dir, scene_pool_dir
+from compalign.generators.world import data as scene_data
 from compalign.generators.world.data import ScenePool
 
 
@@ -39,7 +40,7 @@ def test_build_says_where_and_moves_every_shard(monkeypatch, tmp_path, capsys):
         def __init__(self, *args, **kw):
             super().__init__(*args, **{**kw, "mininterval": 0, "miniters": 1})
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", EveryUpdate)
+    monkeypatch.setattr(scene_data, "tqdm", EveryUpdate)  # the name the scene pool draws its bar with
     pool = ScenePool(tmp_path / "p", ["colors"], per_category=6, shard_size=2)
     assert pool.build(progress=True) > 0
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ from .onestep import OneStepGenerator
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] -> [B, h/2 * w/2, 4C] (FluxPipeline._pack_latents)."""
-    from diffusers import FluxPipeline
+    from diffusers import FluxPipeline  # lazy: loads diffusers
 
     b, c, h, w = latents.shape
     return FluxPipeline._pack_latents(latents, b, c, h, w)
@@ -64,6 +64,7 @@ class FluxSchnellGenerator(OneStepGenerator):
         """(sigmas [steps + 1] ending in 0, timesteps [steps]) as `FluxPipeline` sets them."""
         key = (steps, seq_len)
         if key not in self._schedules:
+            # lazy: loads diffusers
             from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
             sched = self.pipe.scheduler
@@ -82,7 +83,7 @@ class FluxSchnellGenerator(OneStepGenerator):
         return sig.to(self.device), ts.to(self.device)
 
     def _denoise(self, z, cond, guidance_scale, timestep, steps):
-        from diffusers import FluxPipeline
+        from diffusers import FluxPipeline  # lazy: loads diffusers
 
         tr = self.pipe.transformer
         b, _, h, w = z.shape

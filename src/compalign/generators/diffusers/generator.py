@@ -80,7 +80,7 @@ class DiffusersGenerator(Generator):
         """The diffusers pipeline for `source`; consumes the loading options it knows from `options`
         (here ``vae``: a replacement VAE, repo id / folder / module); `components` go to
         `from_pretrained` (modules replacing the pipeline's, or its init arguments)."""
-        import diffusers
+        import diffusers  # lazy: loads diffusers
 
         vae = options.pop("vae", None)
         if vae is not None:

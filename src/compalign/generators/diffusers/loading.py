@@ -95,7 +95,7 @@ def load_model(model_cls, source: str | Path, subfolder: str | None, dtype: torc
 def load_vae(source: str | Path, dtype: torch.dtype, **kwargs):
     """An `AutoencoderKL` from a folder/repo holding it at its root (``madebyollin/sdxl-vae-fp16-fix``)
     or in a ``vae`` subfolder (a whole pipeline)."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: loads diffusers
 
     kwargs = {k: v for k, v in kwargs.items() if k != "variant"}  # VAE repos rarely ship variants
     if is_local(source):

@@ -38,7 +38,7 @@ class PixArtDMDGenerator(OneStepGenerator):
     default_guidance = 1.0
 
     def __init__(self, pipe, *args, max_sequence_length: int = 120, **kwargs):
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # lazy: loads diffusers
 
         if not isinstance(pipe.scheduler, DDPMScheduler):
             pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -47,7 +47,7 @@ class PixArtDMDGenerator(OneStepGenerator):
 
     @classmethod
     def load(cls, source, dtype, hub, options, **components):
-        from diffusers import DDPMScheduler, PixArtTransformer2DModel
+        from diffusers import DDPMScheduler, PixArtTransformer2DModel  # lazy: loads diffusers
 
         swap = options.pop("transformer", "auto")
         if swap == "auto":

@@ -45,7 +45,7 @@ def vp_sample(scheduler, noise: torch.Tensor, t: int) -> torch.Tensor:
     ``noise * init_noise_sigma`` in sigma form and feed the model ``x / sqrt(sigma^2 + 1)``: with
     ``linspace`` / ``trailing`` spacing `init_noise_sigma` is sigma_t itself, so the VP latent is
     ``noise * sqrt(1 - abar_t)`` (``leading``: sqrt(sigma^2 + 1), the VP latent is the noise)."""
-    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler  # lazy: loads diffusers
 
     if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
         if scheduler.config.timestep_spacing in ("linspace", "trailing"):

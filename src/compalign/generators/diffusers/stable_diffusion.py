@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
 
 from .loading import hub_kwargs, is_local
 from .multistep import PipelineGenerator
@@ -59,7 +61,7 @@ class SDTurboGenerator(OneStepGenerator):
     default_guidance = 0.0
 
     def __init__(self, pipe, *args, **kwargs):
-        from diffusers import EulerAncestralDiscreteScheduler
+        from diffusers import EulerAncestralDiscreteScheduler  # lazy: loads diffusers
 
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
             pipe.scheduler.config, timestep_spacing="trailing"
@@ -152,7 +154,7 @@ class SDXLTurboGenerator(_SDXLOneStep):
     default_guidance = 0.0
 
     def __init__(self, pipe, *args, **kwargs):
-        from diffusers import EulerAncestralDiscreteScheduler
+        from diffusers import EulerAncestralDiscreteScheduler  # lazy: loads diffusers
 
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
             pipe.scheduler.config, timestep_spacing="trailing"
@@ -173,7 +175,6 @@ def resolve_file(spec: str | Path, hub: dict) -> Path:
     parts = str(spec).split("/")
     if len(parts) < 3:
         raise FileNotFoundError(f"{spec} is neither a file nor 'owner/repo/filename' on the hub")
-    from huggingface_hub import hf_hub_download
 
     keep = {k: hub[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in hub}
     return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), **keep))
@@ -195,14 +196,14 @@ class HyperSDXLGenerator(_SDXLOneStep):
     vae_needs_fp32 = True
 
     def __init__(self, pipe, *args, **kwargs):
-        from diffusers import LCMScheduler
+        from diffusers import LCMScheduler  # lazy: loads diffusers
 
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
         super().__init__(pipe, *args, **kwargs)
 
     @classmethod
     def load(cls, source, dtype, hub, options, **components):
-        from diffusers import UNet2DConditionModel
+        from diffusers import UNet2DConditionModel  # lazy: loads diffusers
 
         weights = options.pop("unet_weights", "auto")
         if weights == "auto":
@@ -212,8 +213,7 @@ class HyperSDXLGenerator(_SDXLOneStep):
             else:
                 weights = f"{HYPER_REPO}/{HYPER_FILE}"
         if weights is not None:
-            from accelerate import init_empty_weights
-            from safetensors.torch import load_file
+            from accelerate import init_empty_weights  # lazy: loads accelerate
 
             cfg_hub = {
                 k: v for k, v in hub_kwargs(source, hub).items() if k not in ("variant", "use_safetensors")

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from compalign.cache import scene_pool_dir
 from compalign.world.captions import list_caption_presets
 from compalign.world.suites import CATEGORIES
 
@@ -175,8 +176,6 @@ class WorldTrainConfig(DictConfig):
 
     @property
     def pool_root(self) -> Path:
-        from compalign.cache import scene_pool_dir
-
         return Path(self.pool_dir) if self.pool_dir else scene_pool_dir()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
+from compalign.cache import scene_pool_dir
 from compalign.world.captions import WebCaptionRates, create_caption_rates, web_caption
 from compalign.world.grammar import parse_prompt, to_prompt
 from compalign.world.layout import LayoutError, sample_layout
@@ -211,8 +214,6 @@ class ScenePool:
         self.categories = list(categories or CATEGORIES)
         self.per_category, self.shard_size, self.data_seed = per_category, shard_size, data_seed
         if root is None:
-            from compalign.cache import scene_pool_dir
-
             root = scene_pool_dir()
         self.dir = Path(root) / world_fingerprint() / f"seed{data_seed}"
         self._data: dict[str, tuple[np.ndarray, list[str]]] | None = None
@@ -236,9 +237,6 @@ class ScenePool:
         shards locked by another process are waited for (a lock older than `stale_lock_s` is
         taken over: its builder died).
         """
-        import sys
-
-        from tqdm.auto import tqdm
 
         missing = self.missing()
         if not missing:

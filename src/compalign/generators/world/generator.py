@@ -18,6 +18,7 @@ RECORD_FILE = "training.json"
 @contextmanager
 def quiet_loading():
     """Silence diffusers' and transformers' loading progress bars, restoring their state."""
+    # lazy: loads diffusers, transformers
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -34,7 +35,7 @@ def quiet_loading():
 
 def dtype_kwarg() -> str:
     """The name of the dtype argument of diffusers' ``from_pretrained`` (``dtype`` or ``torch_dtype``)."""
-    from diffusers.pipelines import pipeline_utils
+    from diffusers.pipelines import pipeline_utils  # lazy: loads diffusers
 
     # diffusers >= 0.36 renamed `torch_dtype` to `dtype` (the old name warns)
     return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"

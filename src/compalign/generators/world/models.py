@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..._config import DictConfig
 from ...training import count_parameters
+from .dit import WorldDiT
 from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
 
 IMAGE_SIZE = 32
@@ -119,7 +120,7 @@ def build_unet(arch: WorldArch):
     """The denoiser of `arch`: a `UNet2DConditionModel` or a `WorldDiT` (the pipeline's ``unet``)."""
     if arch.denoiser == "dit":
         return build_dit(arch)
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # lazy: loads diffusers
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in arch.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(arch.attention_levels))
@@ -142,8 +143,6 @@ def build_unet(arch: WorldArch):
 
 
 def build_dit(arch: WorldArch):
-    from .dit import WorldDiT
-
     channels = IMAGE_CHANNELS * arch.patch_size**2
     return WorldDiT(
         sample_size=IMAGE_SIZE // arch.patch_size,
@@ -163,7 +162,7 @@ def build_dit(arch: WorldArch):
 def build_text_encoder(arch: WorldArch):
     vocab = build_vocab()
     if arch.text_encoder == "clip":
-        from transformers import CLIPTextConfig, CLIPTextModel
+        from transformers import CLIPTextConfig, CLIPTextModel  # lazy: loads transformers
 
         cfg = CLIPTextConfig(
             vocab_size=len(vocab),
@@ -177,7 +176,7 @@ def build_text_encoder(arch: WorldArch):
             eos_token_id=vocab["<eos>"],
         )
         return CLIPTextModel(cfg)
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # lazy: loads transformers
 
     cfg = T5Config(
         vocab_size=len(vocab),
@@ -207,6 +206,7 @@ def scheduler_config(arch: WorldArch) -> dict:
 
 def build_sampler(arch: WorldArch):
     """The inference scheduler shipped in the pipeline (deterministic samplers only)."""
+    # lazy: loads diffusers
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     common = scheduler_config(arch)
@@ -221,7 +221,7 @@ def build_sampler(arch: WorldArch):
 
 def build_training_scheduler(config: dict):
     """The DDPM scheduler used for training (add_noise, get_velocity) from any scheduler config."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # lazy: loads diffusers
 
     keep = ("num_train_timesteps", "beta_schedule", "prediction_type", "beta_start", "beta_end")
     return DDPMScheduler(**{k: config[k] for k in keep if k in config})

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from PIL import Image
 
 from ..base import noise_for_seeds
 from . import dit as _dit  # noqa: F401  (imported, so from_pretrained can load a saved WorldDiT)
@@ -201,7 +202,6 @@ class WorldPipeline(DiffusionPipeline):
 
 def to_pil_images(images: torch.Tensor):
     """`[B, 3, H, W]` in `[0, 1]` -> list of PIL images."""
-    from PIL import Image
 
     arr = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     return [Image.fromarray(a) for a in arr]

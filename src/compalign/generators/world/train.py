@@ -56,9 +56,10 @@ from ...training import (
     versions,
 )
 from ..base import noise_for_seeds
-from .config import RUNTIME_FIELDS, WorldTrainConfig
+from ..registry import create_generator, pipeline_dir, weights_root
+from .config import RUNTIME_FIELDS, WorldTrainConfig, create_preset
 from .data import ScenePool, batches, make_batch
-from .generator import RECORD_FILE, quiet_loading
+from .generator import RECORD_FILE, load_pipeline, quiet_loading
 from .models import build_components, build_training_scheduler, count_parameters
 from .pipeline import WorldPipeline
 from .tokenizer import tokenize
@@ -137,7 +138,7 @@ def _new_pipeline(config: WorldTrainConfig) -> WorldPipeline:
 
 
 def _student_pipeline(config: WorldTrainConfig, teacher: WorldPipeline) -> WorldPipeline:
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # lazy: loads diffusers
 
     sched = DDIMScheduler(
         **scheduler_config_from(teacher.scheduler.config),
@@ -161,7 +162,6 @@ def _student_pipeline(config: WorldTrainConfig, teacher: WorldPipeline) -> World
 
 def _init_weights(pipe: WorldPipeline, source: str) -> None:
     """Copy the UNet and text-encoder weights of a saved pipeline into `pipe` (strict)."""
-    from ..registry import create_generator
 
     other = create_generator(source, device="cpu").pipe
     for name in ("unet", "text_encoder"):
@@ -175,7 +175,6 @@ def _init_weights(pipe: WorldPipeline, source: str) -> None:
 def init_record(source: str | None) -> dict | None:
     if not source:
         return None
-    from ..registry import pipeline_dir
 
     d = pipeline_dir(Path(source)) if Path(source).exists() else None
     rec = (d / RECORD_FILE) if d is not None else None
@@ -191,7 +190,6 @@ def preset_pipeline(config: WorldTrainConfig | str) -> WorldPipeline:
     """A randomly initialised pipeline with a preset's architecture and sampler settings (the
     compute of the trained model; for benchmarks and tests). A distill preset gets its teacher's
     preset architecture with the student's sampler."""
-    from .config import create_preset
 
     if isinstance(config, str):
         config = create_preset(config)
@@ -238,7 +236,6 @@ def resolve_teacher(config: WorldTrainConfig) -> str:
     """The teacher as a folder when one exists: a path, or the sibling run ``<runs>/<teacher>``
     of this run (so ``world-onestep`` finds ``runs/world-base`` before it is shipped); else the
     name of a shipped model."""
-    from ..registry import pipeline_dir
 
     for cand in (Path(config.teacher), config.run_dir.parent / config.teacher):
         if cand.exists() and pipeline_dir(cand) is not None:
@@ -247,8 +244,6 @@ def resolve_teacher(config: WorldTrainConfig) -> str:
 
 
 def _load_teacher(config: WorldTrainConfig, device) -> tuple[WorldPipeline, str]:
-    from ..registry import create_generator
-
     source = resolve_teacher(config)
     gen = create_generator(source, device=device)
     return gen.pipe, source
@@ -597,8 +592,6 @@ def export_model(
     dtype: torch.dtype = torch.float16,
 ) -> Path:
     """Copy a finished run (or pipeline folder) into the package weights as `name`, in fp16."""
-    from ..registry import pipeline_dir, weights_root
-    from .generator import load_pipeline
 
     src = pipeline_dir(Path(source))
     if src is None:

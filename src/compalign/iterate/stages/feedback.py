@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 
 from ...feedback.config import FeedbackConfig
+from ...feedback.train import feedback_config_diff, train_feedback
 from ..config import base_name
 from ..state import IterateError, IterateInterrupted, plain
 from ..workspace import Workspace
@@ -49,8 +50,6 @@ def feedback_config(ws: Workspace, k: int) -> FeedbackConfig:
 
 
 def run(ws: Workspace, k: int) -> dict:
-    from ...feedback.train import feedback_config_diff, train_feedback
-
     c = ws.config
     config = feedback_config(ws, k)
     base = ws.base_dir(k)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import torch
+
 from ...gallery.generate import default_model_name
+from ...generators import create_generator
 from ...io import atomic_write_json
+from ...noise_optimization.reno import optimize_noise
 from ...rewards.objective import load_rewards
 from ..config import base_name
 from ..eval_store import cached_eval, eval_key, evaluate_model
@@ -36,7 +40,6 @@ def settings(ws: Workspace, k: int) -> dict:
 def _generator(ws: Workspace, k: int):
     """(name, spec, generator, note) of the generator ReNO runs on: the new base when it is
     one/two-step, else `reno_model`."""
-    from ...generators import create_generator
 
     c = ws.config
     base = ws.base_dir(k)
@@ -115,9 +118,6 @@ def run(ws: Workspace, k: int) -> dict:
 
 def _with_reno(ws: Workspace, k: int, name: str, spec: str, gen, per_cat: int) -> dict:
     """The evaluation of `gen` with ReNO on every batch (and the mean weighted reward loss)."""
-    import torch
-
-    from ...noise_optimization.reno import optimize_noise
 
     c = ws.config
     weighted = load_rewards(c.objective({a: ws.reward_model(k, a) for a in c.aspects}, reno=True), gen.device)

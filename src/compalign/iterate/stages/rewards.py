@@ -8,6 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...rewards.composition.data import PairsFileError
+from ...rewards.composition.evaluate import evaluate_reward_on_pairs
+from ...rewards.composition.model import RECORD_FILE, CompositionRewardModel
+from ...rewards.composition.train import reward_config_diff, train_reward_model
 from ..state import IterateError, IterateInterrupted, plain
 from ..workspace import Workspace
 
@@ -35,9 +38,6 @@ def reward_config(ws: Workspace, k: int, aspect: str):
 
 
 def run(ws: Workspace, k: int) -> dict:
-    from ...rewards.composition.model import RECORD_FILE
-    from ...rewards.composition.train import reward_config_diff, train_reward_model
-
     out = {}
     for aspect in ws.config.aspects:
         config = reward_config(ws, k, aspect)
@@ -86,9 +86,6 @@ def _summary(ws: Workspace, k: int, aspect: str, final: Path, record: dict) -> d
         "spearman_vs_evaluator": None,
     }
     if out["heldout_pairs"]:
-        from ...rewards.composition.evaluate import evaluate_reward_on_pairs
-        from ...rewards.composition.model import CompositionRewardModel
-
         model = CompositionRewardModel.from_pretrained(final, device=ws.config.device or "cpu", frozen=True)
         rep = evaluate_reward_on_pairs(
             model,

@@ -16,6 +16,8 @@ Attributes are imported lazily (the command line starts without torch).
 
 from __future__ import annotations
 
+import importlib
+
 _EXPORTS = {
     "CompositionRewardModel": "model",
     "SHIPPED": "model",
@@ -39,7 +41,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,10 +36,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from compalign.generators.world.tokenizer import MAX_LENGTH
+
 from ..real.clip_score import CLIPScoreReward
 from ..real.common import MLPHead
 from ..real.image_reward import ImageRewardReward
 from ..real.preprocess import PreprocessConfig, clip_preprocess
+from ..world_clip.model import IMAGE_SIZE, WorldCLIPModel, eos_positions, quiet_transformers
+from ..world_clip.reward import resolve_model_dir
 from .folder import BACKBONE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_weights, saved_model_dir
 
 # transformers and the world CLIP (which loads transformers) are imported where a backbone is built
@@ -49,9 +53,9 @@ TOKENIZER_DIR = "tokenizer"
 
 def _no_init_weights():
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights  # lazy: loads transformers
     except ImportError:  # pragma: no cover - transformers 4.x
-        from transformers.modeling_utils import no_init_weights
+        from transformers.modeling_utils import no_init_weights  # lazy: loads transformers
     return no_init_weights()
 
 
@@ -253,9 +257,6 @@ class WorldCLIPBackbone(_DualEncoder):
 
     @classmethod
     def from_spec(cls, source: str | None = None) -> WorldCLIPBackbone:
-        from ..world_clip.model import WorldCLIPModel
-        from ..world_clip.reward import resolve_model_dir
-
         folder = resolve_model_dir(source or "world-clip")
         return cls(WorldCLIPModel.from_pretrained(folder), source=source or "world-clip")
 
@@ -264,8 +265,6 @@ class WorldCLIPBackbone(_DualEncoder):
 
     @property
     def input_size(self) -> int:
-        from ..world_clip.model import IMAGE_SIZE
-
         return IMAGE_SIZE
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
@@ -294,15 +293,11 @@ class WorldCLIPBackbone(_DualEncoder):
         self.model.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
 
     def text_window(self):
-        from compalign.generators.world.tokenizer import MAX_LENGTH
-
         return self.model.tokenizer, MAX_LENGTH
 
     @classmethod
     def from_config(cls, config: dict, folder: Path, source: str) -> WorldCLIPBackbone:
-        from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
-
-        from ..world_clip.model import WorldCLIPModel, quiet_transformers
+        from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast  # lazy: loads transformers
 
         with quiet_transformers():
             tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / TOKENIZER_DIR)
@@ -377,8 +372,6 @@ class WorldBlipBackbone(WorldCLIPBackbone):
         return FusionHead(self.embed_dim, hidden, init_scale=scale, extra=width, image_block=image_block)
 
     def features(self, images, prompts):
-        from ..world_clip.model import eos_positions
-
         m, clip = self.model, self.model.clip
         vis = clip.vision_model(pixel_values=self.pixels(images))
         patches = self.memory_proj(vis.last_hidden_state)  # [B, 1 + patches, W]
@@ -450,7 +443,7 @@ class CLIPBackbone(_DualEncoder):
 
     @classmethod
     def from_config(cls, config: dict, folder: Path, source: str) -> CLIPBackbone:
-        from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+        from transformers import AutoTokenizer, CLIPConfig, CLIPModel  # lazy: loads transformers
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         with _no_init_weights():
@@ -545,6 +538,7 @@ class BlipBackbone(Backbone):
 
     @classmethod
     def from_config(cls, config: dict, folder: Path, source: str) -> BlipBackbone:
+        # lazy: loads transformers
         from transformers import (
             BertTokenizer,
             BlipTextConfig,
@@ -589,7 +583,6 @@ def create_backbone(spec: str | Backbone) -> Backbone:
     or a `Backbone` (returned as is) or a `WorldCLIPModel` (wrapped)."""
     if isinstance(spec, Backbone):
         return spec
-    from ..world_clip.model import WorldCLIPModel
 
     if isinstance(spec, WorldCLIPModel):
         return WorldCLIPBackbone(spec)

@@ -135,7 +135,7 @@ class RewardTrainConfig(DictConfig):
     """Show a tqdm progress bar (main process)."""
 
     def __post_init__(self) -> None:
-        from compalign.world.suites import ASPECTS
+        from compalign.world.suites import ASPECTS  # lazy: loads scipy (compalign.world)
 
         self.adam_betas = tuple(self.adam_betas)
         if self.aspect not in ASPECTS:
@@ -146,7 +146,7 @@ class RewardTrainConfig(DictConfig):
         if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in self.adam_betas):
             raise ValueError(f"adam_betas must be finite numbers, got {self.adam_betas}")
         if isinstance(self.backbone, str):
-            from .backbones import list_backbones
+            from .backbones import list_backbones  # lazy: loads diffusers, transformers
 
             name = self.backbone.partition(":")[0]
             if name not in list_backbones():
@@ -182,7 +182,7 @@ class RewardTrainConfig(DictConfig):
         if self.contrastive_pool_per_category < 1:
             raise ValueError("contrastive_pool_per_category must be >= 1")
         if self.contrastive_categories is not None:
-            from compalign.world.suites import CATEGORIES
+            from compalign.world.suites import CATEGORIES  # lazy: loads scipy (compalign.world)
 
             self.contrastive_categories = list(self.contrastive_categories)
             bad = [c for c in self.contrastive_categories if c not in CATEGORIES]

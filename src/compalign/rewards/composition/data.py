@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from compalign.world.suites import ASPECTS
 
@@ -172,7 +174,6 @@ def check_split_by_prompt(pairs: list[Pair], source: str = "pairs") -> None:
 def load_image(path: Path, size: int | None) -> np.ndarray:
     """An image file as uint8 ``[S, S, 3]``: RGB, shorter side resized to `size` (bicubic) and
     center-cropped to a square (`size` None: the file's own size, which must be square)."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -200,8 +201,6 @@ class PairSet:
     """
 
     def __init__(self, pairs: list[Pair], size: int | None, progress: bool = False):
-        from tqdm.auto import tqdm
-
         self.pairs = list(pairs)
         index: dict[Path, int] = {}
         for p in self.pairs:

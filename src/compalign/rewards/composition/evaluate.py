@@ -14,11 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from compalign.world.evaluator import evaluate
+from compalign.world.grammar import PromptError, parse_prompt
+
+from .data import PairSet, read_pairs
+from .train import bt_loss, pair_accuracy, score_items
 
 
 def spearman(a, b) -> float:
     """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: loads scipy (compalign.world)
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
@@ -27,8 +34,6 @@ def spearman(a, b) -> float:
 
 
 def is_world_prompts(prompts) -> bool:
-    from compalign.world.grammar import PromptError, parse_prompt
-
     try:
         for p in set(prompts):
             parse_prompt(p)
@@ -49,8 +54,6 @@ def evaluate_reward_on_pairs(
     """Accuracy (and, for world prompts, the Spearman correlation with the exact evaluator) of
     `model` (a `CompositionRewardModel`) on the pairs of `split` (None: all) and `aspect` (None:
     the model's). `world`: None detects world prompts; False skips the correlation."""
-    from .data import PairSet, read_pairs
-    from .train import bt_loss, pair_accuracy, score_items
 
     aspect = aspect or model.aspect
     pairs = read_pairs(pairs_file, aspect=aspect, split=split)
@@ -83,10 +86,6 @@ def evaluate_reward_on_pairs(
         world = is_world_prompts(ps.prompts)
     report["world"] = bool(world)
     if world:
-        from PIL import Image
-
-        from compalign.world.evaluator import evaluate
-
         exact, keys = [], {}
         for img_idx, prompt in items:
             with Image.open(ps.paths[img_idx]) as im:

@@ -41,6 +41,7 @@ from compalign.world.suites import ASPECTS
 
 from ..base import Reward, check_inputs
 from ..real.common import resolve_dtype
+from ..world_clip.reward import RewardNotTrainedError
 from .backbones import apply_freeze_ratio, create_backbone, head_config, list_backbones, load_saved
 from .folder import (  # noqa: F401 (the folder format is part of this module's API)
     BACKBONE_DIR,
@@ -59,7 +60,6 @@ ASPECT_SHORT = {v: k.removeprefix("itercomp-") for k, v in SHIPPED.items()}
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """The model folder of a shipped name (``weights/<name>``), a model folder or a run folder
     (its ``final/``)."""
-    from ..world_clip.reward import RewardNotTrainedError  # lazy: loads transformers
 
     path = Path(name_or_path)
     for cand in (path, path / "final"):

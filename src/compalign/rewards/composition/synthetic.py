@@ -14,6 +14,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from compalign.world.grammar import parse_prompt
+from compalign.world.layout import LayoutError, sample_layout
+from compalign.world.perturb import perturb, wrong_layout
+from compalign.world.render import render, to_uint8
+from compalign.world.suites import list_categories, load_suite
 
 CORRUPTIONS = {
     "attribute_binding": ("swap_colors", "swap_shapes"),
@@ -34,13 +41,6 @@ def make_world_pairs(
 ) -> Path:
     """Write ``folder/pairs.jsonl`` and ``folder/images/*.png``: `variants` pairs (new layouts) for
     each of `n_train` train and `n_heldout` held-out prompts of `aspect`; returns the pairs file."""
-    from PIL import Image
-
-    from compalign.world.grammar import parse_prompt
-    from compalign.world.layout import LayoutError, sample_layout
-    from compalign.world.perturb import perturb, wrong_layout
-    from compalign.world.render import render, to_uint8
-    from compalign.world.suites import list_categories, load_suite
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

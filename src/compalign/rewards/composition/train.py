@@ -49,6 +49,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from compalign.cache import scene_pool_dir
+from compalign.generators.world.data import ScenePool
+from compalign.world.grammar import PromptError, parse_prompt
+from compalign.world.suites import list_categories
+
 from ...training import (
     Curve,
     Panel,
@@ -66,10 +71,19 @@ from ...training import (
     utc_now,
     versions,
 )
+from ..world_clip.train import BatchMaker, WorldCLIPTrainConfig, augment
 from .backbones import fuse
 from .config import RUNTIME_FIELDS, RewardTrainConfig  # also importable from here
 from .data import PairSet, PairsFileError, read_pairs
-from .model import RECORD_FILE, WEIGHTS_FILE, CompositionRewardModel, _load_weights
+from .model import (
+    RECORD_FILE,
+    SHIPPED,
+    WEIGHTS_FILE,
+    CompositionRewardModel,
+    _load_weights,
+    resolve_model_dir,
+    weights_root,
+)
 
 BEST = "best"
 FINAL = "final"
@@ -129,8 +143,6 @@ def reward_config_diff(a: dict, b: dict) -> list[str]:
     """Fields of two reward-training config dicts that change what a run computes and differ (a
     field missing from one, e.g. a run started before the field existed, counts as its default)."""
     return config_diff(a, b, RUNTIME_FIELDS, _config_defaults())
-
-
 
 
 @torch.no_grad()
@@ -232,11 +244,6 @@ class _ContrastiveBatches:
     function of ``(seed, rank, step)`` (pool draw, hard negatives, augmentation)."""
 
     def __init__(self, config: RewardTrainConfig, model: CompositionRewardModel, rank: int, main: bool):
-        from compalign.generators.world.data import ScenePool
-        from compalign.world.suites import list_categories
-
-        from ..world_clip.train import BatchMaker, WorldCLIPTrainConfig
-
         bb = model.backbone
         if getattr(bb, "kind", None) != "world-clip":
             raise ValueError(
@@ -244,7 +251,6 @@ class _ContrastiveBatches:
                 f"this run's backbone is {getattr(bb, 'kind', type(bb).__name__)}"
             )
         self.categories = config.contrastive_categories or list_categories(config.aspect)
-        from compalign.cache import scene_pool_dir
 
         root = config.pool_dir or scene_pool_dir()
         self.pool = ScenePool(root, self.categories, config.contrastive_pool_per_category)
@@ -259,16 +265,12 @@ class _ContrastiveBatches:
         self.aug = WorldCLIPTrainConfig(seed=seed)  # the world CLIP's own augmentation strengths
 
     def __call__(self, step: int, device: torch.device) -> dict:
-        from ..world_clip.train import augment
-
         batch = self.make(step)
         x = batch["images"].to(device).float() / 255.0  # [B, 3, 32, 32]
         return {**batch, "pixels": augment(x, self.aug, step)}
 
 
 def _augment(x: torch.Tensor, config: RewardTrainConfig, seed: int) -> torch.Tensor:
-    from ..world_clip.train import augment
-
     ns = SimpleNamespace(
         **{f.name: getattr(config, f.name) for f in fields(config) if f.name.startswith("aug_")}
     )
@@ -329,7 +331,6 @@ def _build_model(config: RewardTrainConfig, model) -> CompositionRewardModel:
 def check_world_prompts(pairs: list, source: str, backbone: str) -> None:
     """`PairsFileError` naming the first pair whose prompt is outside the world grammar (a world
     backbone's tokenizer reads only the grammar's words) and the word."""
-    from compalign.world.grammar import PromptError, parse_prompt
 
     checked: set[str] = set()
     for p in pairs:
@@ -789,7 +790,6 @@ def export_reward_model(run_or_model: str | Path, name: str, dest_root: str | Pa
     ``weights/<name>`` of the package (or `dest_root`/<name>), loadable as
     ``create_reward("composition:<name>")``. A shipped name (``itercomp-spatial``, ...) must get a
     model of its aspect."""
-    from .model import SHIPPED, resolve_model_dir, weights_root
 
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"export name must be a plain folder name, got {name!r}")

@@ -14,6 +14,8 @@ Each takes a local path or a hub id / file (downloaded on first use), ``device``
 
 from __future__ import annotations
 
+import importlib
+
 _CLASSES = {
     "CLIPScoreReward": "clip_score",
     "PickScoreReward": "pickscore",
@@ -29,7 +31,5 @@ __all__ = sorted(_CLASSES)
 
 def __getattr__(name: str):
     if name in _CLASSES:
-        import importlib
-
         return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

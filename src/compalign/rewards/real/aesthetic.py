@@ -59,7 +59,7 @@ class LaionAestheticReward(RealReward):
         local_files_only: bool = False,
     ):
         super().__init__()
-        from transformers import AutoConfig, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPVisionModelWithProjection  # lazy: loads transformers
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         if head is not None:

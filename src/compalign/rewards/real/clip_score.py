@@ -61,7 +61,7 @@ class CLIPScoreReward(RealReward):
         local_files_only: bool = False,
     ):
         super().__init__()
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel  # lazy: loads transformers
 
         model, model_local = resolve_source(model or self.default_model, f"{self.name} model")
         if processor is None:

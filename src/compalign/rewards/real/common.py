@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
 
 from ..base import Reward
 
@@ -37,7 +38,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
     """Download (or find in the cache) one file of a Hugging Face hub repository."""
-    from huggingface_hub import hf_hub_download
 
     kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, **kwargs))
@@ -172,7 +172,7 @@ class RealReward(Reward):
 
 def _is_checkpoint_layer(module: torch.nn.Module) -> bool:
     try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
+        from transformers.modeling_layers import GradientCheckpointingLayer  # lazy: loads transformers
     except ImportError:  # pragma: no cover - older transformers
         return False
     return isinstance(module, GradientCheckpointingLayer)

@@ -122,7 +122,7 @@ def _check_supported(cfg: dict, allowed: dict, where: str) -> None:
 
 def hf_clip_config_from_open_clip(model_cfg: dict):
     """The transformers ``CLIPConfig`` of an open_clip model config (standard ViT towers only)."""
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig  # lazy: loads transformers
 
     _check_supported(model_cfg, _MODEL_OK, "model")
     v, t = dict(model_cfg["vision_cfg"]), dict(model_cfg["text_cfg"])
@@ -231,12 +231,12 @@ def open_clip_to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str,
 
 def build_hf_clip_from_open_clip(state_dict: dict[str, torch.Tensor], model_cfg: dict):
     """A transformers ``CLIPModel`` holding an open_clip checkpoint (float32, eval mode)."""
-    from transformers import CLIPModel
+    from transformers import CLIPModel  # lazy: loads transformers
 
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights  # lazy: loads transformers
     except ImportError:  # pragma: no cover - transformers 4.x
-        from transformers.modeling_utils import no_init_weights
+        from transformers.modeling_utils import no_init_weights  # lazy: loads transformers
 
     config = hf_clip_config_from_open_clip(model_cfg)
     with no_init_weights():  # every weight is overwritten below
@@ -292,7 +292,7 @@ class HPSv2Reward(RealReward):
         local_files_only: bool = False,
     ):
         super().__init__()
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: loads transformers
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         folder = None

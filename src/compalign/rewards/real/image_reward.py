@@ -118,7 +118,7 @@ def blip_configs_from_checkpoint(
 ):
     """``(BlipVisionConfig, BlipTextConfig)`` from the mapped vision weights' shapes and BLIP's
     ``med_config.json``."""
-    from transformers import BlipTextConfig, BlipVisionConfig
+    from transformers import BlipTextConfig, BlipVisionConfig  # lazy: loads transformers
 
     width = int(vision_sd["embeddings.class_embedding"].shape[-1])
     patch = int(vision_sd["embeddings.patch_embedding.weight"].shape[-1])
@@ -212,12 +212,12 @@ class ImageRewardReward(RealReward):
         local_files_only: bool = False,
     ):
         super().__init__()
-        from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
+        from transformers import BertTokenizer, BlipTextModel, BlipVisionModel  # lazy: loads transformers
 
         try:
-            from transformers.initialization import no_init_weights
+            from transformers.initialization import no_init_weights  # lazy: loads transformers
         except ImportError:  # pragma: no cover - transformers 4.x
-            from transformers.modeling_utils import no_init_weights
+            from transformers.modeling_utils import no_init_weights  # lazy: loads transformers
 
         hub = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         folder = None

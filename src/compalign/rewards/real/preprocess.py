@@ -93,7 +93,7 @@ class PreprocessConfig:
             if not file.is_file():
                 raise FileNotFoundError(f"{path} has no preprocessor_config.json")
             return cls.from_processor_dict(json.loads(file.read_text()))
-        from transformers.image_processing_base import ImageProcessingMixin
+        from transformers.image_processing_base import ImageProcessingMixin  # lazy: loads transformers
 
         d, _ = ImageProcessingMixin.get_image_processor_dict(str(name_or_path), **hub_kwargs)
         return cls.from_processor_dict(d)

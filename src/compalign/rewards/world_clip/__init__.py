@@ -14,6 +14,8 @@ Attributes are imported lazily (the configs load without torch).
 
 from __future__ import annotations
 
+import importlib
+
 _EXPORTS = {
     "evaluate_world_clip": "evaluate",
     "format_eval_table": "evaluate",
@@ -32,7 +34,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

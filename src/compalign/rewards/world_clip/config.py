@@ -143,7 +143,7 @@ class WorldCLIPTrainConfig(DictConfig):
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
-        from compalign.world.suites import CATEGORIES
+        from compalign.world.suites import CATEGORIES  # lazy: loads scipy (compalign.world)
 
         if isinstance(self.arch, dict):
             self.arch = WorldCLIPArch.from_dict(self.arch)

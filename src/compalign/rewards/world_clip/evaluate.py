@@ -13,14 +13,23 @@ Pairwise accuracy is also reported per edit kind (over all categories).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from compalign.io import atomic_write_text
+from compalign.world.grammar import parse_prompt
+from compalign.world.layout import LayoutError, sample_layout
+from compalign.world.render import render
+from compalign.world.suites import CATEGORIES, load_suite
 
 from .model import WorldCLIPModel
 from .negatives import EDIT_KINDS, hard_negative_candidates, sample_from_candidates
+from .reward import resolve_model_dir
 
 
 def _load(model_or_path, device=None) -> WorldCLIPModel:
@@ -28,7 +37,6 @@ def _load(model_or_path, device=None) -> WorldCLIPModel:
         return model_or_path
     if hasattr(model_or_path, "model") and isinstance(model_or_path.model, WorldCLIPModel):
         return model_or_path.model  # a WorldCLIPReward
-    from .reward import resolve_model_dir
 
     return WorldCLIPModel.from_pretrained(resolve_model_dir(str(model_or_path)), device=device)
 
@@ -41,10 +49,6 @@ def eval_items(
     categories: list[str] | None = None,
 ) -> list[dict]:
     """The evaluation set: per prompt its category, image `[32, 32, 3]`, negatives and their kinds."""
-    from compalign.world.grammar import parse_prompt
-    from compalign.world.layout import LayoutError, sample_layout
-    from compalign.world.render import render
-    from compalign.world.suites import CATEGORIES, load_suite
 
     items = []
     for ci, c in enumerate(categories or CATEGORIES):
@@ -98,7 +102,6 @@ def evaluate_world_clip(
     dev = model.pixel_mean.device
     items = eval_items(split, n_per_category, n_negatives, seed, categories)
     rows = []
-    from tqdm.auto import tqdm
 
     for s in tqdm(range(0, len(items), batch_size), desc="world-clip eval", disable=not progress):
         chunk = items[s : s + batch_size]
@@ -167,10 +170,6 @@ def format_eval_table(report: dict) -> str:
 
 
 def save_report(report: dict, path: str | Path) -> Path:
-    import json
-
-    from compalign.io import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, json.dumps(report, indent=2))
     return path

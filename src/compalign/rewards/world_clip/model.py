@@ -18,6 +18,7 @@ A model folder (`save_pretrained` / `from_pretrained`) holds ``config.json`` and
 
 from __future__ import annotations
 
+import copy
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,7 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 
 def clip_config(arch: WorldCLIPArch):
     """The transformers `CLIPConfig` of an architecture (world vocabulary, 32 px images)."""
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig  # lazy: loads transformers
 
     vocab = build_vocab()
     text = dict(
@@ -76,7 +77,7 @@ def clip_config(arch: WorldCLIPArch):
 @contextmanager
 def quiet_transformers():
     """Silence transformers' loading / saving progress bars, restoring their state."""
-    from transformers.utils import logging as tlog
+    from transformers.utils import logging as tlog  # lazy: loads transformers
 
     was = tlog.is_progress_bar_enabled()
     tlog.disable_progress_bar()
@@ -115,7 +116,7 @@ class WorldCLIPModel(torch.nn.Module):
     @classmethod
     def from_arch(cls, arch: WorldCLIPArch | None = None, seed: int | None = None) -> WorldCLIPModel:
         """A randomly initialised model (`seed`: torch.manual_seed first)."""
-        from transformers import CLIPModel
+        from transformers import CLIPModel  # lazy: loads transformers
 
         arch = arch or WorldCLIPArch()
         if seed is not None:
@@ -186,8 +187,6 @@ class WorldCLIPModel(torch.nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         clip = self.clip
         if dtype is not None:
-            import copy
-
             clip = copy.deepcopy(clip).to(dtype)
         with quiet_transformers():
             clip.save_pretrained(path, safe_serialization=True)
@@ -206,7 +205,7 @@ class WorldCLIPModel(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None) -> WorldCLIPModel:
         """Load a model folder (weights are cast to float32)."""
-        from transformers import CLIPModel, PreTrainedTokenizerFast
+        from transformers import CLIPModel, PreTrainedTokenizerFast  # lazy: loads transformers
 
         path = Path(path)
         meta_path = path / WORLD_CLIP_FILE

@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from compalign.generators.world.data import ScenePool
+from compalign.world.grammar import parse_prompt
 
 from ...training import (
     EMA,
@@ -54,8 +58,10 @@ from ...training import (
 from ...training import folder_size as folder_size  # re-exported (the CLI's import)
 from ...training import list_checkpoints as list_checkpoints  # re-exported
 from .config import RUNTIME_FIELDS, WorldCLIPTrainConfig  # also importable from here
+from .evaluate import evaluate_world_clip
 from .model import WorldCLIPModel
 from .negatives import HardNegatives
+from .reward import resolve_model_dir, weights_root
 
 FINAL = "final"
 RECORD_FILE = "training.json"
@@ -78,8 +84,6 @@ class BatchMaker:
     their token ids, hard-negative token ids and scene-key group ids."""
 
     def __init__(self, pool, model: WorldCLIPModel, seed: int, batch_size: int, num_negatives: int):
-        from compalign.world.grammar import parse_prompt
-
         data = pool.load()
         self.categories = list(pool.categories)
         self.images = [data[c][0] for c in self.categories]
@@ -299,10 +303,6 @@ def train_world_clip(
 
 
 def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None) -> Path | None:
-    from tqdm.auto import tqdm
-
-    from compalign.generators.world.data import ScenePool
-
     accelerator = make_accelerator(config.mixed_precision, config.device)
     device = accelerator.device
     if config.num_threads:
@@ -454,8 +454,6 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
     evaluation = None
     eval_seconds = 0.0
     if config.eval_per_category > 0:
-        from .evaluate import evaluate_world_clip
-
         t0 = time.perf_counter()
         evaluation = evaluate_world_clip(
             core, n_per_category=config.eval_per_category, seed=config.seed, progress=config.progress
@@ -502,7 +500,6 @@ def _train(config: WorldCLIPTrainConfig, resume: bool, stop_at_step: int | None)
 def export_world_clip(run_dir: str | Path, dest: str | Path | None = None) -> Path:
     """Write a finished run's (or model folder's) model as fp16 safetensors to `dest`
     (default: the package's ``weights/world-clip``), with its training record."""
-    from .reward import resolve_model_dir, weights_root
 
     src = resolve_model_dir(Path(run_dir))
     model = WorldCLIPModel.from_pretrained(src)
