@@ -348,30 +348,13 @@ def _stripe_amplitude(value: np.ndarray, mask: np.ndarray, period_px: float) -> 
 
 def _unmix(pixels: np.ndarray, color: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     """Coverage of `color` in each pixel [h,w,3], each pixel read as a blend of `color` with the
-    one of `others` (background first, then neighbouring objects) that explains it best, or as a
-    blend of `color`, one neighbour and the background (the blurred rim of a container around its
-    content is the container's colour on the ground, not the content's)."""
+    one of `others` (background, neighbouring objects) that explains it best."""
     best_a = np.zeros(pixels.shape[:2], np.float32)
     best_r = np.full(pixels.shape[:2], np.inf, np.float32)
     for o in others:
         d = color - o
         a = np.clip(((pixels - o) @ d) / max(float(d @ d), 1e-6), 0.0, 1.0)
         r = ((pixels - o - a[..., None] * d) ** 2).sum(-1)
-        better = r < best_r
-        best_a[better], best_r[better] = a[better], r[better]
-    ground = others[0]
-    dc = color - ground
-    q = pixels - ground
-    for o in others[1:]:
-        do = o - ground
-        g = np.array([[dc @ dc, dc @ do], [dc @ do, do @ do]], np.float64)
-        det = g[0, 0] * g[1, 1] - g[0, 1] ** 2
-        if det < 1e-4 * g[0, 0] * g[1, 1]:  # nearly the same direction: no three-way reading
-            continue
-        qc, qo = q @ dc, q @ do
-        b = np.clip((g[0, 0] * qo - g[0, 1] * qc) / det, 0.0, 1.0)
-        a = np.clip((qc - b * g[0, 1]) / g[0, 0], 0.0, 1.0)
-        r = ((q - a[..., None] * dc - b[..., None] * do) ** 2).sum(-1)
         better = r < best_r
         best_a[better], best_r[better] = a[better], r[better]
     return best_a
