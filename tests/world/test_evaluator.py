@@ -54,9 +54,12 @@ def _pooled(figs: dict, key: str) -> float:
     return sum(figs[c][key] * figs[c]["n"] for c in cats) / sum(figs[c]["n"] for c in cats)
 
 
+SAMPLE = 25  # held-out prompts per category in the default suite; `-m slow` runs all 100
+
+
 @pytest.fixture(scope="module")
 def figures_32() -> dict:
-    return _figures(32, per_category=25)
+    return _figures(32, per_category=SAMPLE)
 
 
 def test_clean_renders_are_accepted(figures_32):
