@@ -9,8 +9,10 @@ from compalign.generators import create_generator
 
 def test_feedback_train_and_export(cli, tiny_base, pool_dir, tmp_path, monkeypatch):
     from compalign.generators import registry
+    from compalign.generators.world import train as world_train
 
-    monkeypatch.setattr(registry, "weights_root", lambda: tmp_path / "weights")  # not the package's
+    for mod in (registry, world_train):  # the export's folder: not the package's
+        monkeypatch.setattr(mod, "weights_root", lambda: tmp_path / "weights")
     out = tmp_path / "run"
     r = cli(
         "feedback", "train", "--base", tiny_base, "--reward", "test-redness=1", "--category", "colors",
