@@ -110,6 +110,26 @@ def tiny_config(tmp_path: Path, pool_dir: Path | str | None = None, **kw) -> Wor
     return WorldTrainConfig(**base)
 
 
+def fixed_batch_losses(
+    config: WorldTrainConfig, pipe: WorldPipeline, batch: dict, steps: int = 12
+) -> list[float]:
+    """Losses of `steps` Adam steps on one batch with the same noise and timestep (can the model fit it?)."""
+    from compalign.generators.world.models import build_training_scheduler
+    from compalign.generators.world.train import diffusion_loss
+
+    model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+    sched = build_training_scheduler(pipe.scheduler.config)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(steps):
+        loss = diffusion_loss(config, model, pipe, sched, batch, step=0)  # same noise, same t
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def tiny_arch_options() -> list[str]:
     """`--set arch.KEY=VALUE` options giving a preset the tiny network (its sampler kept)."""
     out = []

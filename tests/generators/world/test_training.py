@@ -8,9 +8,7 @@ import torch
 
 from compalign.generators import create_generator
 from compalign.generators.world.data import ScenePool, batches, make_batch
-from compalign.generators.world.models import build_training_scheduler
 from compalign.generators.world.train import (
-    diffusion_loss,
     export_model,
     latest_checkpoint,
     list_checkpoints,
@@ -19,6 +17,7 @@ from compalign.generators.world.train import (
 )
 from compalign.world.grammar import parse_prompt
 from compalign.world.suites import is_heldout
+from tests.factories import fixed_batch_losses
 
 
 def test_data_stream_is_deterministic_and_never_held_out():
@@ -104,18 +103,7 @@ def test_stream_training_runs(tmp_path, make_config):
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path, make_config, make_pipeline):
     config = make_config(tmp_path, cond_dropout=0.0)
-    pipe = make_pipeline()
-    model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
-    sched = build_training_scheduler(pipe.scheduler.config)
-    batch = make_batch(seed=0, step=0, batch_size=8)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(12):
-        loss = diffusion_loss(config, model, pipe, sched, batch, step=0)  # same noise, same t
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(config, make_pipeline(), make_batch(seed=0, step=0, batch_size=8))
     assert losses[-1] < 0.7 * losses[0], losses
 
 

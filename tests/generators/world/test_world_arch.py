@@ -241,22 +241,11 @@ def test_ab_script_rejects_bad_input(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["unet-coord", "dit"])
 def test_candidate_loss_decreases_on_a_fixed_batch(name, tmp_path, make_config, make_pipeline):
     from compalign.generators.world.data import make_batch
-    from compalign.generators.world.models import build_training_scheduler
-    from compalign.generators.world.train import diffusion_loss
+    from tests.factories import fixed_batch_losses
 
     config = make_config(tmp_path, cond_dropout=0.0)
     pipe = make_pipeline(**CANDIDATES[name])
-    model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
-    sched = build_training_scheduler(pipe.scheduler.config)
-    batch = make_batch(seed=0, step=0, batch_size=8, categories=["colors"])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(12):
-        loss = diffusion_loss(config, model, pipe, sched, batch, step=0)  # same noise, same t
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(config, pipe, make_batch(seed=0, step=0, batch_size=8, categories=["colors"]))
     assert losses[-1] < 0.7 * losses[0], losses
     # the denoiser reads the timestep
     x, (text, mask) = torch.randn(2, 12, 16, 16), pipe.encode_prompt(PROMPTS)
