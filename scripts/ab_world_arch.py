@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 ARMS = ("unet", "coord", "dit")
-EXTRA_ARMS = ("pos",)
+EXTRA_ARMS = ("pos", "dit4")
 EVAL_CATEGORIES = ("single_object", "two_object", "color", "color_attr", "spatial", "position", "non_spatial")
 PANELS = (
     ("spatial_relationship", "spatial relationship (spatial, position)"),
@@ -297,12 +297,14 @@ def load_results(args: argparse.Namespace) -> dict[str, list[dict]]:
 
 def panel_value(r: dict, key: str, metric: str = "accuracy") -> float | None:
     """A panel's figure in %: a category's `metric` (``accuracy``: images passing every clause;
-    ``score``: mean fraction of clauses passed), or an aspect's mean over its evaluated categories."""
+    ``score``: mean fraction of clauses passed; ``relation_given_objects``: of the images of a
+    relation prompt whose objects are all drawn right, those whose relations hold too), or an
+    aspect's mean over its evaluated categories (None where no category has the figure)."""
     from compalign.world.suites import CATEGORY_ASPECT
 
-    if key in r["categories"]:
-        return 100 * r["categories"][key][metric]
-    values = [d[metric] for c, d in r["categories"].items() if CATEGORY_ASPECT.get(c) == key]
+    cats = r["categories"]
+    keys = [key] if key in cats else [c for c in cats if CATEGORY_ASPECT.get(c) == key]
+    values = [cats[c][metric] for c in keys if cats[c].get(metric) is not None]
     return 100 * sum(values) / len(values) if values else None
 
 
@@ -334,7 +336,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
         ax.set_xlabel("training steps (batch 64, log scale)")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, min(100.0, 1.1 * top + 2))
-    axes[0].set_ylabel("held-out accuracy (%)" if args.metric == "accuracy" else "held-out clause score (%)")
+    axes[0].set_ylabel(
+        {
+            "accuracy": "held-out accuracy (%)",
+            "score": "held-out clause score (%)",
+            "relation_given_objects": "relations right | objects right (%)",
+        }[args.metric]
+    )
     axes[0].legend(fontsize=8)
     r0 = next(iter(results.values()))[0]
     fig.suptitle(
@@ -406,9 +414,11 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("--out", type=Path, default=Path("runs/ab/learning_curves.png"))
     pl.add_argument(
         "--metric",
-        choices=("accuracy", "score"),
+        choices=("accuracy", "score", "relation_given_objects"),
         default="accuracy",
-        help="accuracy: images passing every clause; score: mean fraction of clauses passed.",
+        help="accuracy: images passing every clause; score: mean fraction of clauses passed; "
+        "relation_given_objects: relations right among images whose objects are right (relation "
+        "categories; results evaluated before this figure existed lack it).",
     )
     pl.add_argument(
         "--evaluator-key", default=None, help="Results of another evaluator version (a key under eval/)."

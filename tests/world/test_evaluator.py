@@ -109,7 +109,7 @@ def test_verdict_has_per_clause_results():
     assert isinstance(good, Verdict) and good.passed and good.score == 1.0
     assert not bad.passed and 0.0 < bad.score < 1.0
     failed = [c for c, ok in bad.clauses if not ok]
-    assert failed == ["a red circle left of a blue square"]
+    assert failed == ["a red circle on the left of a blue square"]
     assert bad.to_dict()["clauses"][0]["ok"] is True
 
 
@@ -168,3 +168,29 @@ def test_suite_items_offset():
     assert suite_items(["spatial"], None, "heldout", offset=95) == [
         ("spatial", p) for p in load_suite("spatial", "heldout")[95:]
     ]
+
+
+def test_relation_given_objects_separates_drawing_from_placing():
+    """Records of relation prompts say whether the objects were drawn and, apart, whether they
+    were placed; `summarize` turns them into `objects` and `relation_given_objects`."""
+    from compalign.world.quality import _judge_all, summarize
+
+    rng = np.random.default_rng(0)
+    prompt = "a red circle on the left of a blue square"
+    placed = to_uint8(render(sample_layout(parse_prompt(prompt), rng)))
+    swapped = to_uint8(render(sample_layout(parse_prompt("a red circle on the right of a blue square"), rng)))
+    empty = np.zeros_like(placed)
+    single = to_uint8(render(sample_layout(parse_prompt("a red circle"), rng)))
+    got = _judge_all(np.stack([placed, swapped, empty, single]), [prompt, prompt, prompt, "a red circle"])
+    assert got[0] == (True, 1.0, True, True)
+    assert got[1][0] is False and got[1][2:] == (True, False)
+    assert got[2][2:] == (False, False)
+    assert got[3] == (True, 1.0, True, None)  # no relation: nothing to place
+    records = [
+        {"category": c, "passed": ok, "score": s, "objects_ok": o, "relations_ok": r}
+        for c, (ok, s, o, r) in zip(["spatial"] * 3 + ["single_object"], got, strict=True)
+    ]
+    out = summarize(records)["categories"]
+    assert out["spatial"]["objects"] == pytest.approx(2 / 3)
+    assert out["spatial"]["relation_given_objects"] == pytest.approx(1 / 2)
+    assert "objects" not in out["single_object"]

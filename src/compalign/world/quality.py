@@ -7,7 +7,10 @@ chosen suites, judges each image with the exact evaluator (in worker processes) 
      "aspects": {aspect: accuracy averaged over its categories}, "records": [...]}
 
 `accuracy` is the fraction of images passing every clause; `score` the mean fraction of clauses
-passed. This is the number every quality claim in the README is.
+passed. This is the number every quality claim in the README is. Categories whose prompts state
+relations also get `objects` (the fraction of images whose object clauses all hold) and
+`relation_given_objects` (of those, the fraction whose relation clauses hold too): whether a model
+places the objects it draws, which moves before accuracy does while a model still learns to draw.
 """
 
 from __future__ import annotations
@@ -20,17 +23,27 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluator import evaluate
+from .grammar import parse_prompt
 from .suites import CATEGORIES, CATEGORY_ASPECT, load_suite
 
 
-def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float]:
+def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float, bool, bool | None]:
     image, prompt = args
     v = evaluate(image, prompt)
-    return v.passed, v.score
+    n_rel = len(parse_prompt(prompt).relations)  # `check` lists the relation clauses last
+    if not n_rel:
+        return v.passed, v.score, v.passed, None
+    objects, relations = v.clauses[:-n_rel], v.clauses[-n_rel:]
+    return v.passed, v.score, all(ok for _, ok in objects), all(ok for _, ok in relations)
 
 
 def judge_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
     """`(passed, score)` per image (`[B, 3, H, W]` in [0, 1] or `[B, H, W, 3]` uint8)."""
+    return [j[:2] for j in _judge_all(images, prompts, workers)]
+
+
+def _judge_all(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
+    """`(passed, score, objects_passed, relations_passed)` per image."""
     if isinstance(images, torch.Tensor):
         arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         arr = (arr * 255 + 0.5).astype(np.uint8)
@@ -60,14 +73,20 @@ def suite_items(
 def summarize(records: Sequence[dict]) -> dict:
     cats: dict[str, dict] = {}
     for r in records:
-        d = cats.setdefault(r["category"], {"passed": 0, "score": 0.0, "n": 0})
+        d = cats.setdefault(r["category"], {"passed": 0, "score": 0.0, "n": 0, "obj": 0, "rel": 0, "nrel": 0})
         d["passed"] += int(r["passed"])
         d["score"] += r["score"]
         d["n"] += 1
-    out = {
-        c: {"accuracy": d["passed"] / d["n"], "score": d["score"] / d["n"], "n": d["n"]}
-        for c, d in cats.items()
-    }
+        if r.get("relations_ok") is not None:  # a prompt with relations
+            d["nrel"] += 1
+            d["obj"] += int(r["objects_ok"])
+            d["rel"] += int(r["objects_ok"] and r["relations_ok"])
+    out = {}
+    for c, d in cats.items():
+        out[c] = {"accuracy": d["passed"] / d["n"], "score": d["score"] / d["n"], "n": d["n"]}
+        if d["nrel"]:
+            out[c]["objects"] = d["obj"] / d["nrel"]
+            out[c]["relation_given_objects"] = d["rel"] / d["obj"] if d["obj"] else None
     aspects: dict[str, list[float]] = {}
     for c, d in out.items():
         a = CATEGORY_ASPECT.get(c)
@@ -108,8 +127,11 @@ def evaluate_generator(
         else:
             with torch.no_grad():
                 images = generator.generate(prompts, seeds=sds, **settings)
-        for (c, p, s), (ok, score) in zip(chunk, judge_images(images, prompts, workers), strict=True):
-            records.append({"category": c, "prompt": p, "seed": s, "passed": bool(ok), "score": score})
+        for (c, p, s), (ok, score, obj, rel) in zip(chunk, _judge_all(images, prompts, workers), strict=True):
+            record = {"category": c, "prompt": p, "seed": s, "passed": bool(ok), "score": score}
+            if rel is not None:
+                record.update(objects_ok=bool(obj), relations_ok=bool(rel))
+            records.append(record)
         bar.update(len(chunk))
     bar.close()
     return {

@@ -22,6 +22,7 @@ CANDIDATES = {
     "unet-coord": dict(coord_channels=True),
     "unet-coord-attn16": dict(coord_channels=True, attention_levels=(True, True)),
     "dit": dict(denoiser="dit", dit_width=32, dit_depth=2, dit_head_dim=16),
+    "dit-patch2": dict(denoiser="dit", dit_width=32, dit_depth=1, dit_head_dim=16, dit_patch_size=2),
     "dit-no-pooled": dict(denoiser="dit", dit_width=32, dit_depth=1, dit_head_dim=16, pooled_text=False),
 }
 PROMPTS = ["a red circle to the left of a blue square", "a green triangle"]
@@ -155,11 +156,23 @@ def test_bad_denoiser_arch():
         WorldArch(denoiser="dit", coord_channels=True)
     with pytest.raises(ValueError, match="dit_width"):
         WorldArch(denoiser="dit", dit_width=100, dit_head_dim=32)
+    with pytest.raises(ValueError, match="dit_patch_size 3"):
+        WorldArch(denoiser="dit", dit_patch_size=3)
+
+
+def test_dit_patch_size_sets_the_tokens():
+    """`dit_patch_size` 2 makes 64 tokens of the 16x16 folded grid; the output keeps its shape."""
+    arch = dict(denoiser="dit", dit_width=32, dit_depth=1, dit_head_dim=16)
+    one, two = build_unet(WorldArch(**arch)), build_unet(WorldArch(**arch, dit_patch_size=2))
+    assert one.pos_embed.pos_embed.shape[1] == 256 and two.pos_embed.pos_embed.shape[1] == 64
+    x, text = torch.randn(2, 12, 16, 16), torch.randn(2, 5, 64)
+    with torch.no_grad():
+        assert two(x, 10, text, class_labels=text.mean(1)).sample.shape == x.shape
 
 
 def test_ab_presets_share_everything_but_the_architecture():
     names = [n for n in list_presets() if n.startswith("world-ab-")]
-    assert {"world-ab-unet", "world-ab-coord", "world-ab-dit"} <= set(names)
+    assert {"world-ab-unet", "world-ab-coord", "world-ab-dit", "world-ab-dit4"} <= set(names)
     base = create_preset("world-base").arch
     base_params = count_parameters(build_unet(base)) + count_parameters(build_text_encoder(base))
     configs = {n: create_preset(n) for n in names}
@@ -222,6 +235,13 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     assert float(table[4].split("|")[4]) == pytest.approx(
         100 * last["categories"]["position"]["accuracy"], abs=0.051
     )
+    position = last["categories"]["position"]
+    assert 0 <= position["objects"] <= 1 and "objects" not in last["categories"]["single_object"]
+    ab.main(["plot", "--root", str(root), "--arms", "unet", "--metric", "relation_given_objects",
+             "--out", str(tmp_path / "r.png")])  # fmt: skip
+    cell = (tmp_path / "r.md").read_text().splitlines()[4].split("|")[4].strip()
+    given = position["relation_given_objects"]
+    assert cell == ("" if given is None else f"{100 * given:.1f}")
 
 
 def test_ab_script_rejects_bad_input(tmp_path, capsys):
