@@ -64,8 +64,6 @@ def load_adapters() -> None:
     import compalign.generators.diffusers  # noqa: F401
 
 
-
-
 def create_generator(
     name_or_path: str | Path,
     device: torch.device | str | None = None,
