@@ -158,7 +158,22 @@ def train_command(args: argparse.Namespace, arm: str) -> list[str]:
     cmd += ["--seed", str(args.seed)]
     if args.pool_dir:
         cmd += ["--set", f"pool_dir={args.pool_dir}"]
+    if args.budget_minutes:
+        steps = budget_steps(args, arm)
+        cmd += ["--set", f"max_steps={steps}", "--set", f"checkpoint_every={max(1, steps // 10)}"]
     return cmd
+
+
+def budget_steps(args: argparse.Namespace, arm: str) -> int:
+    """Steps that give `arm` `--budget-minutes` of one thread at its time per step in bench.json."""
+    path = args.root / "bench.json"
+    try:
+        arms = json.loads(path.read_text())["arms"]
+    except (OSError, ValueError, KeyError) as err:
+        fail(f"--budget-minutes needs {path} ({err}); run: {Path(__file__).name} bench --root {args.root}")
+    if arm not in arms:
+        fail(f"{path} has no time per step for arm {arm!r}; bench it: --arms {arm}")
+    return max(10, int(args.budget_minutes * 60 / arms[arm]["s_per_step"]))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -167,6 +182,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from compalign.generators.world.data import ScenePool
 
     args.root.mkdir(parents=True, exist_ok=True)
+    if args.budget_minutes:
+        for arm in args.arms:
+            print(f"{arm}: {budget_steps(args, arm)} steps in {args.budget_minutes:g} min", flush=True)
     c = create_preset(preset(args.arms[0]), pool_dir=args.pool_dir)
     pool = ScenePool(c.pool_root, c.categories, c.pool_per_category, c.pool_shard_size, c.data_seed)
     print(f"scene pool {pool.dir}: {len(pool.missing())} shards to build", flush=True)
@@ -174,6 +192,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     pending, running = list(args.arms), {}
 
     def stop(signum, frame):
+        pending.clear()  # no new arm starts
         for p in running.values():
             p.send_signal(signal.SIGTERM)  # each run checkpoints and exits
 
@@ -398,6 +417,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--parallel", type=int, default=3, help="Arms trained at once (one thread each).")
     t.add_argument("--pool-dir", default=None, help="Scene pool folder (default: the per-user cache).")
     t.add_argument("--pool-workers", type=int, default=1, help="Processes building missing pool shards.")
+    t.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="Give every arm this much one-thread time instead of its preset's steps: steps from "
+        "ROOT/bench.json (s/step), a checkpoint at each tenth.",
+    )
     e = add("evaluate", "Held-out accuracy of every checkpoint not yet evaluated.")
     e.add_argument("--per-category", type=int, default=25)
     e.add_argument("-n", type=int, default=2, help="Seeds per prompt (--seed, --seed+1, ...).")

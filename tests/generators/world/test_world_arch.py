@@ -244,6 +244,25 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     assert cell == ("" if given is None else f"{100 * given:.1f}")
 
 
+def test_ab_script_budget_gives_equal_time(tmp_path, capsys):
+    """--budget-minutes turns each arm's measured time per step into its steps (and checkpoints)."""
+    import argparse
+
+    ab = _ab_script()
+    args = argparse.Namespace(root=tmp_path, budget_minutes=10.0, seed=0, pool_dir=None)
+    with pytest.raises(SystemExit):
+        ab.train_command(args, "unet")
+    assert "bench.json" in capsys.readouterr().err
+    arms = {"unet": {"s_per_step": 0.6}, "dit4": {"s_per_step": 0.75}}
+    (tmp_path / "bench.json").write_text(json.dumps({"arms": arms}))
+    cmd = ab.train_command(args, "unet")
+    assert cmd[cmd.index("max_steps=1000") - 1] == "--set" and "checkpoint_every=100" in cmd
+    assert "max_steps=800" in ab.train_command(args, "dit4")
+    with pytest.raises(SystemExit):
+        ab.train_command(args, "coord")
+    assert "'coord'" in capsys.readouterr().err
+
+
 def test_ab_script_rejects_bad_input(tmp_path, capsys):
     ab = _ab_script()
     for argv, word in (
