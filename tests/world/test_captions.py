@@ -68,6 +68,7 @@ def test_presets_are_data():
     assert attribute.color_swap == attribute.attribute_drop == 0 and attribute.spatial_drop > 0
     nonspatial = create_caption_rates("exact-nonspatial")
     assert nonspatial.non_spatial_drop == nonspatial.non_spatial_wrong == 0 and nonspatial.color_swap > 0
+    assert "no-relations" in list_caption_presets()
     with pytest.raises(KeyError, match="unknown caption preset 'alt'.*exact-spatial"):
         create_caption_rates("alt")
     with pytest.raises(ValueError, match="color_swap must be in"):
@@ -155,6 +156,14 @@ def test_other_families_are_left_alone():
         caption = noisy_scene(s, rng, attribute_exact)
         assert sorted(e.color for e in caption.entities) == sorted(e.color for e in s.entities)
         assert {(e.shape, e.color) for e in caption.entities} == {(e.shape, e.color) for e in s.entities}
+
+
+def test_no_relations_keeps_everything_but_the_relations():
+    rng, rates = np.random.default_rng(5), create_caption_rates("no-relations")
+    for category in ("spatial", "position", "non_spatial", "color_attr", "counting"):
+        for s in scenes_of(category, 100):
+            caption = noisy_scene(s, rng, rates)
+            assert not caption.relations and caption.entities == s.entities, (category, s)
 
 
 def test_attribute_count_and_order_rates():

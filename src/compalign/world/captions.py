@@ -45,7 +45,8 @@ half of the counted groups (a lone object is held out more often than other scen
 
 Presets (`list_caption_presets`, `create_caption_rates`): ``web``, ``exact`` (all rates 0) and,
 for a gallery of specialists, ``exact-attribute`` / ``exact-spatial`` / ``exact-nonspatial``:
-exact for one aspect (its rates 0) and web-like for the others.
+exact for one aspect (its rates 0) and web-like for the others; ``no-relations``: every relation
+clause written "A and B" and nothing else changed (the relations issue's learnability check).
 
 Held-out scenes: a caption of a training scene may be a wording of a held-out scene (a swapped
 colour or a dropped relation gives another scene), and training must never show a held-out
@@ -155,6 +156,11 @@ CAPTION_PRESETS: dict[str, tuple[str, dict[str, float]]] = {
     "exact-nonspatial": (
         "non-spatial relations exact; attributes, spatial relations, counts, order web-like",
         {"non_spatial_drop": 0.0, "non_spatial_wrong": 0.0},
+    ),
+    "no-relations": (
+        "every relation clause written as 'A and B', all else exact: the learnability check's "
+        "copy of a model, which must lose its relations and win them back from its own samples",
+        {**_ZERO, "spatial_drop": 1.0, "non_spatial_drop": 1.0},
     ),
 }
 
