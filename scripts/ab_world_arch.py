@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 ARMS = ("unet", "coord", "dit")
-EXTRA_ARMS = ("pos", "dit4")
+EXTRA_ARMS = ("pos", "dit4", "coordt5")
 EVAL_CATEGORIES = ("single_object", "two_object", "color", "color_attr", "spatial", "position", "non_spatial")
 PANELS = (
     ("spatial_relationship", "spatial relationship (spatial, position)"),
