@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 from .io import atomic_write_json
 
@@ -201,3 +202,24 @@ def check_world_prompts(prompts: list[str], model: str = "the world model") -> N
                 f"prompt {n} ({clip_text(p)!r}) is outside the world grammar, which {model} reads: "
                 f"{clip_text(reason, 300)}; see `compalign world prompts --all`"
             )
+
+
+class GreedyListCommand(TyperCommand):
+    """A command whose list options (`greedy`) take several values after one flag: ``--models a
+    b c`` is read as ``--models a --models b --models c`` (values run to the next ``-`` token)."""
+
+    greedy: tuple[str, ...] = ()
+
+    def parse_args(self, ctx, args):
+        out, i = [], 0
+        while i < len(args):
+            a = args[i]
+            out.append(a)
+            i += 1
+            if a in self.greedy and i < len(args):
+                out.append(args[i])
+                i += 1
+                while i < len(args) and not args[i].startswith("-"):
+                    out += [a, args[i]]
+                    i += 1
+        return super().parse_args(ctx, out)

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
-from .._cli import fail, note
+from .._cli import GreedyListCommand, fail, note
 from ..generators.options import generator_options
 from ..prompts_io import PromptFileError, read_prompt_file
 from .format import GalleryError, gallery_dir, load_gallery
@@ -24,25 +23,10 @@ from .format import GalleryError, gallery_dir, load_gallery
 # `compalign --help` starts fast
 
 
-class GreedyListCommand(TyperCommand):
-    """Lets list options take several values after one flag: ``--models a b c`` is read as
-    ``--models a --models b --models c`` (values run to the next ``-`` token)."""
+class GalleryCommand(GreedyListCommand):
+    """``--models a b c`` is read as ``--models a --models b --models c``."""
 
     greedy = ("--models", "-m", "--add-model")
-
-    def parse_args(self, ctx, args):
-        out, i = [], 0
-        while i < len(args):
-            a = args[i]
-            out.append(a)
-            i += 1
-            if a in self.greedy and i < len(args):
-                out.append(args[i])
-                i += 1
-                while i < len(args) and not args[i].startswith("-"):
-                    out += [a, args[i]]
-                    i += 1
-        return super().parse_args(ctx, out)
 
 
 def progress_default(progress: bool | None) -> bool:
@@ -66,7 +50,7 @@ ProgressOpt = Annotated[
 ]
 
 
-@app.command("generate", cls=GreedyListCommand)
+@app.command("generate", cls=GalleryCommand)
 def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Gallery folder (created; resumed if it exists).")],
     models: Annotated[
@@ -207,7 +191,7 @@ def export_command(
     note(f"wrote {len(g.records)} records to {out}")
 
 
-@app.command("expand", cls=GreedyListCommand)
+@app.command("expand", cls=GalleryCommand)
 def expand_command(
     gallery: Annotated[Path, typer.Argument(help="Gallery folder (or its gallery.json).")],
     add_model: Annotated[

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
 
+from compalign._cli import GreedyListCommand
 from compalign._cli import fail as _fail
 
 from ..config_cli import Opt, config_fields, config_options, path_str
@@ -32,25 +32,11 @@ from .state import IterateError, IterateInterrupted
 WAITING = 3
 
 
-class IterateCommand(TyperCommand):
+class IterateCommand(GreedyListCommand):
     """List options take several values after one flag (``--gallery-models a b c``), values running
     to the next ``-`` token."""
 
     greedy = ("--gallery-models", "--aspects", "--eval-seeds", "--eval-categories", "--reward-weights")
-
-    def parse_args(self, ctx, args):
-        out, i = [], 0
-        while i < len(args):
-            a = args[i]
-            out.append(a)
-            i += 1
-            if a in self.greedy and i < len(args):
-                out.append(args[i])
-                i += 1
-                while i < len(args) and not args[i].startswith("-"):
-                    out += [a, args[i]]
-                    i += 1
-        return super().parse_args(ctx, out)
 
 
 def _weights(texts: list[str] | None) -> dict[str, float]:
