@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-    shared helpers (io, cache, _config, plots, prompts_io) -> training utilities (training) -> world
+    shared helpers (io, cache, _config, _lazy, plots, prompts_io) -> training utilities (training) -> world
     -> command-line helpers (_cli, config_cli) -> generators -> rewards -> noise_optimization
     -> gallery / ranking / pairs -> feedback -> iterate -> cli
 
@@ -23,7 +23,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    ["compalign", "compalign.io", "compalign.cache", "compalign._config", "compalign.plots"]
+    [
+        "compalign",
+        "compalign.io",
+        "compalign.cache",
+        "compalign._config",
+        "compalign._lazy",
+        "compalign.plots",
+    ]
     + ["compalign.prompts_io"],
     ["compalign.training"],
     ["compalign.world"],

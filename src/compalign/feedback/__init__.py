@@ -9,14 +9,10 @@ multi-reward base-model training), for world models and Stable-Diffusion-like pi
 
 from __future__ import annotations
 
+from .._lazy import lazy_getattr
 from .config import FeedbackConfig
 
 __all__ = ["FeedbackConfig", "train_feedback"]
 
 
-def __getattr__(name: str):
-    if name == "train_feedback":
-        from .train import train_feedback  # lazy: loads diffusers and transformers
-
-        return train_feedback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {"train_feedback": "train"})  # loads diffusers and transformers

@@ -13,21 +13,20 @@ torch, and `WorldCLIPReward`'s module loads diffusers and transformers.
 
 from __future__ import annotations
 
+from .._lazy import lazy_getattr
+
 __all__ = ["Reward", "WorldCLIPReward", "check_inputs", "create_reward", "list_rewards", "register_reward"]
 
 
-def __getattr__(name: str):
-    # lazy: `import compalign.rewards.<x>.config` runs this package's __init__, and must not load torch
-    if name in ("Reward", "check_inputs"):
-        from . import base
-
-        return getattr(base, name)
-    if name == "WorldCLIPReward":
-        from .world_clip.reward import WorldCLIPReward  # lazy: loads diffusers and transformers
-
-        return WorldCLIPReward
-    if name in ("create_reward", "list_rewards", "register_reward"):
-        from . import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# lazy: `import compalign.rewards.<x>.config` runs this package's __init__, and must not load torch
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "Reward": "base",
+        "check_inputs": "base",
+        "WorldCLIPReward": "world_clip.reward",
+        "create_reward": "registry",
+        "list_rewards": "registry",
+        "register_reward": "registry",
+    },
+)

@@ -14,7 +14,7 @@ Each takes a local path or a hub id / file (downloaded on first use), ``device``
 
 from __future__ import annotations
 
-import importlib
+from ..._lazy import lazy_getattr
 
 _CLASSES = {
     "CLIPScoreReward": "clip_score",
@@ -28,8 +28,4 @@ _CLASSES = {
 
 __all__ = sorted(_CLASSES)
 
-
-def __getattr__(name: str):
-    if name in _CLASSES:
-        return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _CLASSES)

@@ -14,7 +14,7 @@ Attributes are imported lazily (the configs load without torch).
 
 from __future__ import annotations
 
-import importlib
+from ..._lazy import lazy_getattr
 
 _EXPORTS = {
     "evaluate_world_clip": "evaluate",
@@ -31,8 +31,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
