@@ -15,6 +15,7 @@ import typer
 from compalign._cli import fail as _fail
 from compalign.generators import create_generator
 from compalign.generators.registry import ModelNotTrainedError
+from compalign.training.environment import parse_dtype
 
 # options of ``compalign generate`` and ``compalign reno``
 PromptsFile = Annotated[
@@ -50,8 +51,6 @@ def generator_options(
     (diffusers adapters) that were given. A bad value is a one-line error."""
     kw: dict = {}
     if dtype is not None:
-        from compalign.generators.diffusers.loading import parse_dtype  # lazy: loads diffusers, transformers
-
         try:
             kw["dtype"] = parse_dtype(dtype)
         except ValueError as e:

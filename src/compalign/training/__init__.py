@@ -4,7 +4,7 @@ executed, and training curves."""
 
 from .curves import Curve, Panel, plot_panels, read_log
 from .ema import EMA
-from .environment import count_parameters, hardware_info, make_accelerator, versions
+from .environment import DTYPES, count_parameters, hardware_info, make_accelerator, parse_dtype, versions
 from .run_folder import (
     CHECKPOINTS,
     STATE_FILE,
@@ -24,6 +24,8 @@ from .run_folder import (
 from .schedule import lr_factor
 
 __all__ = [
+    "DTYPES",
+    "parse_dtype",
     "CHECKPOINTS",
     "EMA",
     "STATE_FILE",

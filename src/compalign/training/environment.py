@@ -10,6 +10,28 @@ from pathlib import Path
 
 import torch
 
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+"""Names of the floating dtypes that models are loaded and run in."""
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a dtype or a name (``fp16``, ``bfloat16``, ``torch.float32``, ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return DTYPES[key]
+
 
 def make_accelerator(mixed_precision: str = "no", device: str | None = None):
     """A fresh `accelerate.Accelerator` (several runs may follow each other in one process);

@@ -172,7 +172,8 @@ def test_dit_patch_size_sets_the_tokens():
 
 def test_ab_presets_share_everything_but_the_architecture():
     names = [n for n in list_presets() if n.startswith("world-ab-")]
-    assert {"world-ab-unet", "world-ab-coord", "world-ab-dit", "world-ab-dit4", "world-ab-coordt5"} <= set(names)
+    arms = {"world-ab-unet", "world-ab-coord", "world-ab-dit", "world-ab-dit4", "world-ab-coordt5"}
+    assert arms <= set(names)
     base = create_preset("world-base").arch
     base_params = count_parameters(build_unet(base)) + count_parameters(build_text_encoder(base))
     configs = {n: create_preset(n) for n in names}

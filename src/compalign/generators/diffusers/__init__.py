@@ -31,10 +31,10 @@ components the free memory requires, see `compalign.noise_optimization.memory`).
 
 from __future__ import annotations
 
+from ...training.environment import parse_dtype
 from ..adapters import register_generator
 from .flux import FluxGenerator, FluxSchnellGenerator
 from .generator import DiffusersGenerator
-from .loading import parse_dtype
 from .multistep import PipelineGenerator
 from .onestep import OneStepGenerator
 from .pixart import PixArtDMDGenerator

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ...training.environment import parse_dtype
 from ..base import Generator, noise_for_seeds, seeds_for
-from .loading import freeze, load_pipeline, load_vae, parse_dtype, pop_hub_kwargs
+from .loading import freeze, load_pipeline, load_vae, pop_hub_kwargs
 
 OFFLOAD_MODES = (None, "model", "sequential")
 

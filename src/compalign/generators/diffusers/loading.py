@@ -13,29 +13,8 @@ import torch
 
 from ..world.generator import dtype_kwarg, quiet_loading
 
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-
 HUB_KEYS = ("cache_dir", "revision", "variant", "use_safetensors", "local_files_only", "token")
 """`from_pretrained` keyword arguments the factories pass through to diffusers."""
-
-
-def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A torch dtype from a dtype or a name (``fp16``, ``bfloat16``, ``float32``, ...)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
-    return DTYPES[key]
 
 
 def is_local(source: str | Path) -> bool:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ...training.environment import parse_dtype
 from .generator import DiffusersGenerator
-from .loading import parse_dtype
 
 
 class OneStepGenerator(DiffusersGenerator):

@@ -9,18 +9,8 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import hf_hub_download
 
+from ...training.environment import parse_dtype
 from ..base import Reward
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -31,9 +21,10 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16 (or a torch dtype)")
+    try:
+        return parse_dtype(dtype)
+    except ValueError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16 (or a torch dtype)") from None
 
 
 def hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
