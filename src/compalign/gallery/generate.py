@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 
 from .._cli import clip_text, out_place_problem
 from ..generators import create_generator
-from ..generators.diffusers.loading import parse_dtype
 from ..generators.generate import to_uint8
 from ..generators.registry import list_generators, shipped_models
 from ..generators.world.config import list_presets
 from ..io import atomic_save_image, atomic_write_json
 from ..noise_optimization.generator import parse_reno_spec  # also registers the reno: prefix
+from ..training.environment import parse_dtype
 from ..world.grammar import PromptError, parse_prompt
 from ..world.suites import ASPECTS, list_categories, load_suite
 from .format import (
