@@ -109,7 +109,7 @@ def test_verdict_has_per_clause_results():
     assert isinstance(good, Verdict) and good.passed and good.score == 1.0
     assert not bad.passed and 0.0 < bad.score < 1.0
     failed = [c for c, ok in bad.clauses if not ok]
-    assert failed == ["a red circle on the left of a blue square"]
+    assert failed == ["a red circle left of a blue square"]
     assert bad.to_dict()["clauses"][0]["ok"] is True
 
 
