@@ -22,15 +22,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluator import evaluate
+from .evaluator import check, find_objects
 from .grammar import parse_prompt
 from .suites import CATEGORIES, CATEGORY_ASPECT, load_suite
 
 
 def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float, bool, bool | None]:
     image, prompt = args
-    v = evaluate(image, prompt)
-    n_rel = len(parse_prompt(prompt).relations)  # `check` lists the relation clauses last
+    scene = parse_prompt(prompt)
+    v = check(scene, find_objects(image), prompt)  # what `evaluate` does, with the scene kept
+    n_rel = len(scene.relations)  # `check` lists the relation clauses last
     if not n_rel:
         return v.passed, v.score, v.passed, None
     objects, relations = v.clauses[:-n_rel], v.clauses[-n_rel:]
