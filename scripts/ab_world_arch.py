@@ -340,6 +340,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         fail(f"no evaluation results under {args.root / 'eval'} for arms {', '.join(args.arms)}")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    steps = [r["step"] for rs in results.values() for r in rs]
+    log_x = max(steps) >= 10 * min(steps)  # a log axis shows no tick within one decade
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6), sharey=True)
     top = 0.0
     for ax, (key, title) in zip(axes, PANELS, strict=True):
@@ -349,10 +351,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=f"{arm} ({preset(arm)})")
                 top = max(top, *(v for _, v in pts))
         ax.set_title(title, fontsize=10)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("training steps (batch 64, log scale)")
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training steps (batch 64" + (", log scale)" if log_x else ")"))
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, min(100.0, 1.1 * top + 2))
     axes[0].set_ylabel(
