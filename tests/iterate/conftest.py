@@ -60,14 +60,6 @@ def _testworld_adapter():
     registry.FACTORIES.pop("testworld", None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
     from compalign.rewards.world_clip.model import WorldCLIPArch, WorldCLIPModel

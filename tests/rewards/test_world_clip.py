@@ -61,15 +61,6 @@ def make_config(pool_dir):
     return make
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """(world-clip tests) Tiny models run fastest on one thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, make_config):
     """A tiny world CLIP trained for 30 steps (the run folder)."""
