@@ -213,8 +213,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------- evaluate
+def eval_dir(args: argparse.Namespace, key: str | None = None) -> Path:
+    """``ROOT/eval/<evaluator key>[-<tag>]``: results of one evaluator and one set of settings."""
+    key = key or evaluator_key()
+    return args.root / "eval" / (f"{key}-{args.tag}" if args.tag else key)
+
+
 def result_path(args: argparse.Namespace, arm: str, step: int) -> Path:
-    return args.root / "eval" / evaluator_key() / arm / f"step_{step:07d}.json"
+    return eval_dir(args) / arm / f"step_{step:07d}.json"
 
 
 def evaluate_checkpoint(args: argparse.Namespace, arm: str, ckpt: Path) -> dict | None:
@@ -266,9 +272,12 @@ def run_config(args: argparse.Namespace, arm: str) -> dict:
 
 
 def wanted(args: argparse.Namespace, arm: str, ckpt: Path) -> bool:
-    """Every `args.every`-th regular checkpoint, and the last step of the run."""
+    """Every `args.every`-th regular checkpoint, and the last step of the run (or only the
+    checkpoints of `args.at_steps` when given)."""
     c = run_config(args, arm)
     step = step_of(ckpt)
+    if args.at_steps:
+        return step in args.at_steps
     return step == c["max_steps"] or (
         step % c["checkpoint_every"] == 0 and (step // c["checkpoint_every"]) % args.every == 0
     )
@@ -307,7 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def load_results(args: argparse.Namespace) -> dict[str, list[dict]]:
     out = {}
     for arm in args.arms:
-        folder = args.root / "eval" / (args.evaluator_key or evaluator_key()) / arm
+        folder = eval_dir(args, args.evaluator_key) / arm
         rs = [json.loads(p.read_text()) for p in sorted(folder.glob("step_*.json"))]
         if rs:
             out[arm] = sorted(rs, key=lambda r: r["step"])
@@ -404,6 +413,12 @@ def main(argv: list[str] | None = None) -> None:
         "--arms", nargs="+", default=list(ARMS), help=f"Arms (presets world-ab-ARM): {ARMS + EXTRA_ARMS}."
     )
     common.add_argument(
+        "--tag",
+        default="",
+        help="evaluate / plot: results kept apart under eval/<evaluator key>-TAG (for settings other "
+        "than the learning curves', e.g. '--tag final -n 4 --sample-steps 25').",
+    )
+    common.add_argument(
         "--seed", type=int, default=0, help="Training seed (train); first noise seed (evaluate); bench data."
     )
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -438,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     e.add_argument(
         "--watch", action="store_true", help="Keep evaluating new checkpoints until every arm is done."
+    )
+    e.add_argument(
+        "--at-steps", type=int, nargs="+", default=None, help="Only the checkpoints of these steps."
     )
     pl = add("plot", "Learning curves (one panel per aspect, one line per arm) and a table.")
     pl.add_argument("--out", type=Path, default=Path("runs/ab/learning_curves.png"))

@@ -238,6 +238,16 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     )
     position = last["categories"]["position"]
     assert 0 <= position["objects"] <= 1 and "objects" not in last["categories"]["single_object"]
+    # other settings are kept apart under a tag; --at-steps picks checkpoints
+    ab.main([*ev[:-2], "--sample-steps", "3", "--tag", "final", "--at-steps", "3"])
+    tagged = sorted((root / "eval").glob("*-final/unet/step_*.json"))
+    assert [f.name for f in tagged] == ["step_0000003.json"]
+    assert json.loads(tagged[0].read_text())["sample_steps"] == 3
+    assert [f.stat().st_mtime_ns for f in files] == mtimes  # the untagged results are untouched
+    ab.main(
+        ["plot", "--root", str(root), "--arms", "unet", "--tag", "final", "--out", str(tmp_path / "f.png")]
+    )
+    assert [row.split("|")[2].strip() for row in (tmp_path / "f.md").read_text().splitlines()[2:]] == ["3"]
     ab.main(["plot", "--root", str(root), "--arms", "unet", "--metric", "relation_given_objects",
              "--out", str(tmp_path / "r.png")])  # fmt: skip
     cell = (tmp_path / "r.md").read_text().splitlines()[4].split("|")[4].strip()
