@@ -14,53 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compalign.generators import create_generator
-from compalign.generators.generate import to_uint8
-from compalign.generators.world.models import build_training_scheduler
-from compalign.generators.world.train import diffusion_loss
-from compalign.world.quality import evaluate_generator, judge_images
-from compalign.world.suites import CATEGORY_ASPECT, load_suite
+from compalign.generators.world.rejection_sampling import (
+    DEFAULT_CATEGORIES,
+    RejectionSamplingConfig,
+    finetune_on_samples,
+    sample_and_judge,
+)
+from compalign.world.quality import evaluate_generator
+from compalign.world.suites import CATEGORY_ASPECT
 
-CATS = ["color", "shape", "texture", "colors", "color_attr", "spatial", "position", "non_spatial"]
-
-
-def sample(gen, out: Path, per_cat: int, n: int) -> dict:
-    path = out / "samples.npz"
-    if path.exists():
-        z = np.load(path, allow_pickle=True)
-        return {k: z[k] for k in z.files}
-    imgs, prompts, cats, passed, score = [], [], [], [], []
-    t0 = time.time()
-    for c in CATS:
-        ps = load_suite(c, "train")[:per_cat]
-        items = [(p, s) for p in ps for s in range(1000, 1000 + n)]
-        for i in range(0, len(items), 128):
-            chunk = items[i : i + 128]
-            pp = [p for p, _ in chunk]
-            with torch.no_grad():
-                x = gen.generate(pp, seeds=[s for _, s in chunk], batch_size=128)
-            j = judge_images(x, pp)
-            imgs.append(to_uint8(x))
-            prompts += pp
-            cats += [c] * len(pp)
-            passed += [a for a, _ in j]
-            score += [b for _, b in j]
-        print(f"{c}: pass {np.mean(passed[-len(items) :]):.3f} ({time.time() - t0:.0f}s)", flush=True)
-    d = {
-        "images": np.concatenate(imgs),
-        "prompts": np.array(prompts),
-        "cats": np.array(cats),
-        "passed": np.array(passed),
-        "score": np.array(score),
-    }
-    np.savez(path, **d)
-    return d
+CATS = DEFAULT_CATEGORIES
 
 
 def score_rewards(d: dict, rewards: dict, path: Path) -> np.ndarray:
@@ -119,7 +88,17 @@ def main() -> None:
         for spec in args.reward:
             a, s = spec.split("=", 1)
             rewards[a] = create_reward(s).eval()
-    d = sample(gen, out, args.per_cat, args.n)
+    rs = RejectionSamplingConfig(
+        categories=CATS,
+        prompts_per_category=args.per_cat,
+        samples_per_prompt=args.n,
+        steps=args.steps,
+        batch_size=args.batch - int(round(args.batch * args.pool_frac)),
+        learning_rate=args.lr,
+        balanced=args.balanced,
+        train_text_encoder=args.train_te,
+    )
+    d = sample_and_judge(gen, rs, cache=out / "samples.npz")
     if rewards:
         d["reward"] = score_rewards(d, rewards, out / f"reward_{args.tag}.npy")
     keep = select(d, args.select, args.top_k)
@@ -132,50 +111,21 @@ def main() -> None:
         p_sel = d["passed"][keep][mk].mean()
         print(f"  {c}: all {d['passed'][m].mean():.3f} selected {p_sel:.3f} n={mk.sum()}")
 
-    # fine-tune
-    pipe = gen.pipe
-    unet, te = pipe.unet, pipe.text_encoder
-    model = torch.nn.ModuleDict({"unet": unet, "text_encoder": te})
-    trained = model if args.train_te else unet
-    trained.requires_grad_(True)
-    trained.train()
-    opt = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = build_training_scheduler(pipe.scheduler.config)
-    images = torch.from_numpy(d["images"][keep]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    prompts = d["prompts"][keep].tolist()
-    by_cat = [torch.from_numpy(np.flatnonzero(d["cats"][keep] == c)) for c in CATS]
-    pool = None
-    if args.pool_frac > 0:
+    # fine-tune (with exact renders of a scene pool mixed in, --pool-frac of each batch)
+    extra = None
+    nb_pool = int(round(args.batch * args.pool_frac))
+    if nb_pool:
         from compalign.generators.world.data import ScenePool
 
         pool = ScenePool("runs/_scene_pool", CATS, 1024, 256, 0)
         pool.build(workers=1)
-    cfg = argparse.Namespace(seed=0, cond_dropout=0.1, snr_gamma=None)
-    g = torch.Generator().manual_seed(0)
-    t0 = time.time()
-    nb_pool = int(round(args.batch * args.pool_frac))
-    for step in range(args.steps):
-        if args.balanced:
-            cs = torch.randint(len(CATS), (args.batch - nb_pool,), generator=g).tolist()
-            idx = torch.stack([by_cat[c][torch.randint(len(by_cat[c]), (1,), generator=g)][0] for c in cs])
-        else:
-            idx = torch.randint(len(prompts), (args.batch - nb_pool,), generator=g)
-        batch = {"images": images[idx], "prompts": [prompts[i] for i in idx.tolist()]}
-        if pool is not None and nb_pool:
-            pb = pool.batch(0, step, nb_pool)
-            batch = {
-                "images": torch.cat([batch["images"], pb["images"]]),
-                "prompts": batch["prompts"] + pb["prompts"],
-            }
-        loss = diffusion_loss(cfg, model, pipe, sched, batch, step, "cpu")
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        opt.step()
-        if step % 50 == 0:
-            print(f"step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-    trained.eval()
-    trained.requires_grad_(False)
+
+        def extra(step: int) -> dict:
+            return pool.batch(0, step, nb_pool)
+
+    finetune_on_samples(
+        gen.pipe, d["images"][keep], d["prompts"][keep].tolist(), rs, categories=d["cats"][keep], extra=extra
+    )
     res = evaluate_generator(gen, [*CATS, "single_object"], 25, (0, 1, 2, 3), progress=False)
     res.pop("records")
     mean = float(np.mean(list(res["aspects"].values())))
