@@ -7,7 +7,8 @@ train and run on a CPU in seconds.
   in code, so nothing is downloaded;
 - rewards: `Redness`, a differentiable reward of known sign; tiny CLIP and ImageReward checkpoints
   written the way the real ones are distributed (`write_clip_folder`, `write_image_reward`);
-- galleries: `build_gallery`, a hand-made gallery whose images the evaluator knows.
+- galleries: `build_gallery`, a hand-made gallery whose images the evaluator knows;
+- scripts: `load_script`, a module of the repository's ``scripts/`` folder.
 """
 
 from __future__ import annotations
@@ -663,3 +664,14 @@ def read(path: Path):
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` (to check that nothing was written)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load_script(name: str):
+    """The module ``scripts/<name>.py`` of the repository (scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

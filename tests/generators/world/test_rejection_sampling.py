@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from compalign.generators.world.rejection_sampling import (
 from compalign.generators.world.train import train_world_model
 from compalign.world.quality import judge_images
 from compalign.world.suites import load_suite
+from tests.factories import load_script
 
 
 def _tiny_generator(make_pipeline) -> WorldGenerator:
@@ -74,11 +73,7 @@ def test_finetune_on_samples_trains_the_denoiser_on_passing_images(make_pipeline
 
 
 def _script():
-    path = Path(__file__).resolve().parents[3] / "scripts" / "probe_learnability.py"
-    spec = importlib.util.spec_from_file_location("probe_learnability", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_learnability")
 
 
 def test_learnability_check_runs_its_three_stages_and_resumes(tmp_path, make_config, capsys):

@@ -16,6 +16,7 @@ from compalign.generators.world.generator import load_pipeline
 from compalign.generators.world.models import WorldArch, build_text_encoder, build_unet, count_parameters
 from compalign.generators.world.pipeline import coordinate_channels
 from compalign.generators.world.train import checkpoint_pipeline, list_checkpoints, train_world_model
+from tests.factories import load_script
 
 CANDIDATES = {
     "unet": {},
@@ -190,14 +191,7 @@ def test_ab_presets_share_everything_but_the_architecture():
 
 
 def _ab_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[3] / "scripts" / "ab_world_arch.py"
-    spec = importlib.util.spec_from_file_location("ab_world_arch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ab_world_arch")
 
 
 def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_config, capsys):
