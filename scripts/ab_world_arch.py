@@ -29,6 +29,7 @@ from pathlib import Path
 
 ARMS = ("unet", "coord", "dit")
 EXTRA_ARMS = ("pos", "dit4", "coordt5")
+RELATION_CATEGORIES = ("spatial", "position", "non_spatial")
 EVAL_CATEGORIES = ("single_object", "two_object", "color", "color_attr", "spatial", "position", "non_spatial")
 PANELS = (
     ("spatial_relationship", "spatial relationship (spatial, position)"),
@@ -403,6 +404,44 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
+def cmd_table(args: argparse.Namespace) -> None:
+    """One markdown table: accuracy per category and, for the relation categories, the share of
+    images whose objects are drawn right and of those, the share whose relations hold."""
+    from compalign.io import atomic_write_text
+
+    results = load_results(args)
+    if not results:
+        fail(f"no evaluation results under {eval_dir(args, args.evaluator_key)} for {', '.join(args.arms)}")
+    cats = [c for c in EVAL_CATEGORIES if c not in RELATION_CATEGORIES]
+    head = ["arm", "step", "images seen", *cats, *RELATION_CATEGORIES]
+    head += [f"{c}: objects / given" for c in RELATION_CATEGORIES]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(head) - 3)]
+    for arm, rs in results.items():
+        for r in rs:
+            k = r["categories"]
+            cells = [arm, str(r["step"]), f"{r['step'] * 64 / 1000:.0f}k"]
+            cells += [
+                f"{100 * k[c]['accuracy']:.0f}" if c in k else "" for c in [*cats, *RELATION_CATEGORIES]
+            ]
+            for c in RELATION_CATEGORIES:
+                v = k.get(c, {})
+                if v.get("objects") is None:
+                    cells.append("")
+                    continue
+                n = round(v["objects"] * v["n"])
+                given = (
+                    "-"
+                    if v.get("relation_given_objects") is None
+                    else f"{100 * v['relation_given_objects']:.0f}"
+                )
+                cells.append(f"{100 * v['objects']:.0f} / {given} (n={n})")
+            lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text, end="")
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
@@ -470,6 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument(
         "--evaluator-key", default=None, help="Results of another evaluator version (a key under eval/)."
     )
+    tb = add("table", "A markdown table of every result: accuracy, and objects / relations given objects.")
+    tb.add_argument("--out", type=Path, default=None, help="Also write the table here.")
+    tb.add_argument("--evaluator-key", default=None, help="Results of another evaluator version.")
     args = p.parse_args(argv)
 
     from compalign.generators.world.config import list_presets
@@ -485,7 +527,14 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--categories: unknown category {wrong[0]!r}; expected some of {', '.join(CATEGORIES)}")
         if args.per_category < 1 or args.n < 1 or args.every < 1:
             fail("--per-category, -n and --every must be at least 1")
-    {"bench": cmd_bench, "train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}[args.command](args)
+    commands = {
+        "bench": cmd_bench,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "plot": cmd_plot,
+        "table": cmd_table,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

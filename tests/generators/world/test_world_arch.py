@@ -232,6 +232,12 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     )
     position = last["categories"]["position"]
     assert 0 <= position["objects"] <= 1 and "objects" not in last["categories"]["single_object"]
+    ab.main(["table", "--root", str(root), "--arms", "unet", "--out", str(tmp_path / "t.md")])
+    rows = (tmp_path / "t.md").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("| arm | step | images seen | single_object")
+    cells = [c.strip() for c in rows[4].split("|")[1:-1]]
+    assert cells[:3] == ["unet", "3", "0k"] and cells[-3] == ""  # no spatial category evaluated
+    assert cells[-2].startswith(f"{100 * position['objects']:.0f} / ")
     # other settings are kept apart under a tag; --at-steps picks checkpoints
     ab.main([*ev[:-2], "--sample-steps", "3", "--tag", "final", "--at-steps", "3"])
     tagged = sorted((root / "eval").glob("*-final/unet/step_*.json"))
