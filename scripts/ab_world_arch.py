@@ -17,15 +17,15 @@ so running ``evaluate`` again after the evaluator changes re-evaluates every che
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
+
+from compalign.world.quality import evaluator_key
 
 ARMS = ("unet", "coord", "dit")
 EXTRA_ARMS = ("pos", "dit4", "coordt5")
@@ -57,15 +57,6 @@ def preset(arm: str) -> str:
 
 def run_dir(root: Path, arm: str) -> Path:
     return root / arm
-
-
-def evaluator_key() -> str:
-    """Hash of the code that decides a held-out verdict (evaluator, suites, grammar)."""
-    h = hashlib.sha256()
-    pkg = resources.files("compalign.world")
-    for name in ("evaluator.py", "suites.py", "grammar.py"):
-        h.update((pkg / name).read_bytes())
-    return h.hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------------- bench

@@ -666,11 +666,11 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def load_script(name: str):
-    """The module ``scripts/<name>.py`` of the repository (scripts are not a package)."""
+def load_script(name: str, folder: str = "scripts"):
+    """The module ``<folder>/<name>.py`` of the repository (scripts and benchmarks are not packages)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

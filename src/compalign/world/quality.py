@@ -15,8 +15,10 @@ places the objects it draws, which moves before accuracy does while a model stil
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from importlib import resources
 
 import numpy as np
 import torch
@@ -25,6 +27,16 @@ from tqdm.auto import tqdm
 from .evaluator import check, find_objects
 from .grammar import parse_prompt
 from .suites import CATEGORIES, CATEGORY_ASPECT, load_suite
+
+
+def evaluator_key() -> str:
+    """Hash of the code that decides a held-out verdict (evaluator, suites, grammar): results with
+    equal keys were judged alike."""
+    h = hashlib.sha256()
+    pkg = resources.files("compalign.world")
+    for name in ("evaluator.py", "suites.py", "grammar.py"):
+        h.update((pkg / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float, bool, bool | None]:

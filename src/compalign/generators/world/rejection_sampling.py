@@ -194,7 +194,7 @@ def finetune_on_samples(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and step % log_every == 0:
             log(f"step {step} loss {losses[-1]:.4f} ({time.perf_counter() - t0:.0f} s)")
     trained.eval()
