@@ -54,6 +54,28 @@ def test_generate_from_noise_reaches_the_noise(make_pipeline):
     assert all(p.grad is None for p in gen.pipe.unet.parameters())  # weights frozen
 
 
+def test_steps_make_a_multi_step_model_differentiable(tiny_saved):
+    full = create_generator(tiny_saved)  # 3 steps
+    two = create_generator(tiny_saved, steps=2)
+    assert not full.differentiable and two.differentiable
+    assert two.settings()["num_inference_steps"] == 2 and full.settings()["num_inference_steps"] == 3
+    # `steps` is the default of both paths: plain generation equals the pipeline at 2 steps
+    noise = noise_for_seeds([1, 2], (3, 32, 32))
+    assert torch.equal(
+        two.generate(PROMPTS, noise=noise), full.generate(PROMPTS, noise=noise, num_inference_steps=2)
+    )
+    assert not torch.allclose(two.generate(PROMPTS, noise=noise), full.generate(PROMPTS, noise=noise))
+    z = noise.clone().requires_grad_(True)
+    images = two.generate_from_noise(z, PROMPTS)
+    images.mean().backward()  # through both steps (and classifier-free guidance)
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(images, two.generate(PROMPTS, noise=noise), atol=1e-5)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="steps of world model"):
+            create_generator(tiny_saved, steps=bad)
+
+
 def test_registry(tiny_saved):
     names = list_generators()
     assert {"world-base", "world-onestep", "world-twostep"} <= set(names)

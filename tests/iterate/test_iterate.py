@@ -186,6 +186,26 @@ def test_feedback_stop_range_reaches_the_refl_run(done, env, cli, tmp_path):
     assert stages_of(wd)["feedback"]["settings"]["stop_range"] == [0, 1]
 
 
+def test_reno_steps_optimise_the_multi_step_base_itself(done, env, cli, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(done[0], wd)
+    r = cli(*iterate_args(env, wd, "--reno-steps", "2"))
+    assert r.exit_code == 2 and "stage reno finished with other settings" in r.stderr
+    r = cli(*iterate_args(env, wd, "--reno-steps", "2", "--force-stage", "1:reno"))
+    assert r.exit_code == 0, r.output
+    state = stages_of(wd)
+    reno = state["reno"]["outputs"]
+    assert reno["generator"] == "iter1" and "at 2 DDIM steps" in reno["note"]
+    assert state["reno"]["settings"]["steps"] == 2 and state["reno"]["settings"]["model"] == "the new base"
+    # the plain row is the base at 2 steps: its own key, not the evaluate stage's default-step result
+    plain = read(wd / "iter_1" / "reno" / "plain.json")
+    assert plain["key"]["steps"] == 2 and "copied_from" not in plain
+    assert read(wd / "iter_1" / "reno" / "reno.json")["key"]["steps"] == 2
+    assert "ReNO runs on the new base iter1 itself" in (wd / "iter_1" / "report.md").read_text()
+    r = cli(*iterate_args(env, tmp_path / "other", "--reno-steps", "0"))
+    assert r.exit_code == 2 and "--reno-steps must be >= 1" in r.stderr
+
+
 def test_reward_check_renders_again_without_stored_images(done, tmp_path):
     """Without stored evaluation images (work folders from before they were kept) the reward
     check renders the two bases' images again: the same verdicts, and the same rewards up to the

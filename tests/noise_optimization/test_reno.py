@@ -269,6 +269,22 @@ def test_cli_reno_writes_manifests_that_world_eval_reads(tmp_path, onestep_dir):
     assert {x["iterations_run"] for x in json.loads((out / "results.json").read_text())["items"]} == {3}
 
 
+def test_cli_reno_steps_optimise_a_multi_step_world_model(tmp_path):
+    from tests.factories import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "multi")  # 3 DDIM steps: not differentiable as it is
+    args = ["a red circle", "--model", tmp_path / "multi", "--iterations", "2", "--no-progress"]
+    r = reno_cli(*args, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "not differentiable" in r.output, r.output
+    r = reno_cli(*args, "--steps", "2", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["run"]["generator"]["num_inference_steps"] == 2
+    assert [x["iterations_run"] for x in results["items"]] == [2]
+    r = reno_cli(*args, "--steps", "0", "--out", tmp_path / "c")
+    assert r.exit_code == 2 and "--steps must be >= 1" in r.output and not (tmp_path / "c").exists()
+
+
 def _umask() -> int:
     from compalign.io import current_umask
 

@@ -79,6 +79,8 @@ def load_generator(model: str, device: str | None, options: dict, gradient_check
     try:
         gen = create_generator(model, device=device, **options)
     except TypeError as e:
+        if "steps" in options and "steps" in str(e):
+            _fail(f"--steps is for world models; {model} takes its own number of steps")
         _fail(f"model {model}: {e}")
     except (KeyError, FileNotFoundError, ValueError, ModelNotTrainedError, OSError) as e:
         _fail(e.args[0] if e.args else str(e))

@@ -70,7 +70,10 @@ def create_generator(
     dtype: torch.dtype | None = None,
     **kwargs,
 ) -> Generator:
-    """A ready generator (weights loaded, eval mode) for a name, folder or ``prefix:rest``."""
+    """A ready generator (weights loaded, eval mode) for a name, folder or ``prefix:rest``.
+
+    World models take `steps` (their DDIM sampling steps; given, they are differentiable through
+    them, see `WorldGenerator`); adapters take their own keyword arguments."""
     from .world.config import list_presets  # lazy: loads transformers and diffusers
     from .world.generator import WorldGenerator
 
@@ -79,6 +82,7 @@ def create_generator(
     prefix, sep, rest = text.partition(":")
     if sep and prefix in FACTORIES:
         return FACTORIES[prefix](rest, device=device, dtype=dtype, **kwargs)
+    world_kw = {"steps": kwargs["steps"]} if "steps" in kwargs else {}  # other options: load_generator checks
     path = Path(text)
     if path.exists():
         pipe_dir = pipeline_dir(path)
@@ -86,9 +90,13 @@ def create_generator(
             raise FileNotFoundError(
                 f"{path} is neither a saved world pipeline (model_index.json) nor a finished run (final/)"
             )
-        return WorldGenerator.from_pretrained(pipe_dir, name=path.name, device=device, dtype=dtype)
+        return WorldGenerator.from_pretrained(
+            pipe_dir, name=path.name, device=device, dtype=dtype, **world_kw
+        )
     if text in shipped_models():
-        return WorldGenerator.from_pretrained(weights_root() / text, name=text, device=device, dtype=dtype)
+        return WorldGenerator.from_pretrained(
+            weights_root() / text, name=text, device=device, dtype=dtype, **world_kw
+        )
     if not sep and text in FACTORIES:  # a plain adapter name: its default hub id
         return FACTORIES[text]("", device=device, dtype=dtype, **kwargs)
     if text in list_presets():

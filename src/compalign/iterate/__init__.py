@@ -19,8 +19,9 @@ Per iteration k (folder ``<workdir>/iter_<k>/``), in order (`STAGES`):
    base (``eval/<model>.json``, and ``eval/<model>.images.npz``: its first-seed images, which the
    reward check scores and the report shows; results of unchanged models are reused from earlier
    iterations);
-7. ``reno``     the new base (or, when it is multi-step, `reno_model`) with and without ReNO, the
-   aspect reward models as rewards (``reno/``);
+7. ``reno``     the new base (or, when it is multi-step, `reno_model`, or the base itself at
+   `reno_steps` differentiable steps) with and without ReNO, the aspect reward models as rewards
+   (``reno/``);
 8. ``report``   ``report.md``, ``plots/*.png``, ``summary.json`` (and ``<workdir>/report.md``).
 
 ``<workdir>/state.json`` (written atomically) records every stage with its status, the settings it

@@ -259,7 +259,11 @@ class IterateConfig(DictConfig):
     """Evaluate noise optimisation (ReNO) with the aspect reward models as rewards."""
     reno_model: str = "world-onestep"
     """One/two-step generator ReNO runs on when the base is multi-step (a one/two-step base is
-    optimised itself)."""
+    optimised itself), unless `reno_steps` is set."""
+    reno_steps: int | None = None
+    """ReNO on a multi-step world base itself: its DDIM sampling steps under ReNO (the gradient
+    flows through all of them, so time grows with them; 2-4 is practical on a CPU). The reno
+    stage's plain row is then the base at these steps too. None: `reno_model` runs instead."""
     noise_optimization: ReNOConfig = field(default_factory=lambda: _nested("noise_optimization"))
     """How ReNO optimises each image's noise (`ReNOConfig`; here 20 iterations by default, no
     progress bar)."""

@@ -80,8 +80,9 @@ def load_eval_images(path: Path, categories: list[str], prompts: list[str]) -> t
     return torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255
 
 
-def eval_key(ws: Workspace, spec: str, per_category: int) -> dict:
-    """What identifies an evaluation of `spec` (a stored result with this key is reused)."""
+def eval_key(ws: Workspace, spec: str, per_category: int, steps: int | None = None) -> dict:
+    """What identifies an evaluation of `spec` (a stored result with this key is reused); `steps`:
+    sampling steps other than the model's default."""
     c = ws.config
     return plain(
         {
@@ -91,6 +92,7 @@ def eval_key(ws: Workspace, spec: str, per_category: int) -> dict:
             "per_category": per_category,
             "seeds": c.eval_seeds,
             "split": "heldout",
+            **({} if steps is None else {"steps": steps}),
         }
     )
 

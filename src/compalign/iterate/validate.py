@@ -55,6 +55,7 @@ def validate(config: IterateConfig) -> None:
     ):
         need(v >= lo, f"{name} must be >= {lo}, got {v}")
     need(c.reno_per_category is None or c.reno_per_category >= 1, "--reno-per-category must be >= 1")
+    need(c.reno_steps is None or c.reno_steps >= 1, "--reno-steps must be >= 1")
     need(bool(c.eval_seeds), "--eval-seeds: give at least one seed")
     need(all(s >= 0 for s in c.eval_seeds), f"--eval-seeds must be >= 0, got {c.eval_seeds}")
     need(len(set(c.eval_seeds)) == len(c.eval_seeds), "--eval-seeds: a seed is given twice")
@@ -149,7 +150,14 @@ def _differentiable(spec: str) -> bool:
 
 
 def _check_reno(c: IterateConfig) -> None:
-    """ReNO runs on the base when it is one/two-step, else on `reno_model`, which must be."""
+    """ReNO runs on the base when it is one/two-step or `reno_steps` is set (a world base), else on
+    `reno_model`, which must be one/two-step."""
+    if c.reno_steps is not None:
+        if _is_adapter(c.base):
+            raise IterateError(
+                f"--reno-steps is for world models; --base {c.base} is not one (use --reno-model)"
+            )
+        return
     if not _is_adapter(c.base):
         try:
             if _differentiable(c.base):

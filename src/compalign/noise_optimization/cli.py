@@ -98,6 +98,14 @@ def reno_command(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the generator and the rewards.")
     ] = False,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            help="World models: DDIM sampling steps under ReNO; a multi-step model is optimised "
+            "through all of them (time grows with them). Default: the model's own (one/two-step models).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/reno"),
     overwrite: Overwrite = False,
 ) -> None:
@@ -136,7 +144,11 @@ def reno_command(
     if any(s < 0 for s in seed or []):
         _fail(f"--seed must be >= 0, got {min(seed or [0])}")
     seeds = [s + k for s in (seed or [0]) for k in range(num_seeds)]
+    if steps is not None and steps < 1:
+        _fail(f"--steps must be >= 1, got {steps}")
     options = generator_options(dtype, offload, height, width, gradient_checkpointing)
+    if steps is not None:
+        options["steps"] = steps
     try:
         config = ReNOConfig(**fields)
         items = build_task(sources[0][0], sources[0][1], seeds, split=split, limit=limit)
@@ -154,6 +166,7 @@ def reno_command(
         "dtype": dtype,
         "height": height,
         "width": width,
+        **({} if steps is None else {"steps": steps}),
     }
     folder = check_out_dir(out, settings, overwrite)
     torch.manual_seed(seeds[0])

@@ -50,7 +50,11 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> World
 
 
 class WorldGenerator(Generator):
-    """A world model (multi-step, or one/two-step and then `differentiable`)."""
+    """A world model (multi-step, or one/two-step and then `differentiable`).
+
+    `steps` fixes its DDIM sampling steps (None: the pipeline's default). A multi-step model given
+    `steps` is `differentiable` too: ReNO back-propagates through every one of those steps, so its
+    time and memory grow with them (ReNO on an IterComp-fine-tuned base at 2-4 steps)."""
 
     def __init__(
         self,
@@ -59,8 +63,11 @@ class WorldGenerator(Generator):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         record: dict | None = None,
+        steps: int | None = None,
     ):
         super().__init__(device, dtype or pipeline.unet.dtype)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps of world model {name!r} must be a positive integer, got {steps!r}")
         if pipeline.unet.dtype != self.dtype:
             pipeline = pipeline.to(dtype=self.dtype)
         self.pipe = pipeline.to(self.device)
@@ -69,7 +76,8 @@ class WorldGenerator(Generator):
             m.requires_grad_(False)
         self.name = name
         self.record = record
-        self.differentiable = int(self.pipe.config.default_steps) <= 2
+        self.steps = steps
+        self.differentiable = steps is not None or int(self.pipe.config.default_steps) <= 2
 
     @classmethod
     def from_pretrained(
@@ -78,12 +86,13 @@ class WorldGenerator(Generator):
         name: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        steps: int | None = None,
     ) -> WorldGenerator:
         path = Path(path)
         record_path = path / RECORD_FILE
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         pipe = load_pipeline(path, dtype or torch.float32)
-        return cls(pipe, name=name or path.name, device=device, dtype=dtype, record=record)
+        return cls(pipe, name=name or path.name, device=device, dtype=dtype, record=record, steps=steps)
 
     # ------------------------------------------------------------------ contract
     def noise_shape(self, batch: int = 1) -> tuple[int, ...]:
@@ -96,7 +105,7 @@ class WorldGenerator(Generator):
     def settings(self) -> dict:
         c = self.pipe.config
         return {
-            "num_inference_steps": int(c.default_steps),
+            "num_inference_steps": int(self.steps or c.default_steps),
             "guidance_scale": float(c.default_guidance_scale),
             "scheduler": type(self.pipe.scheduler).__name__,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -127,7 +136,7 @@ class WorldGenerator(Generator):
                 self.pipe.denoise(
                     noise[i : i + batch_size].to(self.device, self.dtype),
                     prompts[i : i + batch_size],
-                    num_inference_steps,
+                    num_inference_steps or self.steps,
                     guidance_scale,
                 )
             )
@@ -141,4 +150,5 @@ class WorldGenerator(Generator):
         guidance_scale: float | None = None,
     ) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return self.pipe.denoise(noise, prompts, num_inference_steps, guidance_scale, enable_grad=True)
+        steps = num_inference_steps or self.steps
+        return self.pipe.denoise(noise, prompts, steps, guidance_scale, enable_grad=True)

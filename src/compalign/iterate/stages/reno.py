@@ -1,5 +1,6 @@
-"""Stage 7, ``reno``: the new base (or, when it is multi-step, `reno_model`) evaluated without and
-with ReNO, the aspect reward models as rewards (``iter_<k>/reno/plain.json``, ``reno.json``)."""
+"""Stage 7, ``reno``: the new base (or, when it is multi-step, `reno_model`; or the base at
+`reno_steps` differentiable steps) evaluated without and with ReNO, the aspect reward models as
+rewards (``iter_<k>/reno/plain.json``, ``reno.json``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def settings(ws: Workspace, k: int) -> dict:
     return plain(
         {
             "enabled": True,
-            "model": c.reno_model,
+            "model": c.reno_model if c.reno_steps is None else "the new base",
+            **({} if c.reno_steps is None else {"steps": c.reno_steps}),
             **c.recorded("noise_optimization"),
             "per_category": c.reno_prompts_per_category(),
             "seeds": c.eval_seeds,
@@ -39,10 +41,17 @@ def settings(ws: Workspace, k: int) -> dict:
 
 def _generator(ws: Workspace, k: int):
     """(name, spec, generator, note) of the generator ReNO runs on: the new base when it is
-    one/two-step, else `reno_model`."""
+    one/two-step or `reno_steps` is set, else `reno_model`."""
 
     c = ws.config
     base = ws.base_dir(k)
+    if c.reno_steps is not None:
+        gen = create_generator(str(base), device=c.device, steps=c.reno_steps)
+        note = (
+            f"ReNO runs on the new base {base_name(k)} itself at {c.reno_steps} DDIM steps (the gradient "
+            f"flows through every step); the plain row is {base_name(k)} at {c.reno_steps} steps too."
+        )
+        return base_name(k), str(base.resolve()), gen, note
     base_gen = create_generator(str(base), device=c.device)
     if base_gen.differentiable:
         note = f"ReNO runs on the new base {base_name(k)} itself (a one/two-step generator)."
@@ -70,7 +79,7 @@ def run(ws: Workspace, k: int) -> dict:
     ws.log(f"  {note}")
     per_cat = c.reno_prompts_per_category()
     out_dir = ws.iter_dir(k) / "reno"
-    key = eval_key(ws, spec, per_cat)
+    key = eval_key(ws, spec, per_cat, steps=c.reno_steps)
     out: dict = {"enabled": True, "generator": name, "spec": key["spec"], "note": note}
 
     # without ReNO (the plain generator; shared with the evaluate stage when it is the same)
