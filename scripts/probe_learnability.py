@@ -9,6 +9,9 @@ relations). Three stages, each cached under OUT so that an interrupted check res
    preset ``no-relations``: "A and B"), a checkpoint every --check-every steps, each evaluated,
    until the relation accuracy (mean of spatial, position, non_spatial) has fallen by --fall points
    or --forget-max-steps is reached
+   (or, with --forgotten, a copy trained from scratch on those captions, e.g. with the model's
+   preset and ``--set captions=no-relations``: the fine-tune forgets slowly, since the removed
+   words no longer reach the loss and their tokens keep what they learnt)
 3. recover: the oracle probe on the forgotten copy (`compalign.generators.world.rejection_sampling`):
    its own evaluator-passing samples of train prompts, true captions, --recover-steps (<= 1000) steps
 
@@ -16,6 +19,8 @@ The check passes when the fall is at least --fall points and the recovery wins b
 of it. OUT/learnability.json holds every figure; OUT/learnability.md a table.
 
     python scripts/probe_learnability.py runs/learnability --model runs/world-base-v2
+    python scripts/probe_learnability.py runs/learnability --model runs/world-base-v2 \
+        --forgotten runs/world-base-v2-norel
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from compalign.generators import create_generator
 from compalign.generators.registry import pipeline_dir
 from compalign.generators.world.config import WorldTrainConfig
 from compalign.generators.world.generator import RECORD_FILE, WorldGenerator
+from compalign.generators.world.pipeline import WorldPipeline
 from compalign.generators.world.rejection_sampling import (
     RejectionSamplingConfig,
     finetune_on_samples,
@@ -123,8 +129,16 @@ def forget(args: argparse.Namespace, out: Path, base_rel: float) -> tuple[Path, 
     return ckpt, curve
 
 
-def recover(args: argparse.Namespace, out: Path, ckpt: Path) -> tuple[dict, dict]:
-    """The oracle probe on the forgotten copy."""
+def forgotten_copy(args: argparse.Namespace, out: Path) -> tuple[WorldPipeline, list[dict]]:
+    """--forgotten: the copy trained apart, evaluated once (its training steps as the curve's)."""
+    gen = create_generator(args.forgotten, device="cpu")
+    res = evaluate(gen, out / "eval" / "forgotten.json", args)
+    steps = (gen.record or {}).get("steps")
+    return gen.pipe, [{"step": steps, "relation_accuracy": res["relation_accuracy"], "result": res}]
+
+
+def recover(args: argparse.Namespace, out: Path, pipe: WorldPipeline) -> tuple[dict, dict]:
+    """The oracle probe on the forgotten copy `pipe` (fine-tuned in place)."""
     path = out / "eval" / "recovered.json"
     cfg = RejectionSamplingConfig(
         prompts_per_category=args.prompts_per_category,
@@ -134,7 +148,6 @@ def recover(args: argparse.Namespace, out: Path, ckpt: Path) -> tuple[dict, dict
         learning_rate=args.recover_lr,
         seed=args.seed,
     )
-    pipe, _ = checkpoint_pipeline(ckpt, ema=False)
     gen = WorldGenerator(pipe, name="forgotten", device="cpu")
     samples = sample_and_judge(gen, cfg, cache=out / "samples.npz")
     keep = passing(samples)
@@ -162,6 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--seed", type=int, default=0, help="Seed of the fine-tunes; first held-out noise seed.")
     p.add_argument("--fall", type=float, default=20.0, help="Points of relation accuracy to lose.")
+    p.add_argument(
+        "--forgotten",
+        default=None,
+        help="A copy trained apart on captions without relations (stage 2 evaluates it, trains nothing).",
+    )
     p.add_argument("--forget-lr", type=float, default=3e-4)
     p.add_argument("--forget-max-steps", type=int, default=4000)
     p.add_argument("--check-every", type=int, default=500)
@@ -182,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         fail(f"--recover-steps must be in 1..1000 (the check's budget), got {args.recover_steps}")
     if not Path(args.model).exists():
         fail(f"--model {args.model}: no such folder")
+    if args.forgotten and pipeline_dir(Path(args.forgotten)) is None:
+        fail(f"--forgotten {args.forgotten}: not a trained world model's folder")
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -189,8 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. the model as it is
     base = evaluate(create_generator(args.model, device="cpu"), out / "eval" / "base.json", args)
     # 2. lose the relations, 3. win them back from its own samples
-    ckpt, curve = forget(args, out, base["relation_accuracy"])
-    recovered, info = recover(args, out, ckpt)
+    if args.forgotten:
+        pipe, curve = forgotten_copy(args, out)
+    else:
+        ckpt, curve = forget(args, out, base["relation_accuracy"])
+        pipe = checkpoint_pipeline(ckpt, ema=False)[0]
+    recovered, info = recover(args, out, pipe)
 
     b, f, r = base["relation_accuracy"], curve[-1]["relation_accuracy"], recovered["relation_accuracy"]
     fall, won = b - f, r - f
@@ -202,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "won_back_share": won / fall if fall > 0 else None,
         "fall_reached": fall >= args.fall,
         "passed": fall >= args.fall and won >= fall / 2,
+        "forgotten_by": f"trained apart: {args.forgotten}" if args.forgotten else "fine-tune",
         "forget_steps": curve[-1]["step"],
         "forget_curve": [{"step": c["step"], "relation_accuracy": c["relation_accuracy"]} for c in curve],
         "categories": {
@@ -224,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     share = f"{100 * report['won_back_share']:.0f}%" if report["won_back_share"] is not None else "-"
     lines += [
         "",
-        f"Fall {fall:.1f} points after {report['forget_steps']} steps (needed {args.fall:.0f}); "
+        f"Fall {fall:.1f} points after {report['forget_steps']} steps"
+        f"{' of the copy trained apart' if args.forgotten else ''} (needed {args.fall:.0f}); "
         f"won back {won:.1f} ({share}; needed half) from {info['passing']} passing samples of "
         f"{info['samples']}: **{'passed' if report['passed'] else 'not passed'}**.",
     ]

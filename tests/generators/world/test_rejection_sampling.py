@@ -101,3 +101,27 @@ def test_learnability_check_runs_its_three_stages_and_resumes(tmp_path, make_con
     with pytest.raises(SystemExit):
         _script().main([str(out), "--model", str(tmp_path / "missing")])
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_learnability_check_on_a_copy_trained_apart(tmp_path, make_config, capsys):
+    final = train_world_model(make_config(tmp_path / "m"))
+    apart = train_world_model(make_config(tmp_path / "norel", captions="no-relations", seed=1))
+    out = tmp_path / "check"
+    argv = [str(out), "--model", str(final), "--forgotten", str(apart), "--recover-steps", "2",
+            "--recover-batch", "2", "--prompts-per-category", "1", "--samples-per-prompt", "1",
+            "--per-category", "1", "--eval-seeds", "1", "--sample-steps", "2", "--threads", "1"]  # fmt: skip
+    report = _script().main(argv)
+    assert not (out / "forget").exists()  # nothing fine-tuned to forget
+    assert report["forgotten_by"] == f"trained apart: {apart}"
+    assert report["forget_curve"] == [
+        {"step": 4, "relation_accuracy": report["relation_accuracy"]["forgotten"]}
+    ]
+    assert sorted(f.name for f in (out / "eval").glob("*.json")) == [
+        "base.json",
+        "forgotten.json",
+        "recovered.json",
+    ]
+    assert "of the copy trained apart" in (out / "learnability.md").read_text()
+    with pytest.raises(SystemExit):
+        _script().main([str(out), "--model", str(final), "--forgotten", str(tmp_path)])
+    assert "not a trained world model" in capsys.readouterr().err
