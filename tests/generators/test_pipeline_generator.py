@@ -116,3 +116,22 @@ def test_shipped_weights_fit_the_budget_and_load():
     assert (folder_size(root) if root.is_dir() else 0) <= 25e6
     for name in shipped_models():
         assert (root / name / "training.json").is_file(), f"{name} has no training record"
+
+
+def test_world_quality_command_at_other_steps(tiny_saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from compalign.cli import app
+    from compalign.world.quality import evaluate_generator
+
+    args = ["world", "quality", str(tiny_saved), "-c", "single_object", "-c", "spatial",
+            "--per-category", "2", "-n", "1", "--no-progress"]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "--steps", "2", "--json", str(tmp_path / "q.json")])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "q.json").read_text())["results"][0]
+    want = evaluate_generator(
+        create_generator(tiny_saved, steps=2), ["single_object", "spatial"], 2, [0], progress=False
+    )
+    assert [x["score"] for x in got["records"]] == [x["score"] for x in want["records"]]
+    r = CliRunner().invoke(app, [*args, "--steps", "0"])
+    assert r.exit_code == 2 and "--steps must be >= 1" in r.output

@@ -304,6 +304,9 @@ def quality_command(
     split: Annotated[str, typer.Option("--split", help="heldout or train.")] = "heldout",
     workers: Annotated[int, typer.Option("--workers", help="Evaluator processes.")] = 0,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... (auto).")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="World models: sampling steps (default: each model's).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--json", help="Write every figure (and verdict) here.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
@@ -317,12 +320,16 @@ def quality_command(
         _fail(f"unknown category {bad[0]!r}; expected one of {', '.join(CATEGORIES)}")
     if split not in ("heldout", "train"):
         _fail(f"--split must be heldout or train, got {split!r}")
+    if steps is not None and steps < 1:
+        _fail(f"--steps must be >= 1, got {steps}")
     results = []
     for m in models:
         try:
-            gen = create_generator(m, device=device)
+            gen = create_generator(m, device=device, **({} if steps is None else {"steps": steps}))
         except (KeyError, FileNotFoundError, ModelNotTrainedError) as e:
             _fail(str(e).strip("'\""))
+        except TypeError:
+            _fail(f"--steps is for world models; {m} takes its own number of steps")
         seeds = list(range(seed, seed + num_seeds))
         results.append(
             evaluate_generator(gen, category, per_category, seeds, split, workers=workers, progress=progress)
