@@ -52,7 +52,11 @@ def fail(msg: str) -> None:
 
 
 def preset(arm: str) -> str:
-    return f"world-ab-{arm}"
+    """The preset of an arm: ``world-ab-ARM`` for the A/B's arms, else ARM itself (any preset's run,
+    e.g. ``--root runs --arms world-web`` evaluates ``runs/world-web``'s checkpoints)."""
+    from compalign.generators.world.config import list_presets
+
+    return f"world-ab-{arm}" if f"world-ab-{arm}" in list_presets() else arm
 
 
 def run_dir(root: Path, arm: str) -> Path:
@@ -440,7 +444,10 @@ def main(argv: list[str] | None = None) -> None:
         "--root", type=Path, default=Path("runs/ab"), help="Folder of the arms' runs and results."
     )
     common.add_argument(
-        "--arms", nargs="+", default=list(ARMS), help=f"Arms (presets world-ab-ARM): {ARMS + EXTRA_ARMS}."
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        help=f"Arms (presets world-ab-ARM: {ARMS + EXTRA_ARMS}, or any preset's run under --root).",
     )
     common.add_argument(
         "--tag",
@@ -509,7 +516,10 @@ def main(argv: list[str] | None = None) -> None:
 
     bad = [a for a in args.arms if preset(a) not in list_presets()]
     if bad:
-        fail(f"--arms: no preset world-ab-{bad[0]}; expected some of {', '.join(ARMS + EXTRA_ARMS)}")
+        fail(
+            f"--arms: no preset world-ab-{bad[0]} or {bad[0]}; "
+            f"expected some of {', '.join(ARMS + EXTRA_ARMS)} or a preset name"
+        )
     if args.command == "evaluate":
         from compalign.world.suites import CATEGORIES
 

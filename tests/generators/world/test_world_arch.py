@@ -286,6 +286,8 @@ def test_ab_script_rejects_bad_input(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and word in err and len(err.splitlines()) == 1
+    # an arm is an A/B arm's name, or any preset's run under --root
+    assert (ab.preset("unet"), ab.preset("world-web")) == ("world-ab-unet", "world-web")
 
 
 @pytest.mark.parametrize("name", ["unet-coord", "dit"])
