@@ -34,13 +34,15 @@ def test_rows_come_from_the_loop_and_agree_with_a_direct_evaluation(env, tmp_pat
     argv = [
         "--root", str(tmp_path / "root"), "--train-seeds", "0", "--per-category", "1", "--eval-seeds", "0",
         "--no-headroom", "--reference", str(env["base"]), "--json", str(out), "--md", str(tmp_path / "t.md"),
-        "--", *loop_options(env),
+        "--", *loop_options(env), "--no-eval-gallery",
     ]  # fmt: skip
     bench.main(argv)
     first = capsys.readouterr()
     assert "generating and judging" in first.out + first.err
     res = json.loads(out.read_text())
     rows = {r["row"]: r for r in res["rows"]}
+    state = json.loads((tmp_path / "root" / "seed0" / "state.json").read_text())
+    assert state["iterations"]["1"]["evaluate"]["outputs"]["order"] == ["tinybase", "iter1"]  # no gallery
     assert list(rows) == ["world-web", "iter1", "iter1+reno", "reference"]
     assert res["protocol"]["per_category"] == 1 and res["protocol"]["seeds"] == [0]
     assert res["protocol"]["categories"] == ["color", "spatial", "non_spatial", "single_object"]

@@ -253,6 +253,10 @@ class IterateConfig(DictConfig):
     """Seeds per evaluation prompt."""
     eval_batch_size: int = 64
     """Images per generator call in evaluations (ReNO: images optimised together)."""
+    eval_gallery: bool = True
+    """Evaluate every gallery model too (the report's comparison); False: only the current and the
+    new base (a world model's 900 evaluation images take minutes, so this saves most of the
+    evaluate stage of iteration 1)."""
 
     # ----------------------------------------------------------------------------- ReNO
     reno: bool = True

@@ -25,15 +25,18 @@ def settings(ws: Workspace, k: int) -> dict:
             "per_category": c.eval_per_category,
             "seeds": c.eval_seeds,
             "split": "heldout",
+            **({} if c.eval_gallery else {"gallery": False}),
         }
     )
 
 
 def eval_models(ws: Workspace, k: int) -> list[tuple[str, str]]:
-    """(name, spec) of every model evaluated in iteration k: the gallery's, the current base,
-    the new base."""
-    g = load_gallery(ws.gallery_dir(k, ws.config.aspects[0]), check_images=False)
-    models = [(m["name"], m["spec"]) for m in g.meta["models"]]
+    """(name, spec) of every model evaluated in iteration k: the gallery's (unless `eval_gallery`
+    is off), the current base, the new base."""
+    models = []
+    if ws.config.eval_gallery:
+        g = load_gallery(ws.gallery_dir(k, ws.config.aspects[0]), check_images=False)
+        models = [(m["name"], m["spec"]) for m in g.meta["models"]]
     name, spec, _ = ws.current_base(k)
     if all(abs_spec(s) != spec for _, s in models):
         models.append((name if all(n != name for n, _ in models) else "start-base", spec))
