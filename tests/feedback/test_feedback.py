@@ -204,6 +204,35 @@ def test_denoising_regulariser_and_time_limit(tmp_path, tiny_base, pool_dir):
     assert row["reg"] > 0 and row["loss"] == pytest.approx(row["reward_loss"] + row["reg"], rel=1e-5)
 
 
+def test_denoising_regulariser_keeps_the_captions_the_base_learnt_from(tmp_path, tiny_base, pool_dir):
+    """A base trained on web-like captions is regularised on web-like captions (its record says
+    so), not on exact prompts; its fine-tuned copy records them for the next iteration."""
+    import shutil
+
+    from compalign.generators.world.generator import RECORD_FILE
+
+    web = tmp_path / "web-base"
+    shutil.copytree(tiny_base, web)
+    (web / RECORD_FILE).write_text(json.dumps({"config": {"name": "tiny-web", "captions": "web"}}))
+    assert create_generator(str(web)).training_captions == "web"
+
+    def first_reg(base, name, **kw) -> tuple[float, dict]:
+        config = make_config(tmp_path / name, base, pool_dir, reg_type="denoising", max_steps=1, **kw)
+        final = train_feedback(config, resume=False)
+        row = json.loads((tmp_path / name / "run" / "log.jsonl").read_text().splitlines()[0])
+        return row["reg"], json.loads((final / RECORD_FILE).read_text())
+
+    reg_web, record = first_reg(web, "a")
+    assert record["settings"]["reg_captions"] == "web" and record["captions"] == "web"
+    assert create_generator(str(tmp_path / "a" / "run" / "final")).training_captions == "web"  # the chain
+    reg_exact, record = first_reg(web, "b", reg_captions="exact")  # the same draws, exact prompts
+    assert record["captions"] == "exact" and reg_exact != pytest.approx(reg_web, rel=1e-4)
+    _, record = first_reg(tiny_base, "c")  # a base without captions in its record: exact
+    assert record["settings"]["reg_captions"] == "exact"
+    with pytest.raises(ValueError, match="reg_captions must be one of"):
+        make_config(tmp_path, tiny_base, pool_dir, reg_captions="alt-text")
+
+
 def test_lora_trains_adapters_only_and_saves_a_merged_pipeline(tmp_path, tiny_base, pool_dir):
     config = make_config(
         tmp_path, tiny_base, pool_dir, lora_rank=4, reg_type="distance", max_steps=6, learning_rate=1e-2

@@ -116,6 +116,12 @@ class FeedbackConfig(DictConfig):
     """``denoising``: scenes per pool file (same value as world training: their shards are shared)."""
     data_seed: int = 0
     """``denoising``: seed of the pool's scenes."""
+    reg_captions: str | None = None
+    """``denoising``: caption preset of the pool's scenes (`compalign.world.captions`: ``exact``,
+    ``web``, ...). None: the captions the base learnt from (its record; ``exact`` when it does not
+    say). The regulariser is the base's own pre-training data (IterComp's): a base pre-trained on
+    web-like captions keeps them, since exact ones would teach it the compositions outside the
+    reward models."""
 
     # ----------------------------------------------------------------------------- what trains
     train_unet: bool = True
@@ -209,6 +215,12 @@ class FeedbackConfig(DictConfig):
             raise ValueError(f"sampler must be None or one of {SAMPLERS}, got {self.sampler!r}")
         if self.reg_type not in REG_TYPES:
             raise ValueError(f"reg_type must be one of {REG_TYPES}, got {self.reg_type!r}")
+        if self.reg_captions is not None:
+            from compalign.world.captions import list_caption_presets  # lazy: loads scipy
+
+            known = list_caption_presets()
+            if self.reg_captions not in known:
+                raise ValueError(f"reg_captions must be one of {', '.join(known)}, got {self.reg_captions!r}")
         if self.reg_weight < 0:
             raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
         if not (self.train_unet or self.train_text_encoder):
@@ -273,8 +285,11 @@ class FeedbackConfig(DictConfig):
 
         return [p for c in self.world_categories() for p in load_suite(c, "train")]
 
-    def resolve(self, kind: str, default_steps: int, default_guidance: float) -> dict:
-        """The settings left at None filled for a base of `kind` (``world`` / ``diffusers``)."""
+    def resolve(
+        self, kind: str, default_steps: int, default_guidance: float, base_captions: str | None = None
+    ) -> dict:
+        """The settings left at None filled for a base of `kind` (``world`` / ``diffusers``) that
+        learnt from captions `base_captions` (None: exact)."""
         d = KIND_DEFAULTS[kind]
         steps = int(self.total_steps or d["total_steps"] or default_steps)
         reg = d["reg_type"] if self.reg_type == "auto" else self.reg_type
@@ -292,6 +307,7 @@ class FeedbackConfig(DictConfig):
             ),
             "reward_scale": float(self.reward_scale if self.reward_scale is not None else d["reward_scale"]),
             "reg_type": reg,
+            **({"reg_captions": self.reg_captions or base_captions or "exact"} if reg == "denoising" else {}),
         }
 
 

@@ -36,8 +36,9 @@ class WorldBackbone:
 
     kind = "world"
 
-    def __init__(self, pipe, source: str):
+    def __init__(self, pipe, source: str, captions: str | None = None):
         self.pipe, self.source = pipe, source
+        self.captions = captions  # the caption preset the base learnt from (None: not recorded)
 
     @property
     def unet(self):
@@ -151,7 +152,7 @@ def load_backbone(base: str) -> WorldBackbone:
     except (KeyError, FileNotFoundError, LookupError) as e:
         raise ValueError(f"cannot load base model {base!r}: {e}") from e
     if isinstance(gen, WorldGenerator):
-        return WorldBackbone(gen.pipe, base)
+        return WorldBackbone(gen.pipe, base, gen.training_captions)
     pipe = gen.pipe
     names = set(getattr(pipe, "components", {}))
     one_text_encoder = getattr(pipe, "text_encoder_2", None) is None

@@ -141,7 +141,7 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
     # ---------------------------------------------------------------- model, rewards, prompts
     prompts = config.prompt_list()
     bb = load_backbone(config.base)
-    res = config.resolve(bb.kind, bb.default_steps, bb.default_guidance)
+    res = config.resolve(bb.kind, bb.default_steps, bb.default_guidance, getattr(bb, "captions", None))
     steps, (first, last) = res["total_steps"], res["stop_indices"]
     guidance, cfg = res["guidance_scale"], _uses_cfg(bb, res["guidance_scale"])
     rewards = load_rewards(config.objective(), device)
@@ -271,7 +271,7 @@ def _train(config: FeedbackConfig, resume: bool, stop_at_step: int | None) -> Pa
         if pool is not None:
             k = SALT_DENOISE + draw  # its own batch, noise, timesteps and prompt dropout
             denoise = {
-                "batch": pool.batch(config.seed, k, config.reg_batch_size or B),
+                "batch": pool.batch(config.seed, k, config.reg_batch_size or B, captions=res["reg_captions"]),
                 "step": k,
                 "seed": config.seed,
                 "cond_dropout": config.cond_dropout,
@@ -504,6 +504,7 @@ def _record(
         "processes": nproc,
         "samples_per_step": config.batch_size * config.grad_accum * nproc,
         "settings": res,
+        "captions": res.get("reg_captions"),  # the caption preset this model's training data had
         "rewards": {k: {"weight": w, "cap": config.reward_caps.get(k)} for k, w in config.rewards.items()},
         "prompts": {
             "source": config.prompts_file or "world suites (train split)",

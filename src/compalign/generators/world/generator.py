@@ -94,6 +94,15 @@ class WorldGenerator(Generator):
         pipe = load_pipeline(path, dtype or torch.float32)
         return cls(pipe, name=name or path.name, device=device, dtype=dtype, record=record, steps=steps)
 
+    @property
+    def training_captions(self) -> str | None:
+        """The caption preset (`compalign.world.captions`) the model learnt from, from its record:
+        a world training's ``config.captions``, a feedback run's ``captions`` (what its
+        regulariser used); None when the record does not say (models from before captions:
+        exact prompts)."""
+        r = self.record or {}
+        return r.get("captions") or (r.get("config") or {}).get("captions")
+
     # ------------------------------------------------------------------ contract
     def noise_shape(self, batch: int = 1) -> tuple[int, ...]:
         return self.pipe.noise_shape(batch)
