@@ -1,4 +1,5 @@
-"""Configuration of a feedback-learning run (ReFL with several rewards, IterComp style).
+"""Configuration of a feedback-learning run: ReFL with several rewards, IterComp style
+(`FeedbackConfig`), and reward-ranked fine-tuning on a gallery's best images (`RaftConfig`).
 
 Fields left at ``None`` take a default that depends on the base model's kind (`resolve` fills
 them): a world model (pixel-space, tiny) or a diffusers Stable-Diffusion-like pipeline
@@ -364,3 +365,76 @@ def stop_indices(stop_range, total_steps: int) -> tuple[int, int]:
     a = min(math.ceil(lo * n - 1e-9), n - 1)
     b = max(a, min(math.ceil(hi * n - 1e-9) - 1, n - 1))
     return a, b
+
+
+@dataclass
+class RaftConfig(DictConfig):
+    """Everything that defines a RAFT run (reward-ranked fine-tuning on the galleries' best images,
+    `compalign.feedback.raft`)."""
+
+    name: str = "world-raft"
+    """Run / model name."""
+    base: str = "world-base"
+    """The world model to fine-tune (a shipped name or a folder)."""
+    output_dir: str | None = None
+    """Run folder (the final pipeline under ``final/``). Default: ``runs/<name>``."""
+    galleries: list[str] = field(default_factory=list)
+    """Gallery folders (each of one aspect) whose images of train prompts are the candidates."""
+    rewards: dict[str, str] = field(default_factory=dict)
+    """Aspect -> reward spec (e.g. ``composition:FOLDER``) that scores that aspect's candidates."""
+    samples_per_prompt: int = 0
+    """New samples of the base per gallery prompt added to the candidates (0: the gallery only)."""
+    top_k: int = 1
+    """Candidates kept per prompt: the best by the aspect's reward."""
+    max_steps: int = 300
+    """Fine-tuning steps."""
+    batch_size: int = 32
+    """Selected images per step (drawn with the aspects equally often)."""
+    learning_rate: float = 5e-5
+    """AdamW learning rate (constant)."""
+    train_text_encoder: bool = False
+    """Fine-tune the text encoder too (else the denoiser only)."""
+    reg_batch_size: int = 16
+    """Regulariser scenes added to each step's batch (0: none)."""
+    reg_captions: str | None = None
+    """Caption preset of the regulariser's scenes; None: the captions the base learnt from (its
+    record; ``exact`` when it does not say)."""
+    pool_dir: str | None = None
+    """Folder of scene pools (None: the per-user cache, `compalign.cache.scene_pool_dir`)."""
+    pool_per_category: int = 1024
+    """Regulariser scenes per category (the aspects' categories)."""
+    pool_shard_size: int = 256
+    """Scenes per pool file (the value world training uses: their shards are shared)."""
+    data_seed: int = 0
+    """Seed of the pool's scenes."""
+    seed: int = 0
+    """Seed of the batches, the denoising noise and the base's candidate samples."""
+    num_threads: int | None = None
+    """torch CPU threads (None: torch's default). RAFT runs on the CPU: world models are tiny."""
+    progress: bool = True
+    """Log the loss every 50 steps."""
+
+    def __post_init__(self) -> None:
+        self.galleries = [str(g) for g in self.galleries]
+        self.rewards = {str(a): str(s) for a, s in (self.rewards or {}).items()}
+        for name in ("top_k", "max_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("samples_per_prompt", "reg_batch_size", "pool_per_category"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        from compalign.world.captions import list_caption_presets  # lazy: loads scipy (compalign.world)
+        from compalign.world.suites import ASPECTS
+
+        bad = sorted(set(self.rewards) - set(ASPECTS))
+        if bad:
+            raise ValueError(f"rewards: unknown aspect {bad[0]!r}; expected some of {', '.join(ASPECTS)}")
+        if self.reg_captions is not None and self.reg_captions not in list_caption_presets():
+            known = ", ".join(list_caption_presets())
+            raise ValueError(f"reg_captions must be one of {known}, got {self.reg_captions!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
