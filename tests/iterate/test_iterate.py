@@ -186,6 +186,35 @@ def test_feedback_stop_range_reaches_the_refl_run(done, env, cli, tmp_path):
     assert stages_of(wd)["feedback"]["settings"]["stop_range"] == [0, 1]
 
 
+def test_raft_feedback_learns_the_galleries_best_images(done, env, cli, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(done[0], wd)
+    raft = ["--feedback-method", "raft", "--raft-max-steps", "2", "--raft-batch-size", "2",
+            "--raft-reg-batch-size", "2"]  # fmt: skip
+    r = cli(*iterate_args(env, wd, *raft))
+    assert r.exit_code == 2 and "stage feedback finished with other settings" in r.stderr
+    r = cli(*iterate_args(env, wd, *raft, "--force-stage", "1:feedback"))
+    assert r.exit_code == 0, r.output
+    state = stages_of(wd)
+    fb = state["feedback"]
+    assert fb["settings"]["method"] == "raft" and fb["settings"]["steps"] == 2
+    out = fb["outputs"]
+    assert out["method"] == "raft" and set(out["selection"]) == set(ASPECTS)
+    for v in out["selection"].values():
+        # one pick per train prompt (the gallery's held-out prompts are never candidates), among 3 models
+        assert v["selected"] == v["prompts"] and v["candidates"] == 3 * v["prompts"]
+        assert set(v["selected_by_source"]) <= {"good", "bad", "tinybase"}
+    record = read(wd / "iter_1" / "base" / "training.json")
+    assert record["mode"] == "raft" and record["config"]["rewards"] == {
+        a: f"composition:{wd.resolve() / 'iter_1' / 'rewards' / a / 'final'}" for a in ASPECTS
+    }
+    assert not (wd / "iter_1" / "feedback").exists()  # the ReFL run was removed with the forced stage
+    assert all(state[s]["status"] == "done" for s in ("evaluate", "reno", "report"))
+    assert "## Feedback training: RAFT" in (wd / "iter_1" / "report.md").read_text()
+    r = cli(*iterate_args(env, tmp_path / "other", "--feedback-method", "dpo"))
+    assert r.exit_code == 2 and "unknown --feedback-method 'dpo'" in r.stderr
+
+
 def test_reno_steps_optimise_the_multi_step_base_itself(done, env, cli, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(done[0], wd)

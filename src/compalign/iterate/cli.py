@@ -22,7 +22,7 @@ from compalign._cli import fail as _fail
 
 from ..config_cli import Opt, config_fields, config_options, path_str
 from ..feedback.cli import parse_stop_range
-from ..feedback.config import DEFAULT_STOP_RANGE, FeedbackConfig
+from ..feedback.config import DEFAULT_STOP_RANGE, FeedbackConfig, RaftConfig
 from ..noise_optimization.reno import ReNOConfig
 from ..rewards.composition.config import RewardTrainConfig
 from ..rewards.objective import parse_weights
@@ -89,6 +89,14 @@ NESTED_OPTIONS = {
         "checkpoint_every": Opt(),
     }),
     "noise_optimization": ("reno", {"iterations": Opt(), "lr": Opt()}),
+    "raft_training": ("raft", {
+        "max_steps": Opt(),
+        "batch_size": Opt(),
+        "learning_rate": Opt(),
+        "top_k": Opt(),
+        "samples_per_prompt": Opt(),
+        "reg_batch_size": Opt(),
+    }),
 }  # fmt: skip
 """The fields of the nested trainer configs on the command line: nested config -> (prefix, {field:
 how it appears}). Field ``f`` of a config is ``--PREFIX-f`` (``learning_rate`` of
@@ -101,6 +109,7 @@ CONFIG_SOURCES = {
     "reward_training": RewardTrainConfig,
     "feedback_training": FeedbackConfig,
     "noise_optimization": ReNOConfig,
+    "raft_training": RaftConfig,
 }
 """The nested configs, whose fields become options."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._config import DictConfig
 from ..feedback.config import RUNTIME_FIELDS as FEEDBACK_RUNTIME_FIELDS
-from ..feedback.config import FeedbackConfig
+from ..feedback.config import FeedbackConfig, RaftConfig
 from ..noise_optimization.reno import ReNOConfig
 from ..rewards.composition.config import RewardTrainConfig
 from ..rewards.objective import RewardTerm, objective_from_weights
@@ -52,13 +52,14 @@ def base_name(k: int) -> str:
     return f"iter{k}"
 
 
-NESTED = ("reward_training", "feedback_training", "noise_optimization")
+NESTED = ("reward_training", "feedback_training", "noise_optimization", "raft_training")
 """The trainers' configs an `IterateConfig` holds."""
 
 DEFAULTS = {
     "reward_training": {"epochs": 2, "batch_size": 32},
     "feedback_training": {"max_steps": 150, "batch_size": 8},
     "noise_optimization": {"iterations": 20, "progress": False},
+    "raft_training": {},
 }
 """Where iterate's defaults differ from the trainers' own (one iteration in about 15 minutes on a
 2-core CPU, see `ESTIMATE`)."""
@@ -69,6 +70,9 @@ PER_RUN = {
         "name", "base", "output_dir", "rewards", "aspects", "seed", "device", "num_threads", "progress",
     ),
     "noise_optimization": ("progress",),
+    "raft_training": (
+        "name", "base", "output_dir", "galleries", "rewards", "seed", "num_threads", "progress", "pool_dir",
+    ),
 }  # fmt: skip
 """Fields of the nested configs that each iteration sets, from the iteration and the top-level
 fields (`seed`, `device`, `num_threads`, `progress`); they are not settings of their own."""
@@ -91,6 +95,14 @@ RECORDED = {
         "pool_per_category": "pool_per_category",
     },
     "noise_optimization": {"iterations": "iterations", "lr": "lr"},
+    "raft_training": {
+        "max_steps": "steps",
+        "batch_size": "batch_size",
+        "learning_rate": "lr",
+        "top_k": "top_k",
+        "samples_per_prompt": "samples_per_prompt",
+        "reg_batch_size": "reg_batch_size",
+    },
 }
 """Fields of the nested configs their stage always records, under the names ``state.json`` has
 always used for them. Every other field that changes what a stage computes is recorded under its
@@ -130,6 +142,8 @@ def nested_class(name: str) -> type:
         return FeedbackConfig
     if name == "noise_optimization":
         return ReNOConfig
+    if name == "raft_training":
+        return RaftConfig
     raise KeyError(name)
 
 
@@ -141,6 +155,8 @@ def runtime_fields(name: str) -> frozenset[str]:
         return RUNTIME_FIELDS
     if name == "feedback_training":
         return FEEDBACK_RUNTIME_FIELDS
+    if name == "raft_training":
+        return frozenset({"num_threads", "progress", "pool_dir", "output_dir"})
     return frozenset({"progress", "keep_all_images"})
 
 
@@ -230,6 +246,10 @@ class IterateConfig(DictConfig):
     run folder, seed, device, threads, progress) are set by each iteration."""
 
     # ----------------------------------------------------------------------------- feedback
+    feedback_method: str = "refl"
+    """How the base learns from the reward models: ``refl`` (IterComp's ReFL; options --feedback-*)
+    or ``raft`` (reward-ranked fine-tuning: the rewards pick each train prompt's best image of the
+    iteration's galleries, the base learns them with its denoising loss; options --raft-*)."""
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each aspect's reward model in feedback training (missing: 1.0); ReNO scales it by
     `reno_reward_scale`. The aspects' reward models with these weights are the reward objective
@@ -239,6 +259,11 @@ class IterateConfig(DictConfig):
     steps of 8 samples by default). Its `PER_RUN` fields (name, base, run folder, rewards, aspects,
     seed, device, threads, progress) are set by each iteration; its `pool_dir` (None: the per-user
     cache, `compalign.cache.scene_pool_dir`) is shared by the iterations and every other run."""
+    raft_training: RaftConfig = field(default_factory=lambda: _nested("raft_training"))
+    """How RAFT fine-tunes the base each iteration when `feedback_method` is ``raft``
+    (`RaftConfig`). Its `PER_RUN` fields (name, base, run folder, galleries, rewards, seed,
+    threads, progress, pool folder) are set by each iteration: the galleries of the iteration,
+    each scored by its aspect's reward model, and `feedback_training`'s scene pool folder."""
 
     # ----------------------------------------------------------------------------- evaluation
     eval_categories: list[str] | None = None

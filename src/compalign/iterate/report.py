@@ -248,9 +248,41 @@ def _reward_models(c: IterateConfig, k: int, rewards: dict, plots: Path, made: l
     return lines
 
 
+def _raft(ws: Workspace, fb: dict) -> list[str]:
+    """The RAFT run: what the reward models picked per aspect, and how often the exact evaluator
+    passes those images (the report's look at the selection; the selection never sees it)."""
+    r = ws.config.raft_training
+    loss = fb.get("loss_first_last") or {}
+    samples = f" and {r.samples_per_prompt} new samples of the base" if r.samples_per_prompt else ""
+    lines = [
+        "## Feedback training: RAFT",
+        "",
+        f"The aspect reward models picked the best {r.top_k} image(s) of each train prompt among the "
+        f"galleries' models{samples}; "
+        f"the base learnt them for {fb.get('steps')} steps x {r.batch_size} (lr {r.learning_rate}, "
+        f"{r.reg_batch_size} regulariser scenes a step, captions {fb.get('captions')}); denoising loss "
+        f"{_fmt(loss.get('first'), 4)} (first steps) -> {_fmt(loss.get('last'), 4)} (last); "
+        f"{fb.get('wall_time_s')} s.",
+        "",
+        "| aspect | train prompts | candidates | picked | reward: all -> picked "
+        "| evaluator passes: all -> picked | picked from |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for a, v in (fb.get("selection") or {}).items():
+        src = ", ".join(f"{m} {n}" for m, n in v["selected_by_source"].items())
+        lines.append(
+            f"| {a} | {v['prompts']} | {v['candidates']} | {v['selected']} | {_fmt(v['reward_all'])} -> "
+            f"{_fmt(v['reward_selected'])} | {_pct(v['evaluator_pass_all'])} -> "
+            f"{_pct(v['evaluator_pass_selected'])} | {src} |"
+        )
+    return [*lines, ""]
+
+
 def _feedback(ws: Workspace, k: int, fb: dict, plots: Path, made: list[Path]) -> list[str]:
     """The feedback run: its settings, the aspect rewards' first and last steps, its curves."""
     c = ws.config
+    if fb.get("method") == "raft":
+        return _raft(ws, fb)
     fb_plot = feedback_plot(ws, fb, plots / "feedback_rewards.png")
     if fb_plot is not None:
         made.append(fb_plot)

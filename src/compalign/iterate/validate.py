@@ -56,6 +56,14 @@ def validate(config: IterateConfig) -> None:
         need(v >= lo, f"{name} must be >= {lo}, got {v}")
     need(c.reno_per_category is None or c.reno_per_category >= 1, "--reno-per-category must be >= 1")
     need(c.reno_steps is None or c.reno_steps >= 1, "--reno-steps must be >= 1")
+    need(
+        c.feedback_method in ("refl", "raft"),
+        f"unknown --feedback-method {c.feedback_method!r}; expected refl or raft",
+    )
+    need(
+        c.feedback_method != "raft" or not _is_adapter(c.base),
+        f"--feedback-method raft fine-tunes world models; --base {c.base} is not one",
+    )
     need(bool(c.eval_seeds), "--eval-seeds: give at least one seed")
     need(all(s >= 0 for s in c.eval_seeds), f"--eval-seeds must be >= 0, got {c.eval_seeds}")
     need(len(set(c.eval_seeds)) == len(c.eval_seeds), "--eval-seeds: a seed is given twice")

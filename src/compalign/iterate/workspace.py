@@ -87,7 +87,7 @@ class Workspace:
             "rank": [],
             "pairs": [d / "pairs"],
             "rewards": [d / "rewards"],
-            "feedback": [d / "feedback", d / "base"],
+            "feedback": [d / "feedback", d / "raft", d / "base"],
             "evaluate": [d / "eval"],
             "reno": [d / "reno"],
             "report": [d / "report.md", d / "plots", d / "summary.json"],
