@@ -14,7 +14,9 @@ Per iteration k (folder ``<workdir>/iter_<k>/``), in order (`STAGES`):
 4. ``rewards``  one composition reward model per aspect (``rewards/<aspect>/final``), trained on
    the train pairs, selected and scored on the held-out pairs;
 5. ``feedback`` ReFL training of the current base against the weighted aspect reward models, with
-   the regulariser (``feedback/``); the result is ``iter_<k>/base``;
+   the regulariser (``feedback/``), or RAFT (``--feedback-method raft``: the reward models pick each
+   train prompt's best gallery image and the base learns them, ``raft/``); the result is
+   ``iter_<k>/base``;
 6. ``evaluate`` held-out exact-evaluator accuracy per category of every gallery model and the new
    base (``eval/<model>.json``, and ``eval/<model>.images.npz``: its first-seed images, which the
    reward check scores and the report shows; results of unchanged models are reused from earlier
