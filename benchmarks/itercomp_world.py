@@ -53,6 +53,7 @@ AIMS = {
     "iter1+reno - iter1": 5.0,
     "headroom - world-web": 15.0,
 }
+"""The IterComp issue's aims (points, on the seed means); "at most" marks an upper bound."""
 
 
 def fail(msg: str) -> None:
@@ -128,6 +129,7 @@ def loop_rows(workdir: Path, seed: int, command: str) -> tuple[list[dict], dict,
             command=command,
             settings={**settings, "iteration_minutes": round(minutes / 60, 1)},
         )
+        r["diagnostics"] = signal_diagnostics(state, k)
         rows.append(r)
         if k == 1:
             base = [m for n, m in ev["models"].items() if m["spec"] == base_label and n != names[-1]]
@@ -150,6 +152,23 @@ def loop_rows(workdir: Path, seed: int, command: str) -> tuple[list[dict], dict,
                 )
             )
     return rows, base_row, config
+
+
+def signal_diagnostics(state: State, k: int) -> dict:
+    """Where iteration k's signal could be lost, per aspect: the reward model's held-out pair
+    accuracy (on the gallery's pairs) and the reward check's agreement with the evaluator on the
+    images whose verdict changed from the previous base to the new one."""
+    rewards = state.outputs(k, "rewards")
+    check = state.outputs(k, "evaluate").get("reward_check") or {}
+    out = {}
+    for a, v in rewards.items():
+        c = (check.get("aspects") or {}).get(a) or {}
+        out[a] = {
+            "reward_heldout_pair_accuracy": v.get("heldout_accuracy"),
+            "reward_evaluator_agreement_on_changed": c.get("agreement"),
+            "changed_verdicts": c.get("decided_pairs"),
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------------ 2. headroom

@@ -57,6 +57,9 @@ def test_rows_come_from_the_loop_and_agree_with_a_direct_evaluation(env, tmp_pat
     mean = np.mean(list(rows["iter1"]["aspects"].values()))
     assert rows["iter1"]["aspect_mean"] == pytest.approx(mean, abs=0.01)
     assert rows["iter1"]["settings"]["iteration_minutes"] >= 0
+    diag = rows["iter1"]["diagnostics"]
+    assert set(diag) == set(rows["iter1"]["aspects"])
+    assert all(0 <= d["reward_heldout_pair_accuracy"] <= 1 for d in diag.values())
     aim = res["aims"]["iter1 - world-web (mean of the aspects)"]
     assert aim["figure"] == pytest.approx(
         rows["iter1"]["aspect_mean"] - rows["world-web"]["aspect_mean"], abs=0.01
