@@ -437,6 +437,76 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+# ------------------------------------------------------------------------------------- bound
+def parse_curve(text: str) -> tuple[Path, str, int]:
+    """``ROOT:ARM`` or ``ROOT:ARM+OFFSET`` -> (root, arm, step offset)."""
+    root, sep, rest = text.rpartition(":")
+    arm, plus, off = rest.partition("+")
+    if not sep or not root or not arm or (plus and not off.isdigit()):
+        fail(f"--curve {text!r}: expected ROOT:ARM or ROOT:ARM+OFFSET (OFFSET: steps before this run)")
+    return Path(root), arm, int(off) if plus else 0
+
+
+def log_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares of ``acc = a + b ln(step)``: (a, b)."""
+    import numpy as np
+
+    x = np.log([s for s, _ in points])
+    y = np.array([v for _, v in points])
+    b, a = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+def cmd_bound(args: argparse.Namespace) -> None:
+    """Extrapolate the learning curve (one model's runs joined, steps counted from the first run's
+    start) of each target category: ``acc = a + b ln(step)`` fitted on the evaluations from
+    `--from-step` on; the accuracy it predicts at `--budget-steps` and the steps it needs to reach
+    each target. A bound from the curve's own trend: a schedule's last decay or a change of recipe
+    can beat it, a plateau falls short of it."""
+    import math
+
+    from compalign.io import atomic_write_text
+
+    targets = {}
+    for t in args.targets:
+        cat, _, v = t.partition("=")
+        try:
+            targets[cat] = float(v)
+        except ValueError:
+            fail(f"--targets {t!r}: expected CATEGORY=ACCURACY")
+    points: dict[str, list[tuple[int, float]]] = {c: [] for c in targets}
+    for text in args.curve:
+        root, arm, offset = parse_curve(text)
+        folder = root / "eval" / (f"{evaluator_key()}-{args.tag}" if args.tag else evaluator_key()) / arm
+        results = [json.loads(f.read_text()) for f in sorted(folder.glob("step_*.json"))]
+        if not results:
+            fail(f"--curve {text}: no evaluation results in {folder}")
+        for r in results:
+            for c in targets:
+                if c in r["categories"] and r["step"] + offset >= args.from_step:
+                    points[c].append((r["step"] + offset, 100 * r["categories"][c]["accuracy"]))
+    lines = [
+        f"| category | points (steps {args.from_step}+) | last measured | points per doubling of steps "
+        f"| predicted at {args.budget_steps} steps | target | steps to reach it |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c, target in targets.items():
+        pts = sorted(points[c])
+        if len(pts) < 2:
+            fail(f"{c}: {len(pts)} evaluation(s) from step {args.from_step} on; a fit needs two")
+        a, b = log_fit(pts)
+        at_budget = a + b * math.log(args.budget_steps)
+        reach = f"{math.exp((target - a) / b):.0f}" if b > 0 else "never (no rise)"
+        lines.append(
+            f"| {c} | {len(pts)} | {pts[-1][1]:.1f} at {pts[-1][0]} | {b * math.log(2):+.1f} "
+            f"| {at_budget:.1f} | {target:g} | {reach} |"
+        )
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text, end="")
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
@@ -510,6 +580,15 @@ def main(argv: list[str] | None = None) -> None:
     tb = add("table", "A markdown table of every result: accuracy, and objects / relations given objects.")
     tb.add_argument("--out", type=Path, default=None, help="Also write the table here.")
     tb.add_argument("--evaluator-key", default=None, help="Results of another evaluator version.")
+    bd = add("bound", "Extrapolate a model's learning curve to a step budget and to target accuracies.")
+    bd.add_argument(
+        "--curve", nargs="+", required=True, help="ROOT:ARM[+OFFSET]: one model's runs, in order (OFFSET: "
+        "steps trained before the run, e.g. runs:world-base-v2+14062 for a continuation)."
+    )  # fmt: skip
+    bd.add_argument("--targets", nargs="+", default=["spatial=65", "position=50", "non_spatial=50"])
+    bd.add_argument("--from-step", type=int, default=5000, help="Fit the evaluations from this step on.")
+    bd.add_argument("--budget-steps", type=int, required=True, help="Where to read the fitted curve.")
+    bd.add_argument("--out", type=Path, default=None, help="Also write the table here.")
     args = p.parse_args(argv)
 
     from compalign.generators.world.config import list_presets
@@ -534,6 +613,7 @@ def main(argv: list[str] | None = None) -> None:
         "evaluate": cmd_evaluate,
         "plot": cmd_plot,
         "table": cmd_table,
+        "bound": cmd_bound,
     }
     commands[args.command](args)
 

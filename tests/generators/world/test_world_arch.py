@@ -305,3 +305,37 @@ def test_candidate_loss_decreases_on_a_fixed_batch(name, tmp_path, make_config, 
         assert not torch.allclose(
             pipe.predict(x, torch.tensor(100), text, mask), pipe.predict(x, torch.tensor(900), text, mask)
         )
+
+
+def test_bound_fits_the_joined_curve_of_a_model(tmp_path, capsys):
+    """Two runs of one model (the second continues the first: offset), acc = 10 + 5 ln(step)."""
+    import math
+
+    ab = _ab_script()
+    key = ab.evaluator_key()
+    for root, arm, steps, offset in (
+        (tmp_path / "a", "unet", (1000, 2000), 0),
+        (tmp_path / "b", "v2", (1000,), 2000),
+    ):
+        folder = root / "eval" / key / arm
+        folder.mkdir(parents=True)
+        for s in steps:
+            acc = (10 + 5 * math.log(s + offset)) / 100
+            (folder / f"step_{s:07d}.json").write_text(
+                json.dumps({"step": s, "categories": {"spatial": {"accuracy": acc}}})
+            )
+    curves = [f"{tmp_path / 'a'}:unet", f"{tmp_path / 'b'}:v2+2000"]
+    ab.main(["bound", "--curve", *curves, "--targets", "spatial=60", "--from-step", "500",
+             "--budget-steps", "8000", "--out", str(tmp_path / "b.md")])  # fmt: skip
+    row = (tmp_path / "b.md").read_text().splitlines()[2].split("|")
+    assert (
+        row[1].strip() == "spatial"
+        and row[2].strip() == "3"
+        and row[3].strip() == f"{10 + 5 * math.log(3000):.1f} at 3000"
+    )
+    assert float(row[4]) == pytest.approx(5 * math.log(2), abs=0.05)  # points per doubling
+    assert float(row[5]) == pytest.approx(10 + 5 * math.log(8000), abs=0.05)
+    assert int(row[7]) == pytest.approx(math.exp(10), rel=1e-3)  # 60 = 10 + 5 ln(step)
+    with pytest.raises(SystemExit):
+        ab.main(["bound", "--curve", "nocolon", "--budget-steps", "10"])
+    assert "expected ROOT:ARM" in capsys.readouterr().err
