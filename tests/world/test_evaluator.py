@@ -173,7 +173,7 @@ def test_suite_items_offset():
 def test_relation_given_objects_separates_drawing_from_placing():
     """Records of relation prompts say whether the objects were drawn and, apart, whether they
     were placed; `summarize` turns them into `objects` and `relation_given_objects`."""
-    from compalign.world.quality import _judge_all, summarize
+    from compalign.world.quality import judge_clauses, summarize
 
     rng = np.random.default_rng(0)
     prompt = "a red circle on the left of a blue square"
@@ -181,7 +181,7 @@ def test_relation_given_objects_separates_drawing_from_placing():
     swapped = to_uint8(render(sample_layout(parse_prompt("a red circle on the right of a blue square"), rng)))
     empty = np.zeros_like(placed)
     single = to_uint8(render(sample_layout(parse_prompt("a red circle"), rng)))
-    got = _judge_all(np.stack([placed, swapped, empty, single]), [prompt, prompt, prompt, "a red circle"])
+    got = judge_clauses(np.stack([placed, swapped, empty, single]), [prompt, prompt, prompt, "a red circle"])
     assert got[0] == (True, 1.0, True, True)
     assert got[1][0] is False and got[1][2:] == (True, False)
     assert got[2][2:] == (False, False)

@@ -52,10 +52,10 @@ def _judge(args: tuple[np.ndarray, str]) -> tuple[bool, float, bool, bool | None
 
 def judge_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
     """`(passed, score)` per image (`[B, 3, H, W]` in [0, 1] or `[B, H, W, 3]` uint8)."""
-    return [j[:2] for j in _judge_all(images, prompts, workers)]
+    return [j[:2] for j in judge_clauses(images, prompts, workers)]
 
 
-def _judge_all(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
+def judge_clauses(images: torch.Tensor | np.ndarray, prompts: Sequence[str], workers: int = 0) -> list[tuple]:
     """`(passed, score, objects_passed, relations_passed)` per image."""
     if isinstance(images, torch.Tensor):
         arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
@@ -140,7 +140,9 @@ def evaluate_generator(
         else:
             with torch.no_grad():
                 images = generator.generate(prompts, seeds=sds, **settings)
-        for (c, p, s), (ok, score, obj, rel) in zip(chunk, _judge_all(images, prompts, workers), strict=True):
+        for (c, p, s), (ok, score, obj, rel) in zip(
+            chunk, judge_clauses(images, prompts, workers), strict=True
+        ):
             record = {"category": c, "prompt": p, "seed": s, "passed": bool(ok), "score": score}
             if rel is not None:
                 record.update(objects_ok=bool(obj), relations_ok=bool(rel))
