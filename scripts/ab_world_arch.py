@@ -28,7 +28,7 @@ from pathlib import Path
 from compalign.world.quality import evaluator_key
 
 ARMS = ("unet", "coord", "dit")
-EXTRA_ARMS = ("pos", "dit4", "coordt5")
+EXTRA_ARMS = ("pos", "dit4", "coordt5", "clipt5")
 RELATION_CATEGORIES = ("spatial", "position", "non_spatial")
 EVAL_CATEGORIES = ("single_object", "two_object", "color", "color_attr", "spatial", "position", "non_spatial")
 PANELS = (

@@ -79,7 +79,10 @@ class WorldBackbone:
         return self.pipe.unfold(x0.float()).clamp(-1, 1) * 0.5 + 0.5
 
     def text_lora_targets(self) -> tuple[str, ...]:
-        return TEXT_LORA_TARGETS["t5" if "T5" in type(self.text_encoder).__name__ else "clip"]
+        name = type(self.text_encoder).__name__
+        if name == "DualTextEncoder":
+            return TEXT_LORA_TARGETS["clip"] + TEXT_LORA_TARGETS["t5"]
+        return TEXT_LORA_TARGETS["t5" if "T5" in name else "clip"]
 
     def save(self, folder: Path) -> None:
         with quiet_loading():

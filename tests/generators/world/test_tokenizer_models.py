@@ -42,7 +42,7 @@ def test_tokenize_and_round_trip_offline(tmp_path, monkeypatch):
     assert torch.equal(ids, ids2) and torch.equal(mask, mask2)
 
 
-@pytest.mark.parametrize("text_encoder", ["clip", "t5"])
+@pytest.mark.parametrize("text_encoder", ["clip", "t5", "clip+t5"])
 def test_components_build(text_encoder):
     arch = WorldArch(
         block_out_channels=(16, 32),
@@ -54,7 +54,33 @@ def test_components_build(text_encoder):
     )
     c = build_components(arch)
     assert c["unet"].config.in_channels == 12 and c["unet"].config.sample_size == 16
-    assert c["unet"].config.cross_attention_dim == 32
+    width = 64 if text_encoder == "clip+t5" else 32  # the dual encoder's features: both widths
+    assert c["unet"].config.cross_attention_dim == width == arch.text_width
+    ids = torch.tensor([[1, 5, 6, 2, 0]])
+    out = c["text_encoder"](input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state
+    assert out.shape == (1, 5, width)
+
+
+def test_dual_text_encoder_saves_loads_and_joins_both_encoders(tmp_path):
+    """A pipeline with the dual encoder round-trips offline; its features are CLIP's then T5's."""
+    from compalign.generators.world.generator import WorldGenerator
+    from tests.factories import tiny_pipeline
+
+    pipe = tiny_pipeline(text_encoder="clip+t5")
+    te = pipe.text_encoder
+    from compalign.generators.world.tokenizer import tokenize
+
+    ids, mask = tokenize(pipe.tokenizer, ["a red circle to the left of a blue square"])
+    both = te(input_ids=ids, attention_mask=mask).last_hidden_state
+    clip = te.clip(input_ids=ids, attention_mask=mask).last_hidden_state
+    t5 = te.t5(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(both, torch.cat([clip, t5], dim=-1))
+    pipe.save_pretrained(tmp_path / "m")
+    gen = WorldGenerator.from_pretrained(tmp_path / "m")
+    assert type(gen.pipe.text_encoder).__name__ == "DualTextEncoder"
+    noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompt = ["a red circle to the left of a blue square"]
+    assert torch.equal(gen.generate(prompt, noise=noise), pipe.denoise(noise, prompt))
 
 
 def test_bad_arch():

@@ -3,8 +3,10 @@
 A world model is pixel-space diffusion on 32x32 RGB images. The image is folded into
 `patch_size` x `patch_size` blocks (pixel unshuffle, lossless) so a 2x2 fold gives the UNet a
 16x16 input with 12 channels: four times cheaper than running at 32x32, which matters on a CPU.
-The text encoder is a small `CLIPTextModel` (causal, like Stable Diffusion's) or a small
-`T5EncoderModel` (bidirectional, relative positions); both read the word-level world tokenizer.
+The text encoder is a small `CLIPTextModel` (causal, like Stable Diffusion's), a small
+`T5EncoderModel` (bidirectional, relative positions) or both side by side (`DualTextEncoder`,
+``clip+t5``: each token's features concatenated, as SD3 and FLUX feed CLIP and T5); all read the
+word-level world tokenizer.
 
 The denoiser (the pipeline's ``unet`` component) is diffusers' `UNet2DConditionModel`
 (``denoiser="unet"``), optionally with two coordinate input channels (``coord_channels``, which the
@@ -23,7 +25,7 @@ from .tokenizer import MAX_LENGTH, build_tokenizer, build_vocab
 
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
-TEXT_ENCODERS = ("clip", "t5")
+TEXT_ENCODERS = ("clip", "t5", "clip+t5")
 DENOISERS = ("unet", "dit")
 SAMPLERS = ("ddim", "dpmsolver", "euler")
 
@@ -65,9 +67,10 @@ class WorldArch(DictConfig):
     """DiT: folded cells per token side. 1: a token per folded cell (256 tokens of 2x2 pixels at
     `patch_size` 2); 2: 64 tokens of 4x4 pixels, about a quarter of the compute per step."""
     text_encoder: str = "clip"
-    """`clip` (causal `CLIPTextModel`) or `t5` (bidirectional `T5EncoderModel`)."""
+    """`clip` (causal `CLIPTextModel`), `t5` (bidirectional `T5EncoderModel`) or `clip+t5`
+    (both, features concatenated: `DualTextEncoder`)."""
     text_hidden_size: int = 64
-    """Width of the text encoder, also the UNet's `cross_attention_dim`."""
+    """Width of the text encoder (of each of the two with `clip+t5`)."""
     text_layers: int = 3
     """Transformer layers in the text encoder."""
     text_heads: int = 4
@@ -123,6 +126,12 @@ class WorldArch(DictConfig):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 
+    @property
+    def text_width(self) -> int:
+        """Width of a token's text features: the denoiser's `cross_attention_dim` (and pooled-text
+        input); twice `text_hidden_size` with `clip+t5`."""
+        return self.text_hidden_size * (2 if self.text_encoder == "clip+t5" else 1)
+
 
 def build_unet(arch: WorldArch):
     """The denoiser of `arch`: a `UNet2DConditionModel` or a `WorldDiT` (the pipeline's ``unet``)."""
@@ -142,11 +151,11 @@ def build_unet(arch: WorldArch):
         down_block_types=down,
         up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn",
-        cross_attention_dim=arch.text_hidden_size,
+        cross_attention_dim=arch.text_width,
         attention_head_dim=arch.attention_head_dim,
         norm_num_groups=arch.norm_num_groups,
         class_embed_type="projection" if arch.pooled_text else None,
-        projection_class_embeddings_input_dim=arch.text_hidden_size if arch.pooled_text else None,
+        projection_class_embeddings_input_dim=arch.text_width if arch.pooled_text else None,
     )
 
 
@@ -161,32 +170,32 @@ def build_dit(arch: WorldArch):
         depth=arch.dit_depth,
         attention_head_dim=arch.dit_head_dim,
         ff_mult=arch.dit_ff_mult,
-        cross_attention_dim=arch.text_hidden_size,
+        cross_attention_dim=arch.text_width,
         class_embed_type="projection" if arch.pooled_text else None,
-        projection_class_embeddings_input_dim=arch.text_hidden_size if arch.pooled_text else None,
+        projection_class_embeddings_input_dim=arch.text_width if arch.pooled_text else None,
     )
 
 
-def build_text_encoder(arch: WorldArch):
-    vocab = build_vocab()
-    if arch.text_encoder == "clip":
-        from transformers import CLIPTextConfig, CLIPTextModel  # lazy: loads transformers
+def _clip_config(arch: WorldArch, vocab: dict):
+    from transformers import CLIPTextConfig  # lazy: loads transformers
 
-        cfg = CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=arch.text_hidden_size,
-            intermediate_size=arch.text_hidden_size * arch.text_ff_mult,
-            num_hidden_layers=arch.text_layers,
-            num_attention_heads=arch.text_heads,
-            max_position_embeddings=MAX_LENGTH,
-            pad_token_id=vocab["<pad>"],
-            bos_token_id=vocab["<bos>"],
-            eos_token_id=vocab["<eos>"],
-        )
-        return CLIPTextModel(cfg)
-    from transformers import T5Config, T5EncoderModel  # lazy: loads transformers
+    return CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=arch.text_hidden_size,
+        intermediate_size=arch.text_hidden_size * arch.text_ff_mult,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+    )
 
-    cfg = T5Config(
+
+def _t5_config(arch: WorldArch, vocab: dict):
+    from transformers import T5Config  # lazy: loads transformers
+
+    return T5Config(
         vocab_size=len(vocab),
         d_model=arch.text_hidden_size,
         d_kv=arch.text_hidden_size // arch.text_heads,
@@ -201,7 +210,23 @@ def build_text_encoder(arch: WorldArch):
         eos_token_id=vocab["<eos>"],
         decoder_start_token_id=vocab["<pad>"],
     )
-    return T5EncoderModel(cfg)
+
+
+def build_text_encoder(arch: WorldArch):
+    vocab = build_vocab()
+    if arch.text_encoder == "clip":
+        from transformers import CLIPTextModel  # lazy: loads transformers
+
+        return CLIPTextModel(_clip_config(arch, vocab))
+    if arch.text_encoder == "t5":
+        from transformers import T5EncoderModel  # lazy: loads transformers
+
+        return T5EncoderModel(_t5_config(arch, vocab))
+    from .dual_text import DualTextEncoder  # lazy: loads transformers
+
+    return DualTextEncoder(
+        clip_config=_clip_config(arch, vocab).to_dict(), t5_config=_t5_config(arch, vocab).to_dict()
+    )
 
 
 def scheduler_config(arch: WorldArch) -> dict:
