@@ -212,7 +212,6 @@ def headroom(args: argparse.Namespace, base: str, categories: list[str], seed: i
 
     from compalign.generators import create_generator
     from compalign.generators.world.rejection_sampling import finetune_on_samples, passing, sample_and_judge
-    from compalign.world.quality import evaluate_generator
 
     cfg, samples_file, out = headroom_setup(args, base, categories, seed)
     if out.is_file():
@@ -233,19 +232,26 @@ def headroom(args: argparse.Namespace, base: str, categories: list[str], seed: i
         cfg,
         categories=samples["cats"][keep],
     )
-    res = evaluate_generator(
-        gen, categories, args.protocol["per_category"], args.protocol["seeds"], progress=False
-    )
-    res.pop("records")
+    res = held_out(args, gen, categories)
     res["settings"] = {**vars(cfg), "passing_samples": int(len(keep)), "samples": int(len(samples["passed"]))}
     atomic_write_json(out, res)
     return res
 
 
 # ------------------------------------------------------------------------------------ 3. reference
+def held_out(args: argparse.Namespace, gen, categories: list[str]) -> dict:
+    """`gen`'s held-out result under the protocol (without the per-image records)."""
+    from compalign.world.quality import evaluate_generator
+
+    res = evaluate_generator(
+        gen, categories, args.protocol["per_category"], args.protocol["seeds"], progress=False
+    )
+    res.pop("records")
+    return res
+
+
 def evaluate_cached(args: argparse.Namespace, spec: str, categories: list[str]) -> dict:
     from compalign.generators import create_generator
-    from compalign.world.quality import evaluate_generator
 
     ident = {
         "spec": spec,
@@ -257,14 +263,7 @@ def evaluate_cached(args: argparse.Namespace, spec: str, categories: list[str]) 
     out = args.root / "eval" / f"{Path(spec).name}-{_key(ident)}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    res = evaluate_generator(
-        create_generator(spec),
-        categories,
-        args.protocol["per_category"],
-        args.protocol["seeds"],
-        progress=False,
-    )
-    res.pop("records")
+    res = held_out(args, create_generator(spec), categories)
     atomic_write_json(out, res)
     return res
 

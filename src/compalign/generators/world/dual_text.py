@@ -34,11 +34,6 @@ class DualTextEncoder(ModelMixin, ConfigMixin):
         # the encoder stack alone: `T5EncoderModel` ties `shared` to it, which safetensors refuses
         self.t5 = T5EncoderModel(T5Config(**t5_config)).encoder
 
-    @property
-    def hidden_size(self) -> int:
-        """Width of a token's features: the two encoders' widths added."""
-        return int(self.clip.config.hidden_size) + int(self.t5.config.d_model)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BaseModelOutput:
         # input_ids, attention_mask: [B, L] -> last_hidden_state [B, L, D_clip + D_t5]
         a = self.clip(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
