@@ -210,9 +210,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------- evaluate
 def eval_dir(args: argparse.Namespace, key: str | None = None) -> Path:
-    """``ROOT/eval/<evaluator key>[-<tag>]``: results of one evaluator and one set of settings."""
+    """``EVAL_ROOT/<evaluator key>[-<tag>]`` (``EVAL_ROOT``: ``ROOT/eval`` unless given): results of
+    one evaluator and one set of settings."""
     key = key or evaluator_key()
-    return args.root / "eval" / (f"{key}-{args.tag}" if args.tag else key)
+    return eval_root(args, args.root) / (f"{key}-{args.tag}" if args.tag else key)
+
+
+def eval_root(args: argparse.Namespace, root: Path) -> Path:
+    return args.eval_root if args.eval_root is not None else root / "eval"
 
 
 def result_path(args: argparse.Namespace, arm: str, step: int) -> Path:
@@ -342,7 +347,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     results = load_results(args)
     if not results:
-        fail(f"no evaluation results under {args.root / 'eval'} for arms {', '.join(args.arms)}")
+        fail(f"no evaluation results under {eval_root(args, args.root)} for arms {', '.join(args.arms)}")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     steps = [r["step"] for rs in results.values() for r in rs]
@@ -477,7 +482,8 @@ def cmd_bound(args: argparse.Namespace) -> None:
     points: dict[str, list[tuple[int, float]]] = {c: [] for c in targets}
     for text in args.curve:
         root, arm, offset = parse_curve(text)
-        folder = root / "eval" / (f"{evaluator_key()}-{args.tag}" if args.tag else evaluator_key()) / arm
+        key = evaluator_key()
+        folder = eval_root(args, root) / (f"{key}-{args.tag}" if args.tag else key) / arm
         results = [json.loads(f.read_text()) for f in sorted(folder.glob("step_*.json"))]
         if not results:
             fail(f"--curve {text}: no evaluation results in {folder}")
@@ -518,6 +524,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=list(ARMS),
         help=f"Arms (presets world-ab-ARM: {ARMS + EXTRA_ARMS}, or any preset's run under --root).",
+    )
+    common.add_argument(
+        "--eval-root",
+        type=Path,
+        default=None,
+        help="Folder of the evaluation results (default ROOT/eval), e.g. a committed results folder.",
     )
     common.add_argument(
         "--tag",
