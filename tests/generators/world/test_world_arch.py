@@ -238,6 +238,12 @@ def test_ab_script_evaluates_every_checkpoint_once_and_plots(tmp_path, make_conf
     cells = [c.strip() for c in rows[4].split("|")[1:-1]]
     assert cells[:3] == ["unet", "3", "0k"] and cells[-3] == ""  # no spatial category evaluated
     assert cells[-2].startswith(f"{100 * position['objects']:.0f} / ")
+    # results kept elsewhere (e.g. a committed results folder) are read through --eval-root
+    capsys.readouterr()
+    ab.main(
+        ["table", "--root", str(tmp_path / "nowhere"), "--eval-root", str(root / "eval"), "--arms", "unet"]
+    )
+    assert capsys.readouterr().out.splitlines() == rows
     # other settings are kept apart under a tag; --at-steps picks checkpoints
     ab.main([*ev[:-2], "--sample-steps", "3", "--tag", "final", "--at-steps", "3"])
     tagged = sorted((root / "eval").glob("*-final/unet/step_*.json"))
