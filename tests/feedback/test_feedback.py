@@ -395,3 +395,23 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_base)
     assert not differ, f"{len(differ)} of {len(wa)} tensors differ, e.g. {differ[:3]}"
     sessions = json.loads((killed / "final" / "training.json").read_text())["sessions"]
     assert len(sessions) == 2 and sessions[1]["from_step"] >= 3
+
+
+def test_lora_reaches_both_encoders_of_a_dual_text_encoder(tmp_path, pool_dir):
+    """A base with the dual CLIP + T5 encoder (the world's IterComp base): LoRA on the text encoder
+    changes both encoders' weights, and the result loads and samples as a dual-encoder model."""
+    from safetensors.torch import load_file
+
+    from tests.factories import tiny_pipeline
+
+    base = tmp_path / "dual-base"
+    tiny_pipeline(text_encoder="clip+t5").save_pretrained(base)
+    config = make_config(tmp_path, base, pool_dir, max_steps=2, lora_rank=2, train_text_encoder=True)
+    final = train_feedback(config, resume=False)
+    before, after = (load_file(str(next((f / "text_encoder").glob("*.safetensors")))) for f in (base, final))
+    assert set(before) == set(after)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"clip", "t5"}, changed
+    gen = create_generator(str(final))
+    assert type(gen.pipe.text_encoder).__name__ == "DualTextEncoder"
+    assert gen.generate(PROMPTS[:1], seeds=[0], num_inference_steps=2).shape == (1, 3, 32, 32)
