@@ -209,15 +209,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def eval_dir(args: argparse.Namespace, key: str | None = None) -> Path:
-    """``EVAL_ROOT/<evaluator key>[-<tag>]`` (``EVAL_ROOT``: ``ROOT/eval`` unless given): results of
-    one evaluator and one set of settings."""
+def eval_dir(args: argparse.Namespace, key: str | None = None, root: Path | None = None) -> Path:
+    """``EVAL_ROOT/<evaluator key>[-<tag>]`` (``EVAL_ROOT``: `--eval-root`, else ``ROOT/eval`` of
+    `root` or ``--root``): results of one evaluator and one set of settings."""
     key = key or evaluator_key()
-    return eval_root(args, args.root) / (f"{key}-{args.tag}" if args.tag else key)
-
-
-def eval_root(args: argparse.Namespace, root: Path) -> Path:
-    return args.eval_root if args.eval_root is not None else root / "eval"
+    base = args.eval_root if args.eval_root is not None else (root or args.root) / "eval"
+    return base / (f"{key}-{args.tag}" if args.tag else key)
 
 
 def result_path(args: argparse.Namespace, arm: str, step: int) -> Path:
@@ -347,7 +344,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     results = load_results(args)
     if not results:
-        fail(f"no evaluation results under {eval_root(args, args.root)} for arms {', '.join(args.arms)}")
+        fail(f"no evaluation results under {eval_dir(args, args.evaluator_key)} for {', '.join(args.arms)}")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     steps = [r["step"] for rs in results.values() for r in rs]
@@ -482,8 +479,7 @@ def cmd_bound(args: argparse.Namespace) -> None:
     points: dict[str, list[tuple[int, float]]] = {c: [] for c in targets}
     for text in args.curve:
         root, arm, offset = parse_curve(text)
-        key = evaluator_key()
-        folder = eval_root(args, root) / (f"{key}-{args.tag}" if args.tag else key) / arm
+        folder = eval_dir(args, root=root) / arm
         results = [json.loads(f.read_text()) for f in sorted(folder.glob("step_*.json"))]
         if not results:
             fail(f"--curve {text}: no evaluation results in {folder}")
