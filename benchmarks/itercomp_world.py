@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-headroom", action="store_true", help="Skip the rejection-sampling probe.")
     ap.add_argument(
+        "--headroom-only",
+        metavar="BASE",
+        default=None,
+        help="Measure only BASE and its headroom probe (the check before the loop); no `--`.",
+    )
+    ap.add_argument(
         "--headroom-categories",
         nargs="+",
         default=None,
@@ -375,10 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     own_command = shlex.join([Path(sys.argv[0]).as_posix(), *argv])
 
-    # 1. the loop, per training seed
+    # 1. the loop, per training seed (or, with --headroom-only, the base alone)
     rows, base_row, config = [], None, None
+    if args.headroom_only:
+        if iterate_args:
+            fail("--headroom-only runs no loop: leave out `--` and the iterate options")
+        config = IterateConfig.from_dict({"workdir": str(args.root), "base": args.headroom_only})
+        categories = config.evaluation_categories()
+        res = evaluate_cached(args, config.base, categories)
+        settings = {"protocol": args.protocol}
+        base_row = row("world-web", res, seed=None, model=config.base, command=own_command, settings=settings)
     loop_command = shlex.join(["compalign", "iterate", *iterate_args])
-    for s in args.train_seeds:
+    for s in [] if args.headroom_only else args.train_seeds:
         seed_rows, b, config = loop_rows(run_loop(args, s), s, loop_command)
         rows += seed_rows
         base_row = base_row or b

@@ -114,3 +114,40 @@ def test_options_it_sets_itself_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--root", str(tmp_path), "--", "--workdir", str(tmp_path / "w")])
     assert "set by this command" in capsys.readouterr().err
+
+
+def test_headroom_only_measures_the_base_and_its_probe_without_a_loop(env, tmp_path, capsys):
+    out = tmp_path / "headroom.json"
+    argv = [
+        "--root", str(tmp_path / "root"), "--train-seeds", "0", "--per-category", "1", "--eval-seeds", "0",
+        "--headroom-only", str(env["base"]), "--headroom-categories", "color", "--headroom-prompts", "2",
+        "--headroom-samples", "1", "--headroom-steps", "1", "--json", str(out),
+    ]  # fmt: skip
+    # the tiny base passes nothing: its sample cache holds exact renders, one of them passing
+    from compalign.world import parse_prompt, render, sample_layout, to_uint8
+    from compalign.world.suites import load_suite
+
+    ns = argparse.Namespace(
+        root=tmp_path / "root", headroom_categories=["color"], headroom_prompts=2, headroom_samples=1,
+        headroom_steps=1, headroom_lr=5e-5, protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
+    )  # fmt: skip
+    samples_file = bench.headroom_setup(ns, str(env["base"]), ["color"], seed=0)[1]
+    prompts = load_suite("color", "train")[:2]
+    images = [to_uint8(render(sample_layout(parse_prompt(p), np.random.default_rng(0)), 32)) for p in prompts]
+    samples_file.parent.mkdir(parents=True)
+    np.savez(
+        samples_file, images=np.stack(images), prompts=np.array(prompts), cats=np.array(["color"] * 2),
+        passed=np.array([True, False]), score=np.ones(2),
+    )  # fmt: skip
+    bench.main(argv)
+    res = json.loads(out.read_text())
+    assert [r["row"] for r in res["rows"]] == ["world-web", "headroom"]
+    assert not (tmp_path / "root" / "seed0").exists()  # no loop ran
+    assert res["rows"][1]["settings"]["samples"] == 2 and res["rows"][1]["settings"]["passing_samples"] == 1
+    assert res["aims"]["headroom - world-web"]["figure"] == pytest.approx(
+        res["rows"][1]["aspect_mean"] - res["rows"][0]["aspect_mean"], abs=0.01
+    )
+    assert res["aims"]["iter1 - world-web (mean of the aspects)"]["met"] is None
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--", "--iterations", "1"])
+    assert "runs no loop" in capsys.readouterr().err
