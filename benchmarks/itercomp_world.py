@@ -4,6 +4,11 @@
         --reference world-base --json benchmarks/itercomp_world.json -- \\
         --base runs/world-web --gallery-models ... --iterations 2
 
+The check before the loop (the base and its headroom probe only, no ``--``):
+
+    python benchmarks/itercomp_world.py --root runs/itercomp_world --train-seeds 0 \\
+        --headroom-only runs/world-web --json runs/itercomp_world/headroom.json
+
 Everything after ``--`` is passed to ``compalign iterate`` (its config); this command sets the
 work folder (``ROOT/seed<s>``), the training seed and the evaluation protocol (held-out, 25 prompts
 x seeds 0-3 per category, the exact evaluator as the judge, never as a reward). Rows:
@@ -183,6 +188,8 @@ def headroom_setup(args: argparse.Namespace, base: str, categories: list[str], s
         samples_per_prompt=args.headroom_samples,
         steps=args.headroom_steps,
         learning_rate=args.headroom_lr,
+        balanced=args.headroom_balanced,
+        train_text_encoder=args.headroom_text_encoder,
         seed=seed,
     )
     sampled = {
@@ -351,6 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--headroom-samples", type=int, default=8, help="Samples per train prompt.")
     ap.add_argument("--headroom-steps", type=int, default=400, help="Fine-tuning steps.")
     ap.add_argument("--headroom-lr", type=float, default=5e-5, help="Fine-tuning learning rate.")
+    ap.add_argument(
+        "--headroom-balanced", action="store_true", help="Draw a category uniformly, then a passing image."
+    )
+    ap.add_argument("--headroom-text-encoder", action="store_true", help="Fine-tune the text encoder too.")
     ap.add_argument(
         "--per-category",
         type=int,

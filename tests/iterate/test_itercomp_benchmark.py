@@ -82,11 +82,12 @@ def test_headroom_finetunes_on_passing_samples_only(env, tmp_path):
 
     args = argparse.Namespace(
         root=tmp_path, headroom_categories=["color", "spatial"], headroom_prompts=2, headroom_samples=1,
-        headroom_steps=2, headroom_lr=1e-4, protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
+        headroom_steps=2, headroom_lr=1e-4, headroom_balanced=False, headroom_text_encoder=True,
+        protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
     )  # fmt: skip
     cats = ["color", "single_object"]
     cfg, samples_file, out = bench.headroom_setup(args, str(env["base"]), cats, seed=0)
-    assert cfg.categories == ["color", "spatial"] and cfg.seed == 0
+    assert cfg.categories == ["color", "spatial"] and cfg.seed == 0 and cfg.train_text_encoder
     # the sample cache: exact renders of the train prompts, half of them marked failing
     prompts = [p for c in cfg.categories for p in load_suite(c, "train")[:2]]
     images = [to_uint8(render(sample_layout(parse_prompt(p), np.random.default_rng(0)), 32)) for p in prompts]
@@ -129,7 +130,8 @@ def test_headroom_only_measures_the_base_and_its_probe_without_a_loop(env, tmp_p
 
     ns = argparse.Namespace(
         root=tmp_path / "root", headroom_categories=["color"], headroom_prompts=2, headroom_samples=1,
-        headroom_steps=1, headroom_lr=5e-5, protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
+        headroom_steps=1, headroom_lr=5e-5, headroom_balanced=False, headroom_text_encoder=False,
+        protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
     )  # fmt: skip
     samples_file = bench.headroom_setup(ns, str(env["base"]), ["color"], seed=0)[1]
     prompts = load_suite("color", "train")[:2]
