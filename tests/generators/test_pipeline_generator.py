@@ -133,5 +133,10 @@ def test_world_quality_command_at_other_steps(tiny_saved, tmp_path):
         create_generator(tiny_saved, steps=2), ["single_object", "spatial"], 2, [0], progress=False
     )
     assert [x["score"] for x in got["records"]] == [x["score"] for x in want["records"]]
+    assert json.loads((tmp_path / "q.json").read_text())["spread"] is None  # one model: no spread
+    r = CliRunner().invoke(app, [*args[:2], str(tiny_saved), *args[2:], "--json", str(tmp_path / "q2.json")])
+    assert r.exit_code == 0 and "best in every aspect" in r.output
+    spread = json.loads((tmp_path / "q2.json").read_text())["spread"]
+    assert spread["aspects"]["spatial_relationship"]["span"] == 0.0  # the same model twice
     r = CliRunner().invoke(app, [*args, "--steps", "0"])
     assert r.exit_code == 2 and "--steps must be >= 1" in r.output

@@ -194,3 +194,29 @@ def test_relation_given_objects_separates_drawing_from_placing():
     assert out["spatial"]["objects"] == pytest.approx(2 / 3)
     assert out["spatial"]["relation_given_objects"] == pytest.approx(1 / 2)
     assert "objects" not in out["single_object"]
+
+
+def test_gallery_spread_names_each_aspects_ends_and_who_is_best_everywhere():
+    from compalign.world.quality import format_spread, gallery_spread
+
+    def res(name, attr, spat, nons):
+        return {
+            "model": name,
+            "aspects": {
+                "attribute_binding": attr,
+                "spatial_relationship": spat,
+                "non_spatial_relationship": nons,
+            },
+        }
+
+    specialists = [res("web", 0.4, 0.1, 0.1), res("attr", 0.8, 0.2, 0.1), res("spat", 0.5, 0.6, 0.15)]
+    s = gallery_spread(specialists)
+    assert s["aspects"]["attribute_binding"] == {"best": "attr", "worst": "web", "span": 40.0}
+    assert s["aspects"]["spatial_relationship"]["span"] == 50.0
+    assert s["best_in_all"] == []
+    assert "best in every aspect: no model" in format_spread(s)
+    s = gallery_spread([*specialists, res("ref", 0.9, 0.7, 0.5)])
+    assert s["best_in_all"] == ["ref"] and s["aspects"]["non_spatial_relationship"]["worst"] == "web"
+    # an aspect some model was not measured on is left out
+    partial = {"model": "p", "aspects": {"attribute_binding": 0.3}}
+    assert list(gallery_spread([*specialists, partial])["aspects"]) == ["attribute_binding"]

@@ -312,7 +312,7 @@ def quality_command(
 ) -> None:
     """Exact-evaluator accuracy of generators on the held-out suites (a table per category)."""
     # lazy: loads scipy (compalign.world)
-    from compalign.world.quality import evaluate_generator, format_table
+    from compalign.world.quality import evaluate_generator, format_spread, format_table, gallery_spread
     from compalign.world.suites import CATEGORIES
 
     bad = [c for c in category or [] if c not in CATEGORIES]
@@ -335,8 +335,11 @@ def quality_command(
             evaluate_generator(gen, category, per_category, seeds, split, workers=workers, progress=progress)
         )
     print(format_table(results))
+    spread = gallery_spread(results) if len(results) > 1 else None
+    if spread and spread["aspects"]:
+        print("\n" + format_spread(spread))
     if out is not None:
-        atomic_write_json(out, {"models": models, "results": results})
+        atomic_write_json(out, {"models": models, "results": results, "spread": spread})
 
 
 def register(app: typer.Typer, world_app: typer.Typer) -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .evaluator import check, find_objects
 from .grammar import parse_prompt
-from .suites import CATEGORIES, CATEGORY_ASPECT, load_suite
+from .suites import ASPECTS, CATEGORIES, CATEGORY_ASPECT, load_suite
 
 
 def evaluator_key() -> str:
@@ -171,4 +171,37 @@ def format_table(results: Sequence[dict]) -> str:
     for a in ("attribute_binding", "spatial_relationship", "non_spatial_relationship"):
         cells = [f"{100 * r['aspects'][a]:.1f}" if a in r["aspects"] else "" for r in results]
         lines.append(f"| *{a}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gallery_spread(results: Sequence[dict]) -> dict:
+    """How a gallery's models differ per aspect (IterComp wants models strong in different aspects).
+
+    Returns ``{"aspects": {aspect: {"best", "worst", "span"}}, "best_in_all": [models]}``: per aspect
+    the best and the worst model and the span between them (accuracy points), and the models that
+    are best (ties included) in every aspect measured."""
+    names = [r["model"] for r in results]
+    aspects = [a for a in ASPECTS if all(a in r["aspects"] for r in results)]
+    out, best_sets = {}, []
+    for a in aspects:
+        acc = {n: 100 * r["aspects"][a] for n, r in zip(names, results, strict=True)}
+        top, low = max(acc.values()), min(acc.values())
+        best_sets.append({n for n, v in acc.items() if v == top})
+        out[a] = {
+            "best": max(acc, key=acc.get),
+            "worst": min(acc, key=acc.get),
+            "span": round(top - low, 2),
+        }
+    best_in_all = [n for n in names if best_sets and all(n in b for b in best_sets)]
+    return {"aspects": out, "best_in_all": best_in_all}
+
+
+def format_spread(spread: dict) -> str:
+    """`gallery_spread` as lines: per aspect the span and its two ends, then who is best in all."""
+    lines = [
+        f"{a}: span {v['span']:.1f} points (best {v['best']}, worst {v['worst']})"
+        for a, v in spread["aspects"].items()
+    ]
+    best = spread["best_in_all"]
+    lines.append(f"best in every aspect: {', '.join(best) if best else 'no model'}")
     return "\n".join(lines)
