@@ -115,3 +115,21 @@ def test_presets_parse_and_fit_the_size_budget():
         create_preset("world-base", not_a_field=1)
     with pytest.raises(ValueError):
         create_preset("world-base", categories=["colour"])
+
+
+def test_a_saved_dual_text_pipeline_loads_in_a_fresh_process(tmp_path):
+    """diffusers imports no component module by itself: loading must not depend on what the
+    process happened to import before (a fresh ``create_generator`` of a clip+t5 model)."""
+    import subprocess
+    import sys
+
+    from tests.factories import tiny_pipeline
+
+    tiny_pipeline(text_encoder="clip+t5").save_pretrained(tmp_path / "m")
+    code = (
+        "import sys; from compalign.generators import create_generator; "
+        "print(type(create_generator(sys.argv[1]).pipe.text_encoder).__name__)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("DualTextEncoder")

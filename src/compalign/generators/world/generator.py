@@ -43,6 +43,9 @@ def dtype_kwarg() -> str:
 
 def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> WorldPipeline:
     """Load a saved `WorldPipeline` folder (offline: a local folder never touches the network)."""
+    # diffusers loads a component by its module path only if that module is imported already
+    from . import dual_text  # noqa: F401  (lazy: loads transformers)
+
     with quiet_loading():
         pipe = WorldPipeline.from_pretrained(str(path), local_files_only=True, **{dtype_kwarg(): dtype})
     pipe.set_progress_bar_config(disable=True)
