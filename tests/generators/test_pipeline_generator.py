@@ -113,7 +113,7 @@ def test_shipped_weights_fit_the_budget_and_load():
     from compalign.generators.world.train import folder_size
 
     root = weights_root()
-    assert (folder_size(root) if root.is_dir() else 0) <= 25e6
+    assert (folder_size(root) if root.is_dir() else 0) <= 40e6  # the package's budget for world weights
     for name in shipped_models():
         assert (root / name / "training.json").is_file(), f"{name} has no training record"
 

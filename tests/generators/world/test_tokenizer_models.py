@@ -96,8 +96,10 @@ def test_presets_parse_and_fit_the_size_budget():
     names = list_presets()
     assert {"world-base", "world-onestep"} <= set(names) and len(names) >= 5
     total = 0
-    shipped = ["world-base", "world-small", "world-t5", "world-attr", "world-short"]
-    shipped += ["world-onestep", "world-twostep"]
+    from compalign.generators import shipped_models
+
+    shipped = shipped_models()
+    assert {"world-base", "world-onestep", "world-web"} <= set(shipped)
     for name in shipped:  # the models the package ships (phase presets and candidates are not shipped)
         cfg = create_preset(name)
         if cfg.mode == "distill":  # a student has its teacher's arch; a run-folder teacher is a world-base
@@ -106,7 +108,7 @@ def test_presets_parse_and_fit_the_size_budget():
             arch = cfg.arch
         c = build_components(arch)
         total += count_parameters(c["unet"]) + count_parameters(c["text_encoder"])
-    assert total * 2 <= 25e6  # fp16 bytes of all shipped models
+    assert total * 2 <= 40e6  # fp16 bytes of all shipped models
     cfg = create_preset("world-base", max_steps=7, **{"arch.sample_steps": 9})
     assert cfg.max_steps == 7 and cfg.arch.sample_steps == 9
     with pytest.raises(KeyError):
