@@ -398,8 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         if iterate_args:
             fail("--headroom-only runs no loop: leave out `--` and the iterate options")
         config = IterateConfig.from_dict({"workdir": str(args.root), "base": args.headroom_only})
-        categories = config.evaluation_categories()
-        res = evaluate_cached(args, config.base, categories)
+        res = evaluate_cached(args, config.base, config.evaluation_categories())
         settings = {"protocol": args.protocol}
         base_row = row("world-web", res, seed=None, model=config.base, command=own_command, settings=settings)
     loop_command = shlex.join(["compalign", "iterate", *iterate_args])

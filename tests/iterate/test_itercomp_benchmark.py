@@ -29,6 +29,18 @@ def loop_options(env: dict) -> list[str]:
     return out
 
 
+def write_samples(file, prompts: list[str], cats: list[str], passed: list[bool]) -> None:
+    """A headroom sample cache: exact renders of `prompts`, with the verdicts given."""
+    from compalign.world import parse_prompt, render, sample_layout, to_uint8
+
+    images = [to_uint8(render(sample_layout(parse_prompt(p), np.random.default_rng(0)), 32)) for p in prompts]
+    file.parent.mkdir(parents=True)
+    np.savez(
+        file, images=np.stack(images), prompts=np.array(prompts), cats=np.array(cats),
+        passed=np.array(passed), score=np.ones(len(prompts)),
+    )  # fmt: skip
+
+
 def test_rows_come_from_the_loop_and_agree_with_a_direct_evaluation(env, tmp_path, capsys):
     out = tmp_path / "itercomp.json"
     argv = [
@@ -77,7 +89,6 @@ def test_rows_come_from_the_loop_and_agree_with_a_direct_evaluation(env, tmp_pat
 
 
 def test_headroom_finetunes_on_passing_samples_only(env, tmp_path):
-    from compalign.world import parse_prompt, render, sample_layout, to_uint8
     from compalign.world.suites import load_suite
 
     args = argparse.Namespace(
@@ -90,16 +101,7 @@ def test_headroom_finetunes_on_passing_samples_only(env, tmp_path):
     assert cfg.categories == ["color", "spatial"] and cfg.seed == 0 and cfg.train_text_encoder
     # the sample cache: exact renders of the train prompts, half of them marked failing
     prompts = [p for c in cfg.categories for p in load_suite(c, "train")[:2]]
-    images = [to_uint8(render(sample_layout(parse_prompt(p), np.random.default_rng(0)), 32)) for p in prompts]
-    samples_file.parent.mkdir(parents=True)
-    np.savez(
-        samples_file,
-        images=np.stack(images),
-        prompts=np.array(prompts),
-        cats=np.array(["color", "color", "spatial", "spatial"]),
-        passed=np.array([True, False, True, False]),
-        score=np.ones(4),
-    )
+    write_samples(samples_file, prompts, ["color", "color", "spatial", "spatial"], [True, False, True, False])
     res = bench.headroom(args, str(env["base"]), cats, seed=0)
     assert res["settings"]["passing_samples"] == 2 and res["settings"]["samples"] == 4
     assert set(res["categories"]) == set(cats)
@@ -125,7 +127,6 @@ def test_headroom_only_measures_the_base_and_its_probe_without_a_loop(env, tmp_p
         "--headroom-samples", "1", "--headroom-steps", "1", "--json", str(out),
     ]  # fmt: skip
     # the tiny base passes nothing: its sample cache holds exact renders, one of them passing
-    from compalign.world import parse_prompt, render, sample_layout, to_uint8
     from compalign.world.suites import load_suite
 
     ns = argparse.Namespace(
@@ -134,13 +135,7 @@ def test_headroom_only_measures_the_base_and_its_probe_without_a_loop(env, tmp_p
         protocol={"split": "heldout", "per_category": 1, "seeds": [0]},
     )  # fmt: skip
     samples_file = bench.headroom_setup(ns, str(env["base"]), ["color"], seed=0)[1]
-    prompts = load_suite("color", "train")[:2]
-    images = [to_uint8(render(sample_layout(parse_prompt(p), np.random.default_rng(0)), 32)) for p in prompts]
-    samples_file.parent.mkdir(parents=True)
-    np.savez(
-        samples_file, images=np.stack(images), prompts=np.array(prompts), cats=np.array(["color"] * 2),
-        passed=np.array([True, False]), score=np.ones(2),
-    )  # fmt: skip
+    write_samples(samples_file, load_suite("color", "train")[:2], ["color"] * 2, [True, False])
     bench.main(argv)
     res = json.loads(out.read_text())
     assert [r["row"] for r in res["rows"]] == ["world-web", "headroom"]
