@@ -111,6 +111,8 @@ def test_presets_parse_and_fit_the_size_budget():
     assert total * 2 <= 40e6  # fp16 bytes of all shipped models
     cfg = create_preset("world-base", max_steps=7, **{"arch.sample_steps": 9})
     assert cfg.max_steps == 7 and cfg.arch.sample_steps == 9
+    assert create_preset("world-base").name == "world-base"
+    assert create_preset("world-base", name="world-base-copy").name == "world-base-copy"  # `--set name=`
     with pytest.raises(KeyError):
         create_preset("world-nope")
     with pytest.raises(ValueError):

@@ -217,10 +217,11 @@ def _load_preset(name: str) -> dict:
     return json.loads(files[name])
 
 
-def create_preset(name: str, **overrides) -> WorldTrainConfig:
-    """The `WorldTrainConfig` of a named preset; `overrides` replace fields (``arch.x`` allowed)."""
-    d = _load_preset(name)["config"]
-    d = {**d, "arch": dict(d.get("arch", {})), "name": d.get("name", name)}
+def create_preset(preset: str, /, **overrides) -> WorldTrainConfig:
+    """The `WorldTrainConfig` of a named preset; `overrides` replace fields (``arch.x`` allowed,
+    ``name`` too: the model's name, which defaults to the preset's)."""
+    d = _load_preset(preset)["config"]
+    d = {**d, "arch": dict(d.get("arch", {})), "name": d.get("name", preset)}
     for key, value in overrides.items():
         key = key.replace("__", ".")
         if key.startswith("arch."):
