@@ -2,12 +2,12 @@
 
     python benchmarks/itercomp_world.py --root runs/itercomp_world --train-seeds 0 1 \\
         --reference world-base --json benchmarks/itercomp_world.json -- \\
-        --base runs/world-web --gallery-models ... --iterations 2
+        --base world-web --gallery-models ... --iterations 2
 
 The check before the loop (the base and its headroom probe only, no ``--``):
 
     python benchmarks/itercomp_world.py --root runs/itercomp_world --train-seeds 0 \\
-        --headroom-only runs/world-web --json runs/itercomp_world/headroom.json
+        --headroom-only world-web --json runs/itercomp_world/headroom.json
 
 Everything after ``--`` is passed to ``compalign iterate`` (its config); this command sets the
 work folder (``ROOT/seed<s>``), the training seed and the evaluation protocol (held-out, 25 prompts

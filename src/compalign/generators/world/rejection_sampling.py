@@ -11,7 +11,7 @@ learnability check).
 2. `passing`: the indices of the images the evaluator passes
 3. `finetune_on_samples`: the denoising loss on those images with their true prompts
 
-    gen = create_generator("runs/world-web")
+    gen = create_generator("world-web")
     samples = sample_and_judge(gen, RejectionSamplingConfig(), cache="runs/probe/samples.npz")
     keep = passing(samples)
     finetune_on_samples(gen.pipe, samples["images"][keep], samples["prompts"][keep].tolist(), cfg)
