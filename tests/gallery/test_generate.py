@@ -121,7 +121,7 @@ def test_model_names():
     assert parse_model("sd:/x/tiny-sd/").name == "sd-tiny-sd"
     assert parse_model("mine=sd:/x/y").name == "mine" and parse_model("mine=sd:/x/y").spec == "sd:/x/y"
     assert default_model_name("sd-turbo:") == "sd-turbo"
-    assert default_model_name("/runs/world base/final") == "final"
+    assert default_model_name("/runs/world base/final") == "world-base"  # a run's final/: the run
 
 
 def test_generate_with_a_diffusers_pipeline(cli, tiny_models, tmp_path):

@@ -79,7 +79,8 @@ def default_model_name(spec: str) -> str:
         base = Path(rest.rstrip("/")).name if rest else ""
         name = f"{prefix}-{base}" if base else prefix
     else:
-        name = Path(spec.rstrip("/")).name or spec
+        path = Path(spec.rstrip("/"))
+        name = (path.parent.name if path.name == "final" else path.name) or spec  # a run's final/: the run
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")
     return name or "model"
 

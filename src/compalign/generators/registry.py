@@ -90,9 +90,8 @@ def create_generator(
             raise FileNotFoundError(
                 f"{path} is neither a saved world pipeline (model_index.json) nor a finished run (final/)"
             )
-        return WorldGenerator.from_pretrained(
-            pipe_dir, name=path.name, device=device, dtype=dtype, **world_kw
-        )
+        name = path.resolve().parent.name if path.name == "final" else path.name  # a run's final/: the run
+        return WorldGenerator.from_pretrained(pipe_dir, name=name, device=device, dtype=dtype, **world_kw)
     if text in shipped_models():
         return WorldGenerator.from_pretrained(
             weights_root() / text, name=text, device=device, dtype=dtype, **world_kw
