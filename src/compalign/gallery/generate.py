@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .._cli import clip_text, out_place_problem
 from ..generators import create_generator
 from ..generators.generate import to_uint8
-from ..generators.registry import list_generators, shipped_models
+from ..generators.registry import folder_model_name, list_generators, shipped_models
 from ..generators.world.config import list_presets
 from ..io import atomic_save_image, atomic_write_json
 from ..noise_optimization.generator import parse_reno_spec  # also registers the reno: prefix
@@ -79,8 +79,7 @@ def default_model_name(spec: str) -> str:
         base = Path(rest.rstrip("/")).name if rest else ""
         name = f"{prefix}-{base}" if base else prefix
     else:
-        path = Path(spec.rstrip("/"))
-        name = (path.parent.name if path.name == "final" else path.name) or spec  # a run's final/: the run
+        name = folder_model_name(spec.rstrip("/")) or spec
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")
     return name or "model"
 

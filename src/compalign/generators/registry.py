@@ -59,6 +59,12 @@ def pipeline_dir(path: Path) -> Path | None:
     return None
 
 
+def folder_model_name(path: str | Path) -> str:
+    """A model's name from its folder: the folder's name, or the run's for a run's ``final/``."""
+    path = Path(path)
+    return path.resolve().parent.name if path.name == "final" else path.name
+
+
 def load_adapters() -> None:
     """Register the diffusers families (on import of their package; lazy: it loads diffusers)."""
     import compalign.generators.diffusers  # noqa: F401
@@ -90,8 +96,9 @@ def create_generator(
             raise FileNotFoundError(
                 f"{path} is neither a saved world pipeline (model_index.json) nor a finished run (final/)"
             )
-        name = path.resolve().parent.name if path.name == "final" else path.name  # a run's final/: the run
-        return WorldGenerator.from_pretrained(pipe_dir, name=name, device=device, dtype=dtype, **world_kw)
+        return WorldGenerator.from_pretrained(
+            pipe_dir, name=folder_model_name(path), device=device, dtype=dtype, **world_kw
+        )
     if text in shipped_models():
         return WorldGenerator.from_pretrained(
             weights_root() / text, name=text, device=device, dtype=dtype, **world_kw
