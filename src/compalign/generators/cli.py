@@ -294,9 +294,7 @@ def models_command(
 
 
 def quality_command(
-    models: Annotated[
-        list[str], typer.Argument(help="Generators (names or folders), each optionally NAME=SPEC.")
-    ],
+    models: Annotated[list[str], typer.Argument(help="Generators (names or folders).")],
     category: Annotated[
         list[str] | None, typer.Option("--category", "-c", help="Categories (default: all).")
     ] = None,
@@ -314,7 +312,6 @@ def quality_command(
 ) -> None:
     """Exact-evaluator accuracy of generators on the held-out suites (a table per category)."""
     # lazy: loads scipy (compalign.world)
-    from compalign.gallery.generate import GalleryError, parse_models
     from compalign.world.quality import evaluate_generator, format_spread, format_table, gallery_spread
     from compalign.world.suites import CATEGORIES
 
@@ -325,23 +322,21 @@ def quality_command(
         _fail(f"--split must be heldout or train, got {split!r}")
     if steps is not None and steps < 1:
         _fail(f"--steps must be >= 1, got {steps}")
-    try:
-        specs = parse_models(models)  # the table's names: unique (two runs' final/ folders would not be)
-    except GalleryError as e:
-        _fail(str(e))
     results = []
-    for m in specs:
+    for m in models:
         try:
-            gen = create_generator(m.spec, device=device, **({} if steps is None else {"steps": steps}))
+            gen = create_generator(m, device=device, **({} if steps is None else {"steps": steps}))
         except (KeyError, FileNotFoundError, ModelNotTrainedError) as e:
             _fail(str(e).strip("'\""))
         except TypeError:
-            _fail(f"--steps is for world models; {m.spec} takes its own number of steps")
+            _fail(f"--steps is for world models; {m} takes its own number of steps")
+        name = getattr(gen, "name", m)
+        if name in [r["model"] for r in results]:  # the table's columns and the spread need names
+            _fail(f"two models are named {name!r} ({m} is the second); give each model once")
         seeds = list(range(seed, seed + num_seeds))
-        res = evaluate_generator(
-            gen, category, per_category, seeds, split, workers=workers, progress=progress
+        results.append(
+            evaluate_generator(gen, category, per_category, seeds, split, workers=workers, progress=progress)
         )
-        results.append({**res, "model": m.name})
     print(format_table(results))
     spread = gallery_spread(results) if len(results) > 1 else None
     if spread and spread["aspects"]:
