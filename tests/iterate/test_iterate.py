@@ -190,7 +190,7 @@ def test_raft_feedback_learns_the_galleries_best_images(done, env, cli, tmp_path
     wd = tmp_path / "wd"
     shutil.copytree(done[0], wd)
     raft = ["--feedback-method", "raft", "--raft-max-steps", "2", "--raft-batch-size", "2",
-            "--raft-reg-batch-size", "2"]  # fmt: skip
+            "--raft-reg-batch-size", "2", "--raft-train-text-encoder"]  # fmt: skip
     r = cli(*iterate_args(env, wd, *raft))
     assert r.exit_code == 2 and "stage feedback finished with other settings" in r.stderr
     r = cli(*iterate_args(env, wd, *raft, "--force-stage", "1:feedback"))
@@ -198,6 +198,7 @@ def test_raft_feedback_learns_the_galleries_best_images(done, env, cli, tmp_path
     state = stages_of(wd)
     fb = state["feedback"]
     assert fb["settings"]["method"] == "raft" and fb["settings"]["steps"] == 2
+    assert fb["settings"]["train_text_encoder"] is True
     out = fb["outputs"]
     assert out["method"] == "raft" and set(out["selection"]) == set(ASPECTS)
     for v in out["selection"].values():
@@ -205,6 +206,7 @@ def test_raft_feedback_learns_the_galleries_best_images(done, env, cli, tmp_path
         assert v["selected"] == v["prompts"] and v["candidates"] == 3 * v["prompts"]
         assert set(v["selected_by_source"]) <= {"good", "bad", "tinybase"}
     record = read(wd / "iter_1" / "base" / "training.json")
+    assert record["config"]["train_text_encoder"] is True
     assert record["mode"] == "raft" and record["config"]["rewards"] == {
         a: f"composition:{wd.resolve() / 'iter_1' / 'rewards' / a / 'final'}" for a in ASPECTS
     }

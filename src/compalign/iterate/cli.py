@@ -96,6 +96,7 @@ NESTED_OPTIONS = {
         "top_k": Opt(),
         "samples_per_prompt": Opt(),
         "reg_batch_size": Opt(),
+        "train_text_encoder": Opt(),
     }),
 }  # fmt: skip
 """The fields of the nested trainer configs on the command line: nested config -> (prefix, {field:
