@@ -136,8 +136,11 @@ def selection_summary(candidates: list[dict], scores: np.ndarray, keep: list[int
     return out
 
 
-def train_raft(config: RaftConfig, log=print) -> Path:
-    """Run RAFT (see the module doc); the final pipeline's folder."""
+def train_raft(config: RaftConfig, log=print, scorer=score_candidates) -> Path:
+    """Run RAFT (see the module doc); the final pipeline's folder. `scorer(config, candidates)`
+    scores the candidates for the selection (default: the aspects' reward models); probes replace
+    it (`scripts/probe_raft_oracle.py` selects by the exact evaluator to bound what better rewards
+    would give)."""
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if config.num_threads:
@@ -150,7 +153,7 @@ def train_raft(config: RaftConfig, log=print) -> Path:
         candidates = gather_candidates(config, gen, log)
         if not candidates:
             raise ValueError("RAFT: the galleries have no image of a train prompt")
-        scores = score_candidates(config, candidates)
+        scores = np.asarray(scorer(config, candidates), dtype=float)
         keep = select_top_k(candidates, scores, config.top_k)
         summary = selection_summary(candidates, scores, keep)
         for a, v in summary.items():
@@ -200,6 +203,7 @@ def train_raft(config: RaftConfig, log=print) -> Path:
         "steps": config.max_steps,
         "captions": captions,  # the caption preset of this model's training data (the next run's)
         "selection": summary,
+        "scorer": getattr(scorer, "__name__", str(scorer)),
         "loss_first_last": {
             "first": float(np.mean(losses[:20])),
             "last": float(np.mean(losses[-20:])),
