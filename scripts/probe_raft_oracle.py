@@ -61,7 +61,9 @@ def main() -> None:
     config = IterateConfig.from_dict({**state.data["config"], "workdir": str(args.workdir)})
     if config.feedback_method != "raft":
         raise SystemExit(f"error: {args.workdir} ran feedback method {config.feedback_method!r}, not raft")
-    raft = replace(raft_config(Workspace(config), args.iteration), output_dir=str(args.out), progress=False)
+    ws = Workspace(config)
+    ws.state = state
+    raft = replace(raft_config(ws, args.iteration), output_dir=str(args.out), progress=False)
 
     # 2. RAFT with the evaluator's selection
     final = args.out / "final"
