@@ -93,3 +93,17 @@ def test_a_gallery_without_its_aspects_reward_is_refused(tmp_path, tiny_base, po
     gallery = build_gallery(tmp_path / "gal", aspect="attribute_binding").root
     with pytest.raises(ValueError, match="has no reward"):
         train_raft(config(tmp_path, tiny_base, pool_dir, gallery), log=lambda *_: None)
+
+
+def test_another_scorer_makes_the_selection(tmp_path, tiny_base, pool_dir):
+    """Probes replace the reward models' scores (`scripts/probe_raft_oracle.py`): the selection
+    follows the scorer given, and the record names it."""
+    gallery = build_gallery(tmp_path / "gal", world_prompts(n_train=3, n_heldout=1)).root
+
+    def prefer_bad(config, candidates):
+        return [float(c["source"] == "bad") for c in candidates]
+
+    final = train_raft(config(tmp_path, tiny_base, pool_dir, gallery), log=lambda *_: None, scorer=prefer_bad)
+    record = json.loads((final / "training.json").read_text())
+    assert record["selection"]["spatial_relationship"]["selected_by_source"] == {"bad": 3}
+    assert record["scorer"] == "prefer_bad"
