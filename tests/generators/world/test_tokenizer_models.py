@@ -99,7 +99,7 @@ def test_presets_parse_and_fit_the_size_budget():
     from compalign.generators import shipped_models
 
     shipped = shipped_models()
-    assert {"world-base", "world-onestep", "world-web"} <= set(shipped)
+    assert {"world-base", "world-onestep", "world-web", "world-base-v2"} <= set(shipped)
     for name in shipped:  # the models the package ships (phase presets and candidates are not shipped)
         cfg = create_preset(name)
         if cfg.mode == "distill":  # a student has its teacher's arch; a run-folder teacher is a world-base
