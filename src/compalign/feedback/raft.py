@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,11 @@ def selection_summary(candidates: list[dict], scores: np.ndarray, keep: list[int
     return out
 
 
-def train_raft(config: RaftConfig, log=print, scorer=score_candidates) -> Path:
+def train_raft(
+    config: RaftConfig,
+    log=print,
+    scorer: Callable[[RaftConfig, list[dict]], Sequence[float] | np.ndarray] = score_candidates,
+) -> Path:
     """Run RAFT (see the module doc); the final pipeline's folder. `scorer(config, candidates)`
     scores the candidates for the selection (default: the aspects' reward models); probes replace
     it (`scripts/probe_raft_oracle.py` selects by the exact evaluator to bound what better rewards
